@@ -1,0 +1,194 @@
+"""The textual answer-matching reward (SAMTok §4.2): mask-token groups are compared as strings, no decoding.
+
+Rules, as in the released reward code:
+
+* A mask group is the well-formed string ``<|mt_start|><|mt_dddd|><|mt_dddd|><|mt_end|>``; anything else
+  (a broken group, a stray code) counts as nothing. This is deliberately stricter than
+  ``tokenizer.codec.parse_masks``, which repairs groups for decoding.
+* R = sum over *unique* predicted groups of the best grade against the unique GT groups, divided by
+  max(#predicted groups including duplicates, #GT groups). Both empty -> 1.0; one side empty -> 0.0.
+* Grading ``binary`` (the paper): 1 for an identical group. ``coarse`` (the released code): also 0.4 when
+  only the level-1 code matches.
+* GCG: only groups that directly follow ``<|object_ref_start|>phrase<|object_ref_end|>`` count for the mask
+  term; the phrase term compares normalised phrases.
+
+Everything here is pure Python on strings and never raises on any input.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from functools import lru_cache
+
+GRADINGS = ("binary", "coarse")
+TASKS = ("auto", "gres", "gcg")
+COARSE_CREDIT = 0.4
+MAX_REPEATS = 3
+
+_GROUP_RE = re.compile(r"<\|mt_start\|><\|mt_(\d{4})\|><\|mt_(\d{4})\|><\|mt_end\|>")
+_OBJ_START = "<|object_ref_start|>"
+# A phrase is the text between an object-ref start and end that contains neither marker, so that
+# "<s>a <s>b<e>" yields "b" (the unrolled loop keeps the match linear-time). The mask group that directly
+# follows the phrase, after optional whitespace, is captured when present.
+_PHRASE_RE = re.compile(
+    r"<\|object_ref_start\|>"
+    r"([^<]*(?:<(?!\|object_ref_(?:start|end)\|>)[^<]*)*)"
+    r"<\|object_ref_end\|>"
+    r"(?:\s*<\|mt_start\|><\|mt_(\d{4})\|><\|mt_(\d{4})\|><\|mt_end\|>)?"
+)
+
+
+def _text(completion) -> str:
+    """The text of a completion: a string, or TRL's chat form ``[{"role": "assistant", "content": str}]``."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        content = completion[-1].get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):  # content parts: keep the text ones
+            return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _check_grading(grading: str) -> None:
+    if grading not in GRADINGS:
+        raise ValueError(f"grading must be one of {GRADINGS}, got {grading!r}")
+
+
+def _match(pred: list[tuple[str, str]], gt: list[tuple[str, str]], coarse: bool) -> float:
+    if not pred and not gt:
+        return 1.0
+    if not pred or not gt:
+        return 0.0
+    gt_set = set(gt)
+    hits = 0.0
+    if coarse:
+        gt_first = {g[0] for g in gt_set}
+        for p in set(pred):
+            hits += 1.0 if p in gt_set else (COARSE_CREDIT if p[0] in gt_first else 0.0)
+    else:
+        hits = len(gt_set.intersection(pred))
+    return hits / max(len(pred), len(gt))
+
+
+@lru_cache(maxsize=4096)
+def _gt_groups(answer: str) -> list[tuple[str, str]]:
+    # Each answer is scored against num_generations completions: parse it once.
+    return _GROUP_RE.findall(answer)
+
+
+def _normalize_phrase(phrase: str) -> str:
+    return " ".join(phrase.lower().split())
+
+
+def _gcg_parse(text: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """(mask groups that directly follow a phrase, all normalised phrases)."""
+    groups, phrases = [], []
+    for phrase, c1, c2 in _PHRASE_RE.findall(text):
+        phrases.append(_normalize_phrase(phrase))
+        if c1:
+            groups.append((c1, c2))
+    return groups, phrases
+
+
+@lru_cache(maxsize=4096)
+def _gt_gcg(answer: str) -> tuple[list[tuple[str, str]], list[str]]:
+    return _gcg_parse(answer)
+
+
+def score(completion, answer, grading: str = "binary") -> float:
+    """Answer-matching score of one completion against one GT answer, in [0, 1]."""
+    _check_grading(grading)
+    answer = answer if isinstance(answer, str) else ""
+    return _match(_GROUP_RE.findall(_text(completion)), _gt_groups(answer), grading == "coarse")
+
+
+def no_repeat(completion) -> float:
+    """0.0 if any well-formed mask group occurs more than 3 times in the completion, else 1.0."""
+    counts = Counter(_GROUP_RE.findall(_text(completion)))
+    return 0.0 if counts and max(counts.values()) > MAX_REPEATS else 1.0
+
+
+def _phrase_accuracy(pred: list[str], gt: list[str]) -> float:
+    if not gt:
+        return 1.0
+    gt_set = set(gt)
+    hits = sum(1 for p in set(pred) if p in gt_set)
+    return hits / max(len(pred), len(gt))
+
+
+def gcg_scores(completion, answer, grading: str = "binary") -> dict[str, float]:
+    """GCG terms: ``mask`` (groups paired with a phrase, graded as in ``score``) and ``phrase`` accuracy."""
+    _check_grading(grading)
+    answer = answer if isinstance(answer, str) else ""
+    pred_groups, pred_phrases = _gcg_parse(_text(completion))
+    gt_groups, gt_phrases = _gt_gcg(answer)
+    return {
+        "mask": _match(pred_groups, gt_groups, grading == "coarse"),
+        "phrase": _phrase_accuracy(pred_phrases, gt_phrases),
+    }
+
+
+def answer_match(
+    grading: str = "binary",
+    task: str = "auto",
+    phrase_weight: float = 0.0,
+    no_repeat_weight: float = 0.0,
+    normalize: bool = True,
+):
+    """Factory for the answer-matching reward.
+
+    ``task="auto"`` scores a row as GCG when its answer contains an object-ref phrase, else as GRES.
+    The reward is ``mask + phrase_weight * phrase + no_repeat_weight * no_repeat`` (phrase only for GCG rows;
+    GRES rows get full phrase credit, as the released code does), divided by the sum of the weights when
+    ``normalize`` so that it stays in [0, 1]. ``normalize=False, phrase_weight=1, no_repeat_weight=1`` is the
+    released code's GCG total (range [0, 3]).
+
+    The answer comes from the dataset column ``answer``. GCG needs the object-ref tokens, which TRL strips
+    from ``completions``: use ``rewards.wrap_rewards``, which hands rewards the raw decoded text.
+    """
+    _check_grading(grading)
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    for name, w in (("phrase_weight", phrase_weight), ("no_repeat_weight", no_repeat_weight)):
+        if not isinstance(w, (int, float)) or not w >= 0:
+            raise ValueError(f"{name} must be a number >= 0, got {w!r}")
+    coarse = grading == "coarse"
+    total = 1.0 + phrase_weight + no_repeat_weight if normalize else 1.0
+
+    def one(completion, answer) -> float | None:
+        if not isinstance(answer, str):  # no ground truth for this row: not applicable (TRL's None)
+            return None
+        text = _text(completion)
+        if task == "gcg" or (task == "auto" and _OBJ_START in answer):
+            pred_groups, pred_phrases = _gcg_parse(text)
+            gt_groups, gt_phrases = _gt_gcg(answer)
+            value = _match(pred_groups, gt_groups, coarse)
+            phrase = _phrase_accuracy(pred_phrases, gt_phrases) if phrase_weight else 0.0
+        else:
+            value = _match(_GROUP_RE.findall(text), _gt_groups(answer), coarse)
+            phrase = 1.0
+        if phrase_weight:
+            value += phrase_weight * phrase
+        if no_repeat_weight:
+            value += no_repeat_weight * no_repeat(text)
+        return value / total
+
+    def answer_match(prompts=None, completions=(), completion_ids=None, answer=None, **columns):
+        if answer is None:
+            raise ValueError("answer_match needs the dataset column 'answer' (the ground-truth answer text)")
+        return [one(c, a) for c, a in zip(completions, answer, strict=True)]
+
+    return answer_match
+
+
+def no_repeat_reward():
+    """Factory for the no-repeat term as a reward of its own."""
+
+    def no_repeat_(prompts=None, completions=(), completion_ids=None, **columns):
+        return [no_repeat(c) for c in completions]
+
+    no_repeat_.__name__ = "no_repeat"
+    return no_repeat_

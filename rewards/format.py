@@ -1,0 +1,99 @@
+"""Format rewards: is the completion written the way the task's answers are written?
+
+All three read raw text (mask and object-ref tokens included, see ``rewards.runtime``) and never raise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from rewards.answer_match import _PHRASE_RE, _text
+
+NO_TARGET = "No target."
+
+_MASK_TOKEN_RE = re.compile(r"<\|mt_(?:start|end|\d{4})\|>")
+# A well-formed group with both codes in their level's range: 0000-0255, then 0256-0511.
+_L1 = r"0(?:[01]\d\d|2[0-4]\d|25[0-5])"
+_L2 = r"0(?:25[6-9]|2[6-9]\d|[34]\d\d|50\d|51[01])"
+_VALID_GROUP = rf"<\|mt_start\|><\|mt_{_L1}\|><\|mt_{_L2}\|><\|mt_end\|>"
+_VALID_GROUP_RE = re.compile(_VALID_GROUP)
+_OBJ_MARK_RE = re.compile(r"<\|object_ref_(?:start|end)\|>")
+_FENCED_RE = re.compile(r"\A```json[ \t]*\n(.*)\n?```\Z", re.S)
+# Inside the JSON a mask may be written bare (tokenize_gres.py) or quoted (the README): make both a string.
+_MASK_VALUE_RE = re.compile(rf'"?({_VALID_GROUP})"?')
+
+
+def mask_tokens_ok(text: str) -> float:
+    """Share of mask tokens that sit in well-formed, in-range groups; 1.0 when there is none."""
+    total = len(_MASK_TOKEN_RE.findall(text))
+    if total == 0:
+        return 1.0
+    return 4 * len(_VALID_GROUP_RE.findall(text)) / total
+
+
+def gres_ok(text: str) -> bool:
+    """``No target.``, or a fenced json list of ``{"mask_2d": <one group>, "label": <str>}`` objects."""
+    text = text.strip()
+    if text == NO_TARGET:
+        return True
+    m = _FENCED_RE.match(text)
+    if m is None or mask_tokens_ok(text) < 1.0:
+        return False
+    body = _MASK_VALUE_RE.sub(lambda g: json.dumps(g.group(1)), m.group(1))
+    try:
+        items = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return (
+        isinstance(items, list)
+        and len(items) > 0
+        and all(
+            isinstance(it, dict)
+            and set(it) == {"mask_2d", "label"}
+            and isinstance(it["mask_2d"], str)
+            and _VALID_GROUP_RE.fullmatch(it["mask_2d"]) is not None
+            and isinstance(it["label"], str)
+            for it in items
+        )
+    )
+
+
+def gcg_ok(text: str) -> bool:
+    """At least one phrase; every phrase non-empty and followed by exactly one well-formed group; no other
+    mask tokens and no unpaired object-ref markers."""
+    pairs = _PHRASE_RE.findall(text)
+    if not pairs:
+        return False
+    for phrase, c1, c2 in pairs:
+        if not phrase.strip() or not c1 or not (int(c1) < 256 and 256 <= int(c2) < 512):
+            return False
+    n = len(pairs)
+    return len(_MASK_TOKEN_RE.findall(text)) == 4 * n and len(_OBJ_MARK_RE.findall(text)) == 2 * n
+
+
+def mask_format():
+    """Factory: share of mask tokens in well-formed groups (no broken groups, no stray mask tokens)."""
+
+    def mask_format(prompts=None, completions=(), completion_ids=None, **columns):
+        return [mask_tokens_ok(_text(c)) for c in completions]
+
+    return mask_format
+
+
+def gres_format():
+    """Factory: 1.0 when the completion is a valid GRES answer (fenced JSON list of masks, or ``No target.``)."""
+
+    def gres_format(prompts=None, completions=(), completion_ids=None, **columns):
+        return [float(gres_ok(_text(c))) for c in completions]
+
+    return gres_format
+
+
+def gcg_format():
+    """Factory: 1.0 when every phrase of the completion is followed by one mask group and nothing is stray."""
+
+    def gcg_format(prompts=None, completions=(), completion_ids=None, **columns):
+        return [float(gcg_ok(_text(c))) for c in completions]
+
+    return gcg_format

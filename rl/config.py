@@ -1,0 +1,351 @@
+"""Recipe schema: typed dataclasses behind the YAML files in ``recipes/``, validated before anything heavy.
+
+``load_recipe(path, overrides)`` reads the YAML with omegaconf, applies ``key=value`` overrides, and checks
+the whole tree at once: unknown keys, wrong types, missing local files and unknown reward names are
+collected and raised together as one ``RecipeError``, so a user fixes a recipe in one round instead of one
+crash per mistake. ``grpo:`` and ``sft.args:`` are passed through to TRL's ``GRPOConfig``/``SFTConfig`` and
+are checked against those dataclasses' own fields and annotations.
+
+Nothing here imports torch, TRL's trainers or DeepSpeed at module level: ``--dry-run`` must be quick.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+TINY = "tiny"  # model.path value that builds the tiny policy from model.tiny instead of loading weights
+ENVS = ("shapes", "shapes_gcg", "gres", "gcg")
+FINETUNE = ("full", "lora")
+DTYPES = ("float32", "bfloat16", "float16")
+REPORTERS = ("tensorboard", "wandb", "none")
+# GRPOConfig fields the recipe sets elsewhere (run.*), so that there is exactly one place for each.
+OWNED_BY_RUN = {"output_dir", "seed", "report_to", "resume_from_checkpoint"}
+
+
+class RecipeError(ValueError):
+    """Everything wrong with a recipe, one problem per line."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s) in the recipe:\n{lines}")
+
+
+@dataclass
+class TinyModel:
+    """The tiny Qwen-VL policy built in-process (``rl.policy.build_tiny_policy``) when ``model.path: tiny``."""
+
+    arch: str = "qwen2_5_vl"
+    vocab: str = "tiny"
+    hidden_size: int = 64
+    num_layers: int = 2
+
+
+@dataclass
+class Lora:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # Mask-token embedding rows stay trainable next to the adapters (see rl/trainer.py for how, with tied
+    # embeddings).
+    train_mask_tokens: bool = True
+
+
+@dataclass
+class Model:
+    # "tiny", a local directory, or a hub id such as zhouyik/Qwen2.5-VL-3B-SAMTok-co.
+    path: str = TINY
+    tiny: TinyModel = field(default_factory=TinyModel)
+    # For a base Qwen-VL without mask tokens: add the 514 tokens, then save the resized model before training
+    # so that the reference model and vLLM load the same vocabulary.
+    add_mask_tokens: bool = False
+    dtype: str = "float32"
+    attn_implementation: str | None = None
+    freeze_vision: bool = True
+    finetune: str = "full"
+    lora: Lora = field(default_factory=Lora)
+
+
+@dataclass
+class Shapes:
+    """Synthetic shapes world generated in-process (no files)."""
+
+    n_train: int = 512
+    n_eval: int = 64
+    seed: int = 0
+    image_size: int = 112
+
+
+@dataclass
+class Data:
+    env: str = "shapes"
+    # Prepared datasets (``samtok-rl prepare`` output) for gres/gcg: a .jsonl/.parquet file or a
+    # datasets.save_to_disk directory. Unused for the shapes envs, which are generated.
+    train: str | None = None
+    eval: str | None = None
+    image_root: str | None = None
+    shapes: Shapes = field(default_factory=Shapes)
+    max_train_samples: int | None = None
+
+
+@dataclass
+class Reward:
+    # Registry name (answer_match, no_repeat, mask_iou, ...), "package.module:function" or "file.py:function".
+    name: str = ""
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RewardRuntime:
+    timeout_s: float | None = 30.0
+    max_failure_rate: float = 0.5
+
+
+@dataclass
+class Sft:
+    """Optional warm start with TRL's SFTTrainer before GRPO (the default run uses it)."""
+
+    enabled: bool = False
+    args: dict[str, Any] = field(default_factory=dict)  # SFTConfig fields
+
+
+@dataclass
+class Run:
+    output_dir: str = "runs/default"
+    seed: int = 0
+    resume: bool = False
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # Keep at most this many complete checkpoints (None: all).
+    keep_checkpoints: int | None = 2
+
+
+@dataclass
+class Recipe:
+    run: Run = field(default_factory=Run)
+    model: Model = field(default_factory=Model)
+    data: Data = field(default_factory=Data)
+    rewards: list[Reward] = field(default_factory=list)
+    reward_runtime: RewardRuntime = field(default_factory=RewardRuntime)
+    sft: Sft = field(default_factory=Sft)
+    grpo: dict[str, Any] = field(default_factory=dict)  # GRPOConfig fields
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] = (), check_files: bool = True) -> Recipe:
+    """Read, override and validate a recipe. Raises ``RecipeError`` listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(str(path), ["recipe file not found"])
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as e:  # a YAML syntax error: report it in the same format
+        raise RecipeError(str(path), [f"not valid YAML: {e}"]) from None
+    problems = []
+    for item in overrides:
+        if "=" not in item:
+            problems.append(f"override {item!r}: expected key=value")
+    if problems:
+        raise RecipeError(str(path), problems)
+    if overrides:
+        raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
+    try:
+        data = OmegaConf.to_container(raw, resolve=True) or {}
+    except Exception as e:  # an interpolation that does not resolve
+        raise RecipeError(str(path), [f"cannot resolve: {e}"]) from None
+    return recipe_from_dict(data, source=str(path), base_dir=path.parent, check_files=check_files)
+
+
+def recipe_from_dict(data: dict, source: str = "<recipe>", base_dir: Path | None = None,
+                     check_files: bool = True) -> Recipe:
+    problems: list[str] = []
+    recipe = _build(Recipe, data, "", problems)
+    if recipe is not None:
+        _check_semantics(recipe, problems, check_files)
+    if problems:
+        raise RecipeError(source, problems)
+    return recipe
+
+
+def to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def save_resolved(recipe: Recipe, path: str | os.PathLike) -> None:
+    """Write the fully resolved recipe (defaults included) next to the run's outputs."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(to_dict(recipe)), path)
+
+
+# ---------------------------------------------------------------- schema walk
+
+
+def _build(cls, data, where: str, problems: list[str]):
+    """Instantiate dataclass ``cls`` from ``data``, appending every problem instead of raising."""
+    if not isinstance(data, dict):
+        problems.append(f"{where or 'recipe'}: expected a mapping, got {type(data).__name__}")
+        return None
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        at = f"{where}.{key}" if where else str(key)
+        if key not in hints:
+            problems.append(f"{at}: unknown key{_suggest(key, names)}")
+            continue
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            built = _build(hint, value, at, problems)
+            if built is not None:
+                kwargs[key] = built
+        elif _origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+            if not isinstance(value, list):
+                problems.append(f"{at}: expected a list, got {type(value).__name__}")
+                continue
+            item_cls = typing.get_args(hint)[0]
+            items = [_build(item_cls, v, f"{at}[{i}]", problems) for i, v in enumerate(value)]
+            kwargs[key] = [i for i in items if i is not None]
+        elif _type_ok(value, hint):
+            kwargs[key] = value
+        else:
+            problems.append(f"{at}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+    return cls(**kwargs)
+
+
+def _origin(hint):
+    return typing.get_origin(hint)
+
+
+def _type_ok(value, hint) -> bool:
+    """A YAML value against a type annotation. Unknown annotation kinds are accepted, not guessed."""
+    if hint is Any:
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    origin = _origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin is list:
+        args = typing.get_args(hint)
+        return isinstance(value, list) and (not args or all(_type_ok(v, args[0]) for v in value))
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return value in {m.value for m in hint} or value in hint.__members__
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _type_name(hint) -> str:
+    if _origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _suggest(key, names) -> str:
+    close = difflib.get_close_matches(str(key), names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(sorted(names))})"
+
+
+def _check_passthrough(values: dict, config_cls, where: str, problems: list[str], owned=frozenset()):
+    """Check ``values`` against a TRL config dataclass's fields and annotations."""
+    hints = typing.get_type_hints(config_cls)
+    for key, value in values.items():
+        at = f"{where}.{key}"
+        if key in owned:
+            problems.append(f"{at}: set by the recipe's run section (run.{key.replace('resume_from_checkpoint', 'resume')})")
+        elif key not in hints:
+            problems.append(f"{at}: not a {config_cls.__name__} field{_suggest(key, list(hints))}")
+        elif not _type_ok(value, hints[key]):
+            problems.append(f"{at}: expected {_type_name(hints[key])}, got {value!r} ({type(value).__name__})")
+
+
+# ---------------------------------------------------------------- semantics
+
+
+def _check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
+    from trl import GRPOConfig, SFTConfig  # config dataclasses only; cheap next to a model load
+
+    _check_passthrough(r.grpo, GRPOConfig, "grpo", problems, OWNED_BY_RUN)
+    _check_passthrough(r.sft.args, SFTConfig, "sft.args", problems, OWNED_BY_RUN)
+    _one_of(r.model.dtype, DTYPES, "model.dtype", problems)
+    _one_of(r.model.finetune, FINETUNE, "model.finetune", problems)
+    _one_of(r.model.tiny.arch, ("qwen2_5_vl", "qwen3_vl"), "model.tiny.arch", problems)
+    _one_of(r.model.tiny.vocab, ("tiny", "qwen"), "model.tiny.vocab", problems)
+    _one_of(r.data.env, ENVS, "data.env", problems)
+    for name in r.run.report_to:
+        _one_of(name, REPORTERS, "run.report_to", problems)
+    if not r.rewards:
+        problems.append("rewards: at least one reward is required")
+    for i, rw in enumerate(r.rewards):
+        _check_reward(rw, f"rewards[{i}]", problems)
+    if r.reward_runtime.timeout_s is not None and r.reward_runtime.timeout_s <= 0:
+        problems.append("reward_runtime.timeout_s: must be > 0 or null")
+    if not 0 < r.reward_runtime.max_failure_rate <= 1:
+        problems.append("reward_runtime.max_failure_rate: must be in (0, 1]")
+    weights = r.grpo.get("reward_weights")
+    if weights is not None:
+        problems.append("grpo.reward_weights: set each reward's weight under rewards[] instead")
+    if r.data.env in ("gres", "gcg") and not r.data.train:
+        problems.append(f"data.train: required for env {r.data.env!r} (a prepared dataset from `samtok-rl prepare`)")
+    if check_files:
+        _check_local_path(r.model.path, "model.path", problems)
+        for key in ("train", "eval", "image_root"):
+            value = getattr(r.data, key)
+            if value is not None and not Path(value).exists():
+                problems.append(f"data.{key}: {value!r} does not exist")
+
+
+def _one_of(value, allowed, where, problems):
+    if value not in allowed:
+        problems.append(f"{where}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def _check_local_path(path: str, where: str, problems: list[str]) -> None:
+    """A hub id (``owner/name``) is not checked: validation never needs the network."""
+    if path == TINY:
+        return
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1 or Path(path).exists()
+    if looks_local and not Path(path).expanduser().exists():
+        problems.append(f"{where}: local path {path!r} does not exist")
+
+
+def _check_reward(rw: Reward, where: str, problems: list[str]) -> None:
+    if not rw.name:
+        problems.append(f"{where}.name: required")
+        return
+    try:
+        from rewards import registry
+    except ImportError as e:  # rewards is a sibling package; a broken install must not look like a bad name
+        problems.append(f"{where}.name: cannot import the rewards registry ({e})")
+        return
+    try:
+        registry.resolve(rw.name)
+    except Exception as e:  # the registry's message lists the valid names
+        problems.append(f"{where}.name: {e}")

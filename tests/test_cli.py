@@ -1,0 +1,28 @@
+import subprocess
+import sys
+
+from rl.cli import COMMANDS, main
+
+
+def test_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS)
+
+
+def test_unknown_command_names_the_valid_ones(capsys):
+    assert main(["trian"]) == 2
+    err = capsys.readouterr().err
+    assert "'trian'" in err and "train" in err and "demo" in err
+
+
+def test_every_command_module_has_main():
+    import importlib
+
+    for module, _ in COMMANDS.values():
+        assert callable(importlib.import_module(module).main), module
+
+
+def test_console_script_installed():
+    out = subprocess.run([sys.executable, "-m", "rl.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "usage: samtok-rl" in out.stdout
