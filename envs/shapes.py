@@ -128,7 +128,7 @@ def _make_scene(rng: np.random.Generator, size: int, min_objects: int = 0) -> di
 
 
 def _half_extent(size_name: str, image_size: int) -> int:
-    # At 112 px: small objects span ~16 px, big ones ~30 px (about one and two ViT patches of 14).
+    # At 112 px: small objects span 16 px, big ones 30 px; one merged image token covers 28 x 28 px.
     return max(2, round(image_size * (0.07 if size_name == "small" else 0.135)))
 
 
@@ -211,3 +211,57 @@ def _join_phrases(phrases: list[str]) -> tuple[str, list[tuple[int, int]]]:
         spans.append((len(caption), len(caption) + len(text)))
         caption += text
     return caption + ".", spans
+
+
+# ------------------------------------------------------------------------------- environment glue
+def gres_samples(split: str, n: int, seed: int = 0, image_size: int = 112) -> list[dict]:
+    """Shapes GRES samples in the common sample schema of ``envs.base`` (instances in answer order)."""
+    from envs.base import sort_instances
+    from envs.gres import EVAL_TEMPLATE
+    from tokenizer.masks import encode_rle
+
+    out = []
+    for s in make_gres_samples(n, seed, split, image_size):
+        order = sort_instances(s["boxes"])
+        out.append({
+            "id": s["scene_id"], "image_id": s["scene_id"], "task": "gres", "image": s["image"],
+            "masks": [encode_rle(s["masks"][k]) for k in order],
+            "question": EVAL_TEMPLATE.format(expr=s["expression"]),
+            "expression": s["expression"], "no_target": s["no_target"],
+        })  # fmt: skip
+    return out
+
+
+def gcg_samples(split: str, n: int, seed: int = 0, image_size: int = 112) -> list[dict]:
+    """Shapes GCG samples in the common sample schema of ``envs.base``."""
+    from envs.gcg import EVAL_QUESTION
+    from tokenizer.masks import encode_rle
+
+    return [
+        {
+            "id": s["scene_id"], "image_id": s["scene_id"], "task": "gcg", "image": s["image"],
+            "masks": [encode_rle(m) for m in s["masks"]], "question": EVAL_QUESTION,
+            "caption": s["caption"], "spans": s["spans"], "phrases": s["phrases"],
+        }  # fmt: skip
+        for s in make_gcg_samples(n, seed, split, image_size)
+    ]
+
+
+def shapes_env(task: str = "gres", train_size: int = 2000, eval_size: int = 200, seed: int = 0, image_size: int = 112):
+    """The shapes world as an ``Environment``: ``train_size`` train samples, ``eval_size`` val and test."""
+    from envs.base import RECOMMENDED_REWARDS, Environment
+
+    make = {"gres": gres_samples, "gcg": gcg_samples}
+    if task not in make:
+        raise ValueError(f"shapes task must be 'gres' or 'gcg', got {task!r}")
+    sizes = {"train": train_size, "val": eval_size, "test": eval_size}
+
+    def samples(split: str, bad_rows=None):
+        if split not in sizes:
+            raise ValueError(f"shapes has no split {split!r}; choose from {SPLITS}")
+        return make[task](split, sizes[split], seed, image_size)
+
+    return Environment(
+        name=f"shapes_{task}", task=task, splits=SPLITS, samples=samples, rewards=RECOMMENDED_REWARDS[task],
+        description=f"synthetic shapes world ({image_size}px, seed {seed})",
+    )

@@ -30,7 +30,8 @@ _GROUP_RE = re.compile(r"<\|mt_start\|><\|mt_(\d{4})\|><\|mt_(\d{4})\|><\|mt_end
 _OBJ_START = "<|object_ref_start|>"
 # A phrase is the text between an object-ref start and end that contains neither marker, so that
 # "<s>a <s>b<e>" yields "b" (the unrolled loop keeps the match linear-time). The mask group that directly
-# follows the phrase, after optional whitespace, is captured when present.
+# follows the phrase, after optional whitespace, is captured when present. One C-level pass: measured faster
+# than splitting on the markers in Python.
 _PHRASE_RE = re.compile(
     r"<\|object_ref_start\|>"
     r"([^<]*(?:<(?!\|object_ref_(?:start|end)\|>)[^<]*)*)"
@@ -83,10 +84,15 @@ def _normalize_phrase(phrase: str) -> str:
     return " ".join(phrase.lower().split())
 
 
+def _phrases(text: str) -> list[tuple[str, str, str]]:
+    """``(phrase, c1, c2)`` per phrase; c1/c2 are the digits of the group right after it, or empty strings."""
+    return _PHRASE_RE.findall(text)
+
+
 def _gcg_parse(text: str) -> tuple[list[tuple[str, str]], list[str]]:
     """(mask groups that directly follow a phrase, all normalised phrases)."""
     groups, phrases = [], []
-    for phrase, c1, c2 in _PHRASE_RE.findall(text):
+    for phrase, c1, c2 in _phrases(text):
         phrases.append(_normalize_phrase(phrase))
         if c1:
             groups.append((c1, c2))
@@ -107,8 +113,13 @@ def score(completion, answer, grading: str = "binary") -> float:
 
 def no_repeat(completion) -> float:
     """0.0 if any well-formed mask group occurs more than 3 times in the completion, else 1.0."""
-    counts = Counter(_GROUP_RE.findall(_text(completion)))
-    return 0.0 if counts and max(counts.values()) > MAX_REPEATS else 1.0
+    return _no_repeat(_GROUP_RE.findall(_text(completion)))
+
+
+def _no_repeat(groups: list) -> float:
+    if len(groups) <= MAX_REPEATS:
+        return 1.0
+    return 0.0 if max(Counter(groups).values()) > MAX_REPEATS else 1.0
 
 
 def _phrase_accuracy(pred: list[str], gt: list[str]) -> float:
@@ -166,14 +177,16 @@ def answer_match(
             pred_groups, pred_phrases = _gcg_parse(text)
             gt_groups, gt_phrases = _gt_gcg(answer)
             value = _match(pred_groups, gt_groups, coarse)
-            phrase = _phrase_accuracy(pred_phrases, gt_phrases) if phrase_weight else 0.0
+            if phrase_weight:
+                value += phrase_weight * _phrase_accuracy(pred_phrases, gt_phrases)
+            if no_repeat_weight:  # with at most 3 starts no group can repeat: skip the second parse
+                few = text.count("<|mt_start|>") <= MAX_REPEATS
+                value += no_repeat_weight * (1.0 if few else _no_repeat(_GROUP_RE.findall(text)))
         else:
-            value = _match(_GROUP_RE.findall(text), _gt_groups(answer), coarse)
-            phrase = 1.0
-        if phrase_weight:
-            value += phrase_weight * phrase
-        if no_repeat_weight:
-            value += no_repeat_weight * no_repeat(text)
+            groups = _GROUP_RE.findall(text)
+            value = _match(groups, _gt_groups(answer), coarse) + phrase_weight  # full phrase credit
+            if no_repeat_weight:
+                value += no_repeat_weight * _no_repeat(groups)
         return value / total
 
     def answer_match(prompts=None, completions=(), completion_ids=None, answer=None, **columns):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 
-from rewards.answer_match import _PHRASE_RE, _text
+from rewards.answer_match import _phrases, _text
 
 NO_TARGET = "No target."
 
@@ -62,7 +62,7 @@ def gres_ok(text: str) -> bool:
 def gcg_ok(text: str) -> bool:
     """At least one phrase; every phrase non-empty and followed by exactly one well-formed group; no other
     mask tokens and no unpaired object-ref markers."""
-    pairs = _PHRASE_RE.findall(text)
+    pairs = _phrases(text)
     if not pairs:
         return False
     for phrase, c1, c2 in pairs:

@@ -95,6 +95,9 @@ class Data:
     train: str | None = None
     eval: str | None = None
     image_root: str | None = None
+    # Encoder of the GT answers for the generated shapes envs: "tiny" (committed weights), "random"
+    # (random-init tiny tokenizer, for tests: codes are arbitrary but deterministic) or a saved directory.
+    mask_tokenizer: str = "tiny"
     shapes: Shapes = field(default_factory=Shapes)
     max_train_samples: int | None = None
 
@@ -156,12 +159,17 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = (), check_files:
         raise RecipeError(str(path), [f"not valid YAML: {e}"]) from None
     problems = []
     for item in overrides:
-        if "=" not in item:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
             problems.append(f"override {item!r}: expected key=value")
+            continue
+        try:  # omegaconf's YAML typing of the value (3 -> int, true -> bool, [a,b] -> list, no -> "no")
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
+            OmegaConf.update(raw, key, parsed, merge=True, force_add=True)
+        except Exception as e:
+            problems.append(f"override {item!r}: {e}")
     if problems:
         raise RecipeError(str(path), problems)
-    if overrides:
-        raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
     try:
         data = OmegaConf.to_container(raw, resolve=True) or {}
     except Exception as e:  # an interpolation that does not resolve
@@ -278,6 +286,9 @@ def _check_passthrough(values: dict, config_cls, where: str, problems: list[str]
     hints = typing.get_type_hints(config_cls)
     for key, value in values.items():
         at = f"{where}.{key}"
+        if value is False and key in hints and not _type_ok(False, hints[key]) and _type_ok("no", hints[key]):
+            # YAML 1.1 (omegaconf) reads `save_strategy: no` as false; TRL means the string "no".
+            values[key] = value = "no"
         if key in owned:
             problems.append(f"{at}: set by the recipe's run section (run.{key.replace('resume_from_checkpoint', 'resume')})")
         elif key not in hints:
@@ -316,6 +327,8 @@ def _check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
         problems.append(f"data.train: required for env {r.data.env!r} (a prepared dataset from `samtok-rl prepare`)")
     if check_files:
         _check_local_path(r.model.path, "model.path", problems)
+        if r.data.mask_tokenizer not in ("tiny", "random") and not Path(r.data.mask_tokenizer).is_dir():
+            problems.append(f"data.mask_tokenizer: {r.data.mask_tokenizer!r} is not tiny, random or a directory")
         for key in ("train", "eval", "image_root"):
             value = getattr(r.data, key)
             if value is not None and not Path(value).exists():
@@ -337,15 +350,20 @@ def _check_local_path(path: str, where: str, problems: list[str]) -> None:
 
 
 def _check_reward(rw: Reward, where: str, problems: list[str]) -> None:
+    """Resolve the name and bind the params without building heavy rewards (mask_iou loads a model)."""
     if not rw.name:
         problems.append(f"{where}.name: required")
         return
     try:
+        import inspect
+
         from rewards import registry
-    except ImportError as e:  # rewards is a sibling package; a broken install must not look like a bad name
-        problems.append(f"{where}.name: cannot import the rewards registry ({e})")
-        return
-    try:
-        registry.resolve(rw.name)
-    except Exception as e:  # the registry's message lists the valid names
-        problems.append(f"{where}.name: {e}")
+
+        if rw.name == "mask_iou":
+            from rewards.iou import mask_iou
+
+            inspect.signature(mask_iou).bind(**rw.params)
+        else:
+            registry.get_reward(rw.name, **rw.params)
+    except Exception as e:  # the registry's message names the valid rewards or the bad parameter
+        problems.append(f"{where}: {e}")

@@ -71,6 +71,8 @@ _TINY_CORPUS = [
     "segmentation masks for the corresponding parts of the answer.",
     'A big purple star and two orange ellipses. ```json\n[{"mask_2d": , "label": "one of the shapes"}]\n```',
     "left right top bottom middle large medium small every each all the a an of in on with and or",
+    "the big red circle, all small blue squares, all green triangles, all circles, all shapes, the yellow one",
+    '```json\n[{"mask_2d": , "label": "the small yellow square"},\n{"mask_2d": , "label": "all big shapes"}]\n```',
 ]
 
 ARCHS = {

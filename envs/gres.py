@@ -1,0 +1,157 @@
+"""GRES on gRefCOCO: the official files in, samples with SAMTok's questions and answers out.
+
+Files (ReLA's ``datasets/DATASET.md``): ``grefcoco/grefs(unc).json`` (a list of refs: ``ref_id``,
+``image_id``, ``split``, ``ann_id`` list with ``[-1]`` meaning no target, ``sentences`` with ``raw``),
+``grefcoco/instances.json`` (COCO ``images`` and ``annotations``) and the COCO ``train2014`` images.
+Sample construction follows ReLA's loader: one sample per sentence; crowd annotations are skipped;
+polygons with fewer than three points are dropped; every target instance keeps its own mask (the
+metric merges them). Unlike ReLA, a target ref left with no usable instance is reported as a bad row
+rather than kept with an empty mask, because it has no answer to train on.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from envs.base import RECOMMENDED_REWARDS, BadRows, Environment, safe_image_path, sort_instances
+
+# The SAMTok GRES question templates that could be confirmed (``tokenize_gres.py``; 4 of its 16).
+TEMPLATES = (
+    "Please segment {expr} in this image.",
+    "Can you segment the {expr} in this image?",
+    "Please identify and segment the {expr} in this image",
+    "What is {expr} in this image? Please respond with segmentation mask.",
+)
+EVAL_TEMPLATE = TEMPLATES[0]  # the group's GRES eval prompt
+SPLITS = ("train", "val", "testA", "testB")
+
+
+def grefcoco_samples(refs_file, instances_file, image_root, split: str, bad_rows: BadRows | None = None,
+                     seed: int = 0) -> list[dict]:
+    """Samples of one gRefCOCO split, grouped by image. Train questions draw a template (seeded by
+    ``seed`` and the sentence id); other splits use the eval prompt."""
+    from pycocotools import mask as mask_utils
+
+    if split not in SPLITS:
+        raise ValueError(f"gRefCOCO split must be one of {SPLITS}, got {split!r}")
+    bad_rows = bad_rows if bad_rows is not None else BadRows(strict=True)
+    refs = _load(refs_file, list)
+    instances = _load(instances_file, dict)
+    images = {im.get("id"): im for im in instances.get("images", []) if isinstance(im, dict)}
+    anns = {a.get("id"): a for a in instances.get("annotations", []) if isinstance(a, dict)}
+    out = []
+    for idx, ref in enumerate(refs):
+        if not isinstance(ref, dict):
+            bad_rows.report(refs_file, idx, "ref is not a JSON object")
+            continue
+        if ref.get("split") != split:
+            continue
+        try:
+            image, masks = _ref_instances(ref, images, anns, image_root, mask_utils)
+        except ValueError as e:
+            bad_rows.report(refs_file, idx, str(e))
+            continue
+        boxes = [mask_utils.toBbox(_coco(m)).tolist() for m in masks]
+        order = sort_instances([(x, y, x + w, y + h) for x, y, w, h in boxes])
+        masks = [masks[k] for k in order]
+        for s, sent in enumerate(ref["sentences"]):
+            expr = sent.get("raw", sent.get("sent")) if isinstance(sent, dict) else None
+            if not isinstance(expr, str) or not expr.strip():
+                bad_rows.report(refs_file, idx, f"sentences[{s}] has no 'raw' text")
+                continue
+            sent_id = sent.get("sent_id", s)
+            template = random.Random(f"{seed}-{sent_id}").choice(TEMPLATES) if split == "train" else EVAL_TEMPLATE
+            out.append({
+                "id": f"grefcoco-{split}-{ref.get('ref_id', idx)}-{sent_id}", "image_id": str(ref["image_id"]),
+                "task": "gres", "image": image, "masks": masks, "question": template.format(expr=expr.strip()),
+                "expression": expr.strip(), "no_target": not masks, "source": f"{refs_file}[{idx}]",
+            })  # fmt: skip
+    out.sort(key=lambda s: s["image_id"])  # stable: keeps file order within an image
+    return out
+
+
+def _load(path, kind):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read JSON: {e}") from None
+    if not isinstance(data, kind):
+        raise ValueError(f"{path}: expected a JSON {kind.__name__} at the top level, got {type(data).__name__}")
+    return data
+
+
+def _ref_instances(ref, images, anns, image_root, mask_utils):
+    """``(image path, [RLE per usable instance])`` of one ref; ``ValueError`` names what is wrong."""
+    for key in ("image_id", "ann_id", "sentences"):
+        if key not in ref:
+            raise ValueError(f"missing field {key!r}")
+    if not isinstance(ref["sentences"], list) or not ref["sentences"]:
+        raise ValueError("'sentences' must be a non-empty list")
+    image = images.get(ref["image_id"])
+    if image is None:
+        raise ValueError(f"image_id {ref['image_id']!r} is not in instances.json")
+    path = safe_image_path(image_root, image.get("file_name"))
+    if not path.is_file():
+        raise ValueError(f"missing image: {path}")
+    h, w = image.get("height"), image.get("width")
+    ann_ids = ref["ann_id"] if isinstance(ref["ann_id"], list) else [ref["ann_id"]]
+    if ann_ids == [-1]:
+        return path, []
+    masks = []
+    for ann_id in ann_ids:
+        ann = anns.get(ann_id)
+        if ann is None:
+            raise ValueError(f"ann_id {ann_id!r} is not in instances.json")
+        if ann.get("image_id") != ref["image_id"]:
+            raise ValueError(f"ann_id {ann_id!r} belongs to image {ann.get('image_id')!r}, not {ref['image_id']!r}")
+        if ann.get("iscrowd"):
+            continue
+        rle = _segmentation_rle(ann.get("segmentation"), h, w, mask_utils)
+        if rle is not None:
+            masks.append(rle)
+    if not masks:
+        raise ValueError("target ref with no usable instance (all crowd or invalid polygons)")
+    return path, masks
+
+
+def _segmentation_rle(segm, h, w, mask_utils):
+    """A COCO segmentation (polygons or RLE) as our RLE dict; None when no polygon is valid."""
+    from tokenizer.masks import decode_rle, encode_rle, validate_rle
+
+    if isinstance(segm, dict):
+        if list(validate_rle(segm)) != [h, w]:
+            raise ValueError(f"segmentation size {segm['size']} does not match the image {h}x{w}")
+        if isinstance(segm["counts"], list):
+            return encode_rle(decode_rle(segm))
+        return {"size": [h, w], "counts": segm["counts"] if isinstance(segm["counts"], str) else segm["counts"].decode()}
+    if not isinstance(segm, list):
+        raise ValueError(f"segmentation must be polygons or RLE, got {type(segm).__name__}")
+    if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+        raise ValueError(f"image height/width must be positive integers, got {h!r}x{w!r}")
+    polys = [p for p in segm if isinstance(p, list) and len(p) % 2 == 0 and len(p) >= 6]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for p in polys for v in p):
+        raise ValueError("polygon coordinates must be numbers")
+    if not polys:
+        return None
+    rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
+    return {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+
+
+def _coco(rle: dict) -> dict:
+    return {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+
+
+def grefcoco_env(root, image_root, refs_name: str = "grefs(unc).json", seed: int = 0) -> Environment:
+    """gRefCOCO as an ``Environment``: ``root`` holds the refs and ``instances.json``; ``image_root`` train2014."""
+    root = Path(root)
+
+    def samples(split: str, bad_rows: BadRows | None = None):
+        return grefcoco_samples(root / refs_name, root / "instances.json", image_root, split, bad_rows, seed)
+
+    return Environment(
+        name="grefcoco", task="gres", splits=SPLITS, samples=samples, rewards=RECOMMENDED_REWARDS["gres"],
+        description=f"gRefCOCO from {root}",
+    )

@@ -1,0 +1,183 @@
+"""IoU reward from SAMTok decoding: the predicted codes are decoded into masks on the row's image and
+compared with the row's ground-truth masks (dataset column ``masks``: a list of COCO RLE dicts).
+
+Modes:
+
+* ``gres``: IoU of the union of the predicted masks against the merged GT, with ReLA's no-target rule: no
+  predicted mask on a no-target row -> 1, any mask on a no-target row -> 0, no mask on a target row -> 0.
+* ``instances``: one-to-one Hungarian matching of predicted and GT masks on IoU; the sum of the matched
+  IoUs / max(N_pred, N_gt) (both empty -> 1, one empty -> 0), so extra or missing instances cost.
+* ``gcg``: the same matching restricted to pairs with the same (normalised) phrase; predicted pairs are the
+  mask groups that directly follow ``<|object_ref_start|>phrase<|object_ref_end|>``; GT phrases come from the
+  ``answer`` column in order, aligned with ``masks``.
+
+Predicted groups are repaired as the decoder does (``tokenizer.codec.parse_masks``): a one-code group decodes
+coarsely, a group with a bad first code is dropped.
+
+Cost and memory: one image-encoder pass per distinct image, thanks to the tokenizer's image-feature cache
+(the ``num_generations`` completions of a prompt share the image), then one light decoder pass per
+completion. Decoding runs on the tokenizer's device (the GPU when there is one); ``MaskTokenizer.decode``
+returns the masks on the CPU, where the IoU is computed: per completion, N predicted and M GT masks of
+H x W take (N + M) * H * W bytes as booleans plus 4 * (N + M) * H * W bytes as float32 during the IoU
+product, e.g. about 40 MB for N = M = 4 on a 1024 x 1024 image, freed after each completion. On the
+device: the tokenizer's weights, its cached image features (``cache_size`` images, default 4; at 1024 px
+the three FPN levels are 256 x (256^2 + 128^2 + 64^2) floats = 84 MiB per image in fp32, measured with the
+hiera_t config, and the same for Hiera-L since the neck width sets it) and one decoder pass at a time.
+Measured by ``bench/rewards.py --tokenizer hiera_t`` on an H200: peak 889 MiB of GPU memory allocated for
+8 groups of 8 completions at 640 x 480 (random weights).
+"""
+
+from __future__ import annotations
+
+from rewards.answer_match import _gt_gcg, _normalize_phrase, _phrases, _text
+from tokenizer.codec import CODEBOOK_SIZE, parse_masks
+
+MODES = ("gres", "instances", "gcg")
+
+
+def _load_tokenizer(mask_tokenizer, device):
+    import torch
+
+    from tokenizer import MaskTokenizer
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if mask_tokenizer == "tiny":
+        return MaskTokenizer.tiny_pretrained(device=device)
+    if isinstance(mask_tokenizer, str):
+        return MaskTokenizer.from_pretrained(mask_tokenizer, device=device).eval()
+    if not hasattr(mask_tokenizer, "decode"):
+        raise TypeError(f"mask_tokenizer must have a decode(image, codes) method, got {type(mask_tokenizer).__name__}")
+    return mask_tokenizer  # a ready object stays where its owner put it
+
+
+def _gcg_pred(text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    phrases, codes = [], []
+    for phrase, c1, c2 in _phrases(text):
+        if not c1 or not 0 <= int(c1) < CODEBOOK_SIZE:
+            continue  # a phrase without a (decodable) mask predicts nothing
+        second = int(c2) - CODEBOOK_SIZE
+        phrases.append(_normalize_phrase(phrase))
+        codes.append((int(c1), second if 0 <= second < CODEBOOK_SIZE else -1))
+    return phrases, codes
+
+
+def _matched_iou(iou, allowed=None) -> float:
+    """Sum of Hungarian-matched IoUs / max(N_pred, N_gt); ``allowed`` masks out pairs (different phrases)."""
+    from scipy.optimize import linear_sum_assignment
+
+    n_pred, n_gt = iou.shape
+    if n_pred == 0 and n_gt == 0:
+        return 1.0
+    if n_pred == 0 or n_gt == 0:
+        return 0.0
+    if allowed is not None:
+        iou = iou * allowed
+    rows, cols = linear_sum_assignment(iou, maximize=True)
+    return float(iou[rows, cols].sum()) / max(n_pred, n_gt)
+
+
+def mask_iou(mode: str = "gres", mask_tokenizer="tiny", device=None, max_pred_masks: int = 64):
+    """Factory for the decoded-mask IoU reward.
+
+    ``mask_tokenizer``: a ``tokenizer.MaskTokenizer`` (or any object with ``decode(image, codes)`` returning
+    a bool tensor [N, H, W] at the image's size), ``"tiny"`` for the tiny pretrained one, or a checkpoint
+    path. ``device`` (for a name or path): where the tokenizer runs; default the GPU when there is one.
+    ``max_pred_masks`` bounds memory: a completion with more distinct predicted masks scores 0 undecoded
+    (a degenerate rollout; a few hundred full-size masks would not fit). Repeated codes are decoded once.
+    Needs the dataset columns ``image`` and ``masks`` (and ``answer`` for ``gcg``).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(max_pred_masks, int) or max_pred_masks < 1:
+        raise ValueError(f"max_pred_masks must be a positive integer, got {max_pred_masks!r}")
+    tok = _load_tokenizer(mask_tokenizer, device)
+
+    import numpy as np
+    import torch
+
+    from tokenizer.masks import decode_rle
+
+    def gt_masks(rles, shape, cache):
+        if rles is None:
+            rles = []
+        if not isinstance(rles, (list, tuple)):
+            raise ValueError(f"column 'masks' must be a list of COCO RLE dicts, got {type(rles).__name__}")
+        if not rles:
+            return np.zeros((0, *shape), dtype=bool)
+        # The completions of a prompt carry equal copies of its masks: decode them once per call.
+        key = (shape, tuple(r.get("counts") if isinstance(r, dict) and isinstance(r.get("counts"), str) else None
+                            for r in rles))  # fmt: skip
+        if None in key[1]:
+            return np.stack([decode_rle(r, shape=shape) for r in rles])
+        if key not in cache:
+            cache.clear()  # consecutive rows share masks; keep one entry
+            cache[key] = np.stack([decode_rle(r, shape=shape) for r in rles])
+        return cache[key]
+
+    def image_shape(image):
+        if hasattr(image, "shape") and len(image.shape) in (2, 3):  # an HxW or HxWxC array
+            return int(image.shape[0]), int(image.shape[1])
+        if hasattr(image, "size") and isinstance(image.size, tuple):  # PIL: size is (W, H)
+            return image.size[1], image.size[0]
+        raise ValueError(f"column 'image' must be a PIL image or an HxW(xC) array, got {type(image).__name__}")
+
+    def decode(image, codes):
+        """Masks [len(codes), H, W] (None for no codes), each distinct code decoded once."""
+        if not codes:
+            return None
+        unique = list(dict.fromkeys(codes))
+        masks = torch.as_tensor(tok.decode(image, unique)).bool()
+        if len(unique) == len(codes):
+            return masks
+        return masks[[unique.index(c) for c in codes]]
+
+    def iou_matrix(pred, gt):
+        dev = pred.device
+        p = pred.reshape(len(pred), -1).float()
+        g = torch.as_tensor(gt, device=dev).reshape(len(gt), -1).float()
+        inter = p @ g.T
+        union = p.sum(1)[:, None] + g.sum(1)[None, :] - inter
+        return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter)).cpu().numpy()
+
+    def one(completion, image, rles, answer, cache) -> float:
+        if image is None:
+            raise ValueError("mask_iou needs the dataset column 'image'")
+        shape = image_shape(image)
+        gt = gt_masks(rles, shape, cache)
+        text = _text(completion)
+        if mode == "gcg":
+            pred_phrases, codes = _gcg_pred(text)
+            gt_phrases = _gt_gcg(answer if isinstance(answer, str) else "")[1]
+            if len(gt_phrases) != len(gt):
+                raise ValueError(f"row has {len(gt_phrases)} phrases in 'answer' but {len(gt)} masks in 'masks'")
+        else:
+            codes = parse_masks(text)
+        if len(set(codes)) > max_pred_masks:
+            return 0.0
+        pred = decode(image, codes)
+        if mode == "gres":
+            if not gt.any():  # no-target row
+                return 1.0 if pred is None else 0.0
+            if pred is None:
+                return 0.0
+            merged = torch.as_tensor(gt.any(0, keepdims=True))
+            return float(iou_matrix(pred.any(0, keepdim=True), merged)[0, 0])
+        n_pred = 0 if pred is None else len(pred)
+        iou = np.zeros((n_pred, len(gt))) if pred is None or len(gt) == 0 else iou_matrix(pred, gt)
+        if mode == "instances":
+            return _matched_iou(iou)
+        allowed = np.array([[p == g for g in gt_phrases] for p in pred_phrases], dtype=float).reshape(iou.shape)
+        return _matched_iou(iou, allowed)
+
+    def mask_iou(prompts=None, completions=(), completion_ids=None, image=None, masks=None, answer=None, **columns):
+        n = len(completions)
+        images = [None] * n if image is None else image
+        rles = [None] * n if masks is None else masks
+        answers = [None] * n if answer is None else answer
+        cache = {}
+        with torch.no_grad():
+            return [one(c, im, r, a, cache) for c, im, r, a in zip(completions, images, rles, answers, strict=True)]
+
+    mask_iou.mask_tokenizer = tok
+    return mask_iou

@@ -1,0 +1,229 @@
+"""``samtok-rl eval``: generate with a policy over an environment split and report the official metrics.
+
+Pipeline (each step is a function the demo can call on its own):
+
+1. ``eval_rows``: the split's rows (GT masks as RLE; answers are not needed to score);
+2. ``generate``: HF ``generate`` in batches, greedy by default, decoded with special tokens kept
+   (mask and object-ref tokens) exactly as the rewards read completions;
+3. ``predicted_masks``: every mask group of a completion, parsed with the codec's repair rules and
+   decoded by the ``MaskTokenizer`` on the row's image (row by row, so memory stays flat);
+4. ``score``: GRES with ReLA's metric (no mask group = "no target"; the groups' masks are unioned and
+   compared with the merged GT), GCG with GLaMM's evaluator on GLaMM-format per-image JSONs;
+5. ``render_grid``: a PNG of GT vs predicted mask overlays.
+
+Only HF ``generate`` is implemented; ``--backend vllm`` is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+from envs import BadRows, get_env
+from envs.base import build_rows, group_by_image, load_image, merged_mask
+from rewards.runtime import decode_raw
+from tokenizer.codec import parse_masks
+from tokenizer.masks import decode_rle, encode_rle
+
+
+def eval_rows(env, split: str, limit: int | None = None, strict: bool = True) -> list[dict]:
+    """Rows of ``env``'s ``split`` (at most ``limit``) without encoded answers."""
+    env.check_split(split)
+    samples = list(env.samples(split, BadRows(strict=strict)))
+    samples = samples[:limit] if limit is not None else samples
+    return [r for group in group_by_image(samples) for r in build_rows(group, None)]
+
+
+def generate(model, processor, rows, max_new_tokens: int = 256, batch_size: int = 8, do_sample: bool = False) -> list[str]:
+    """The policy's completion for every row, special tokens kept (pad/eos dropped)."""
+    import torch
+
+    tok = processor.tokenizer
+    image_token = tok.convert_tokens_to_ids("<|image_pad|>")
+    device = next(model.parameters()).device
+    model.eval()
+    out: list[str] = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        prompts = [processor.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in batch]
+        images = [load_image(r["image"]) for r in batch]
+        inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True).to(device)
+        with torch.no_grad():
+            ids = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id,
+                suppress_tokens=[image_token],  # as TRL does: the policy must not emit image placeholders
+            )  # fmt: skip
+        out += decode_raw(ids[:, inputs["input_ids"].shape[1] :].tolist(), tok)
+    return out
+
+
+def predicted_masks(text: str, row: dict, mask_tokenizer) -> np.ndarray:
+    """bool [N,H,W]: one mask per mask group of the completion, decoded on the row's image (N may be 0)."""
+    image = load_image(row["image"])
+    codes = parse_masks(text)
+    if not codes:
+        return np.zeros((0, image.height, image.width), bool)
+    return np.asarray(mask_tokenizer.decode(image, codes), dtype=bool)
+
+
+def decode_predictions(texts: list[str], rows: list[dict], mask_tokenizer) -> list[np.ndarray]:
+    """``predicted_masks`` for every row (holds them all: use on small sets, e.g. the grid)."""
+    return [predicted_masks(t, r, mask_tokenizer) for t, r in zip(texts, rows)]
+
+
+def score_gres(rows, texts, mask_tokenizer, out_dir: Path) -> dict:
+    """ReLA's GRES metrics; writes ``predictions.jsonl`` (text, no-target flag, merged mask per row).
+
+    Rows are decoded and scored one at a time, so memory does not grow with the split.
+    """
+    from envs.metrics import gres_scores
+
+    def records(f):
+        for row, text in zip(rows, texts):
+            pred = predicted_masks(text, row, mask_tokenizer)
+            merged = pred.any(0)
+            pred_nt = len(pred) == 0  # SAMTok: no mask group means "no target"
+            f.write(json.dumps({"id": row["id"], "question": row["question"], "completion": text,
+                                "pred_no_target": pred_nt, "masks": len(pred), "pred_mask": encode_rle(merged),
+                                "gt_no_target": row["no_target"]}) + "\n")  # fmt: skip
+            yield merged, pred_nt, merged_mask(row["masks"], merged.shape), row["no_target"]
+
+    with open(out_dir / "predictions.jsonl", "w") as f:
+        return gres_scores(records(f))
+
+
+def score_gcg(rows, texts, mask_tokenizer, out_dir: Path, embed=None, with_captions: bool = True) -> dict:
+    """GLaMM's GCG metrics over per-image prediction JSONs written to ``out_dir/predictions``."""
+    from envs.gcg import prediction_record, write_gt_files
+    from envs.metrics import gcg_scores
+
+    pred_dir = out_dir / "predictions"
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    for row, text in zip(rows, texts):
+        record = prediction_record(row["image_id"], text, predicted_masks(text, row, mask_tokenizer))
+        (pred_dir / f"{row['image_id']}.json").write_text(json.dumps(record))
+    cap_file, mask_file = write_gt_files(rows, out_dir / "gt")
+    return gcg_scores(pred_dir, cap_file, mask_file, embed=embed, with_captions=with_captions)
+
+
+def render_grid(rows, preds, texts, path, n: int = 16) -> Path:
+    """A PNG with one line per sample: the image with GT masks | with predicted masks (first ``n`` rows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(n, len(rows))
+    fig, axes = plt.subplots(max(n, 1), 2, figsize=(6, 3.2 * max(n, 1)), squeeze=False)
+    for i in range(n):
+        image = np.asarray(load_image(rows[i]["image"]), dtype=float) / 255
+        gt = np.stack([decode_rle(r, image.shape[:2]) for r in rows[i]["masks"]]) if rows[i]["masks"] else preds[i][:0]
+        for ax, masks, title in ((axes[i, 0], gt, "GT: " + rows[i]["question"]), (axes[i, 1], preds[i], "pred: " + texts[i])):
+            ax.imshow(_overlay(image, masks))
+            ax.set_title(textwrap.shorten(title, 90), fontsize=6, wrap=True)
+            ax.axis("off")
+    if n == 0:
+        axes[0, 0].set_title("no samples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return Path(path)
+
+
+def _overlay(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    # Tints plus a white outline, so a mask stays visible on an object of the same colour.
+    colours = np.array([[0, 1, 1], [1, 0, 1], [1, 0.5, 0], [0.5, 0, 1], [1, 1, 1], [0, 0, 0]], float)
+    out = image.copy()
+    for k, m in enumerate(masks):
+        out[m] = 0.4 * out[m] + 0.6 * colours[k % len(colours)]
+        inner = m.copy()
+        inner[1:, :] &= m[:-1, :]
+        inner[:-1, :] &= m[1:, :]
+        inner[:, 1:] &= m[:, :-1]
+        inner[:, :-1] &= m[:, 1:]
+        out[m & ~inner] = 1.0
+    return out
+
+
+def evaluate(model, processor, mask_tokenizer, rows, task: str, out_dir, max_new_tokens: int = 256,
+             batch_size: int = 8, grid: int = 16, embed=None, with_captions: bool = True) -> dict:
+    """Generate, decode, score, write predictions + ``metrics.json`` + ``grid.png``; returns the metrics."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    texts = generate(model, processor, rows, max_new_tokens, batch_size)
+    if task == "gres":
+        metrics = score_gres(rows, texts, mask_tokenizer, out_dir)
+    else:
+        metrics = score_gcg(rows, texts, mask_tokenizer, out_dir, embed, with_captions)
+    if grid:
+        n = min(grid, len(rows))
+        render_grid(rows[:n], decode_predictions(texts[:n], rows[:n], mask_tokenizer), texts[:n], out_dir / "grid.png", n)
+    result = {"task": task, "samples": len(rows), "metrics": metrics, "seconds": round(time.perf_counter() - start, 2)}
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
+    return metrics
+
+
+def format_table(metrics: dict) -> str:
+    width = max(len(k) for k in metrics) if metrics else 0
+    return "\n".join(f"{k:<{width}}  {v:7.2f}" for k, v in metrics.items())
+
+
+def load_policy_spec(spec: str, device: str | None = None):
+    """``tiny`` (random-init tiny policy: smoke tests) or a saved policy folder / hub id."""
+    from rl.policy import build_tiny_policy, load_policy
+
+    if spec == "tiny":
+        return build_tiny_policy()
+    return load_policy(spec, device=device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from envs.prepare import load_mask_tokenizer, parse_options
+
+    p = argparse.ArgumentParser(prog="samtok-rl eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--policy", required=True, help="saved policy folder, hub id, or 'tiny' (untrained, smoke tests)")
+    p.add_argument("--env", required=True, help="shapes_gres, shapes_gcg, grefcoco, grandf")
+    p.add_argument("--split", default="val")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="environment option")
+    p.add_argument("--tokenizer", default="tiny", help="mask tokenizer that decodes predictions: tiny | random | folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--grid", type=int, default=16, help="samples in grid.png (0: none)")
+    p.add_argument("--no-captions", action="store_true", help="GCG: skip METEOR/CIDEr (they need Java)")
+    p.add_argument("--bert", default=None, help="GCG recall: local bert-base-uncased folder (else SAMTOK_RL_BERT)")
+    p.add_argument("--lenient", action="store_true", help="skip bad source rows instead of failing")
+    p.add_argument("--backend", choices=("auto", "hf", "vllm"), default="auto")
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    if args.backend == "vllm":
+        print("samtok-rl eval: error: the vLLM backend is not implemented yet; use --backend hf", file=sys.stderr)
+        return 2
+    try:
+        env = get_env(args.env, **parse_options(args.option))
+        rows = eval_rows(env, args.split, args.limit, strict=not args.lenient)
+        model, processor = load_policy_spec(args.policy, args.device)
+        if args.device:
+            model = model.to(args.device)
+        mask_tokenizer = load_mask_tokenizer(args.tokenizer)
+        embed = None
+        if args.bert:
+            from envs.metrics import bert_embed
+
+            embed = bert_embed(args.bert)
+        metrics = evaluate(model, processor, mask_tokenizer, rows, env.task, args.out, args.max_new_tokens,
+                           args.batch_size, args.grid, embed, not args.no_captions)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"samtok-rl eval: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{env.name} {args.split}: {len(rows)} samples")
+    print(format_table(metrics))
+    return 0

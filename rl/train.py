@@ -1,0 +1,108 @@
+"""``samtok-rl train RECIPE.yaml [key=value ...] [--dry-run]``: validate a recipe, then SFT (optional) and GRPO.
+
+The same command runs under ``accelerate launch`` (one or many GPUs, DeepSpeed ZeRO-2/3 configs in
+``recipes/accelerate/``): every rank runs this module; only the main process writes the resolved recipe
+and the final model.
+
+Run directory layout (``run.output_dir``)::
+
+    recipe.yaml          the resolved recipe (defaults and overrides filled in)
+    sft/                 the SFT warm-start policy, when sft.enabled
+    policy-init/         the initial GRPO policy (resized vocabulary saved before training)
+    checkpoint-N/        complete checkpoints only (staged in .staging/ and renamed when done)
+    runs/                TensorBoard event files
+    final/               the trained policy, LoRA merged
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from rl.config import Recipe, RecipeError, load_recipe, save_resolved
+
+log = logging.getLogger("samtok_rl.train")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="samtok-rl train", description=__doc__.split("\n\n")[0])
+    p.add_argument("recipe", help="recipe YAML (see recipes/)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.learning_rate=1e-5 run.resume=true")
+    p.add_argument("--dry-run", action="store_true", help="validate the recipe, print it, and exit")
+    p.add_argument("--no-file-checks", action="store_true",
+                   help="with --dry-run: do not require local files (data, model folder) to exist yet")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides, check_files=not (args.dry_run and args.no_file_checks))
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        from omegaconf import OmegaConf
+
+        from rl.config import to_dict
+
+        print(OmegaConf.to_yaml(OmegaConf.create(to_dict(recipe))), end="")
+        print(f"recipe OK: {args.recipe}", file=sys.stderr)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    final = run(recipe)
+    print(f"trained policy saved to {final}")
+    return 0
+
+
+def run(recipe: Recipe, callbacks=()) -> Path:
+    """SFT warm start (if enabled), then GRPO; returns the directory of the final policy."""
+    from transformers import set_seed
+
+    from rl import checkpoint, trainer as tr
+
+    run_dir = Path(recipe.run.output_dir)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_resolved(recipe, run_dir / "recipe.yaml")
+        checkpoint.clear_staging(run_dir)
+    set_seed(recipe.run.seed)
+    train_ds, eval_ds = tr.load_datasets(recipe)
+    log.info("train rows: %d, eval rows: %s", len(train_ds), len(eval_ds) if eval_ds is not None else 0)
+
+    init_from = None
+    if recipe.sft.enabled:
+        init_from = run_sft_stage(recipe, run_dir, train_ds)
+
+    resume = checkpoint.last_checkpoint(run_dir) if recipe.run.resume else None
+    if recipe.run.resume:
+        log.info("resuming from %s", resume or "the start (no complete checkpoint yet)")
+    model, processor = tr.prepare_policy(recipe, run_dir, init_from)
+    trainer = tr.build_trainer(recipe, run_dir, train_ds, eval_ds, model, processor, callbacks)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return tr.save_final(trainer, processor, run_dir / "final")
+
+
+def run_sft_stage(recipe: Recipe, run_dir: Path, train_ds) -> Path:
+    """The SFT policy directory, trained now unless a previous run of this recipe already saved it."""
+    from rl.policy import save_policy
+    from rl.sft import run_sft
+    from rl.trainer import initial_policy
+
+    sft_dir = run_dir / "sft"
+    if (sft_dir / "config.json").is_file():
+        log.info("SFT policy found at %s: skipping the SFT stage", sft_dir)
+        return sft_dir
+    model, processor = initial_policy(recipe)
+    run_sft(recipe, model, processor, train_ds, run_dir / "sft-work")
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_policy(model, processor, sft_dir)
+    return sft_dir
+
+
+if __name__ == "__main__":
+    sys.exit(main())

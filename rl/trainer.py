@@ -1,0 +1,333 @@
+"""GRPO on TRL: the policy, its trainable parts, the rewards and TRL's ``GRPOTrainer`` with two small hooks.
+
+What we add to TRL, and where:
+
+* ``prepare_policy``: load or build the policy, add mask tokens if asked, save it to ``<run>/policy-init``
+  first (TRL rebuilds the KL reference model, and vLLM loads weights, from ``model.name_or_path``: a
+  vocabulary resized only in memory would not match), then freeze the vision tower and set up LoRA.
+* LoRA with trainable mask-token rows. TRL refuses a PEFT layer on ``lm_head`` because it computes
+  log-probs from ``lm_head.weight`` directly, and with tied embeddings (all Qwen-VL 2B-4B checkpoints)
+  PEFT's ``trainable_token_indices`` wraps that tied head. Our arrangement: LoRA adapters on the
+  projections only, and the tied embedding matrix itself left trainable with a gradient hook that zeroes
+  every row except the 514 mask tokens (and no weight decay on it). The rows then move in the input
+  embedding and in the output projection alike, ``lm_head`` stays a plain Linear, and TRL accepts it.
+  Checkpoints carry those rows next to the adapter (``mask_token_rows.safetensors``).
+* ``SamtokGRPOTrainer``: checkpoints are staged and renamed when complete (``rl.checkpoint``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from rl import checkpoint
+from rl.config import TINY, Recipe
+
+log = logging.getLogger(__name__)
+ROWS_FILE = "mask_token_rows.safetensors"
+
+
+# ---------------------------------------------------------------- policy
+
+
+def initial_policy(recipe: Recipe):
+    """``(model, processor)`` as the recipe names it: the tiny policy, or a checkpoint (+ mask tokens)."""
+    from rl.policy import build_tiny_policy, load_policy
+    from tokenizer.codec import MT_START, add_mask_tokens
+
+    m = recipe.model
+    if m.path == TINY:
+        model, processor = build_tiny_policy(
+            arch=m.tiny.arch, vocab=m.tiny.vocab, hidden_size=m.tiny.hidden_size,
+            num_layers=m.tiny.num_layers, seed=recipe.run.seed,
+        )  # fmt: skip
+    else:
+        model, processor = load_policy(m.path, dtype=_dtype(m.dtype))
+    if m.add_mask_tokens:
+        add_mask_tokens(processor.tokenizer, model, seed=recipe.run.seed)
+    elif MT_START not in processor.tokenizer.get_vocab():
+        raise ValueError(f"model.path {m.path!r} has no mask tokens; set model.add_mask_tokens=true for a base Qwen-VL")
+    return model.to(_dtype(m.dtype)), processor
+
+
+def prepare_policy(recipe: Recipe, run_dir: str | os.PathLike, init_from: str | os.PathLike | None = None):
+    """``(model, processor)`` ready for GRPO, loaded from ``<run>/policy-init`` (written first if missing,
+    from ``init_from`` or ``initial_policy``), with the vision tower frozen and LoRA applied as configured."""
+    from rl.policy import load_policy, save_policy
+
+    m = recipe.model
+    init_dir = Path(run_dir) / "policy-init"
+    if init_from is None and m.path != TINY and not m.add_mask_tokens:
+        init_dir = Path(m.path)  # a released -SAMTok checkpoint is used as is: no copy of several GB
+    elif not (init_dir / "config.json").is_file():
+        model, processor = load_policy(init_from) if init_from else initial_policy(recipe)
+        if _is_main_process():
+            save_policy(model, processor, init_dir)
+        _barrier()
+    model, processor = load_policy(init_dir, dtype=_dtype(m.dtype))
+    if m.attn_implementation:
+        model.set_attn_implementation(m.attn_implementation)
+    if m.freeze_vision:
+        freeze_vision_tower(model)
+    if m.finetune == "lora":
+        model = apply_lora(model, processor.tokenizer, m.lora)
+    return model, processor
+
+
+def freeze_vision_tower(model) -> int:
+    """Freeze the vision encoder and its merger; returns how many parameters were frozen."""
+    n = 0
+    for name, p in model.named_parameters():
+        if ".visual." in f".{name}" or name.startswith("visual."):
+            p.requires_grad_(False)
+            n += p.numel()
+    if n == 0:
+        raise ValueError(f"{type(model).__name__}: no vision-tower parameters found to freeze")
+    return n
+
+
+def mask_token_ids(tokenizer) -> list[int]:
+    from tokenizer.codec import MASK_TOKENS
+
+    vocab = tokenizer.get_vocab()
+    return sorted(vocab[t] for t in MASK_TOKENS)
+
+
+def apply_lora(model, tokenizer, lora_cfg):
+    """LoRA on the projections; mask-token rows of the tied embedding trainable (see the module docstring)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+        target_modules=_language_modules(model, lora_cfg.target_modules), task_type="CAUSAL_LM",
+    )  # fmt: skip
+    model = get_peft_model(model, config)
+    if lora_cfg.train_mask_tokens:
+        train_only_rows(model.get_input_embeddings().weight, mask_token_ids(tokenizer))
+        out = model.get_output_embeddings()
+        if out is not None and out.weight is not model.get_input_embeddings().weight:
+            train_only_rows(out.weight, mask_token_ids(tokenizer))
+    return model
+
+
+def _language_modules(model, names: list[str]) -> str:
+    """A regex selecting ``names`` in the language model only: adapters in a frozen vision tower are waste."""
+    alternatives = "|".join(names)
+    return rf"^(?!.*visual).*\.({alternatives})$"
+
+
+def train_only_rows(weight: torch.nn.Parameter, rows: list[int]) -> None:
+    """Make ``weight`` trainable but let gradients through only for ``rows``."""
+    keep = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+    keep[rows] = 1
+    weight.requires_grad_(True)
+    weight._samtok_rows = rows  # read by the checkpoint hook and the optimizer grouping
+    weight.register_hook(lambda g: g * keep.to(g.dtype))
+
+
+def _row_params(model) -> list[torch.nn.Parameter]:
+    seen, out = set(), []
+    for p in model.parameters():
+        if hasattr(p, "_samtok_rows") and id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+# ---------------------------------------------------------------- data
+
+
+def shapes_rows(recipe: Recipe, split: str, n: int, mask_tokenizer=None) -> list[dict]:
+    """Rows of the generated shapes world (GT answers encoded with the recipe's mask tokenizer)."""
+    from envs.base import build_rows, group_by_image
+    from envs.prepare import load_mask_tokenizer
+    from envs.shapes import shapes_env
+
+    d = recipe.data
+    task = "gcg" if d.env == "shapes_gcg" else "gres"
+    env = shapes_env(task, train_size=n, eval_size=n, seed=d.shapes.seed, image_size=d.shapes.image_size)
+    tok = mask_tokenizer or load_mask_tokenizer(d.mask_tokenizer)
+    return [row for group in group_by_image(env.samples(split)) for row in build_rows(group, tok)]
+
+
+def load_datasets(recipe: Recipe, mask_tokenizer=None):
+    """``(train, eval)`` ``datasets.Dataset``s in TRL's conversational format (eval may be None)."""
+    from envs.base import rows_to_dataset
+
+    d = recipe.data
+    if d.env.startswith("shapes"):
+        train = rows_to_dataset(shapes_rows(recipe, "train", d.shapes.n_train, mask_tokenizer))
+        evald = rows_to_dataset(shapes_rows(recipe, "val", d.shapes.n_eval, mask_tokenizer)) if d.shapes.n_eval else None
+    else:
+        train = load_prepared(d.train, d.image_root)
+        evald = load_prepared(d.eval, d.image_root) if d.eval else None
+    if d.max_train_samples is not None:
+        train = train.select(range(min(d.max_train_samples, len(train))))
+    return train, evald
+
+
+def load_prepared(path: str, image_root: str | None = None):
+    """A prepared dataset: a ``samtok-rl prepare`` folder, a ``save_to_disk`` directory, or .jsonl/.json/.parquet
+    files (or a directory of them)."""
+    import datasets
+
+    p = Path(path)
+    if (p / "manifest.json").is_file():
+        from envs.prepare import load_prepared as load_prepare_output
+
+        ds = load_prepare_output(p)
+    elif (p / "dataset_info.json").is_file() or (p / "state.json").is_file():
+        ds = datasets.load_from_disk(str(p))
+    else:
+        files = sorted(str(f) for f in p.glob("*") if f.suffix in (".jsonl", ".json", ".parquet")) if p.is_dir() else [str(p)]
+        if not files:
+            raise ValueError(f"{path}: no .jsonl/.json/.parquet files")
+        kind = "parquet" if files[0].endswith(".parquet") else "json"
+        ds = datasets.load_dataset(kind, data_files=files, split="train")
+    missing = [c for c in ("prompt", "image", "answer") if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{path}: prepared rows lack the column(s) {missing}; run `samtok-rl prepare` first")
+    if isinstance(ds.features["image"], datasets.Value):  # paths: make them images decoded on access
+        if image_root:
+            from envs.base import safe_image_path  # refuses paths that escape the image root
+
+            ds = ds.map(lambda r: {"image": str(safe_image_path(image_root, r["image"]))})
+        ds = ds.cast_column("image", datasets.Image())
+    return ds
+
+
+# ---------------------------------------------------------------- config and rewards
+
+
+def grpo_config(recipe: Recipe, run_dir: str | os.PathLike) -> GRPOConfig:
+    """``GRPOConfig`` from the recipe's ``grpo:`` section plus the fields the recipe owns elsewhere."""
+    kwargs = dict(recipe.grpo)
+    kwargs.setdefault("remove_unused_columns", False)  # reward functions read the answer/masks columns
+    kwargs.setdefault("logging_steps", 1)
+    kwargs.setdefault("save_total_limit", recipe.run.keep_checkpoints)
+    if not torch.cuda.is_available():
+        kwargs.setdefault("use_cpu", True)
+        kwargs.setdefault("bf16", False)
+    kwargs["reward_weights"] = [r.weight for r in recipe.rewards]
+    report_to = [r for r in recipe.run.report_to if r != "none"]
+    if "wandb" in report_to and not _wandb_available():
+        log.warning("run.report_to asks for wandb, which is not installed: logging to the other backends only")
+        report_to.remove("wandb")
+    return GRPOConfig(output_dir=str(run_dir), seed=recipe.run.seed, report_to=report_to or "none", **kwargs)
+
+
+def _wandb_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("wandb") is not None
+
+
+def build_rewards(recipe: Recipe, tokenizer) -> list:
+    """Registry rewards wrapped by the robust runtime: raw-text decoding of ``completion_ids`` (mask and
+    object-ref tokens kept), None on failure or timeout, failure-rate stop, time per call logged."""
+    from rewards import get_reward, wrap_rewards
+
+    funcs = [get_reward(r.name, **r.params) for r in recipe.rewards]
+    rt = recipe.reward_runtime
+    return wrap_rewards(funcs, tokenizer=tokenizer, timeout_s=rt.timeout_s, max_failure_rate=rt.max_failure_rate)
+
+
+# ---------------------------------------------------------------- trainer
+
+
+class SamtokGRPOTrainer(GRPOTrainer):
+    """TRL's GRPOTrainer with staged (atomic) checkpoints that also carry trainable mask-token rows."""
+
+    _staging_root: str | None = None
+
+    def _get_output_dir(self, trial):
+        return self._staging_root or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        run_dir = super()._get_output_dir(trial)
+        name = f"checkpoint-{self.state.global_step}"
+        self._staging_root = checkpoint.staging_dir(run_dir)
+        try:
+            super()._save_checkpoint(model, trial)
+            if self.args.should_save:
+                self._save_rows(os.path.join(self._staging_root, name))
+        finally:
+            self._staging_root = None
+        if self.args.should_save:
+            checkpoint.commit(run_dir, name)
+            from transformers.trainer_utils import rotate_checkpoints
+
+            rotate_checkpoints(run_dir, self.args.save_total_limit, use_mtime=False)
+        _barrier()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, ROWS_FILE)
+        if os.path.isfile(path):
+            from safetensors.torch import load_file
+
+            saved = load_file(path)
+            with torch.no_grad():
+                for i, p in enumerate(_row_params(self.model)):
+                    p[p._samtok_rows] = saved[f"rows_{i}"].to(p.dtype)
+
+    def _save_rows(self, ckpt_dir: str) -> None:
+        params = _row_params(self.model)
+        if params:
+            from safetensors.torch import save_file
+
+            save_file({f"rows_{i}": p[p._samtok_rows].detach().cpu().contiguous() for i, p in enumerate(params)},
+                      os.path.join(ckpt_dir, ROWS_FILE))
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        # Decoupled weight decay would shrink the frozen (zero-gradient) rows of a row-trained embedding.
+        rows = {id(p) for p in _row_params(model)}
+        names = super().get_decay_parameter_names(model)
+        return [n for n, p in model.named_parameters() if n in set(names) and id(p) not in rows]
+
+
+def build_trainer(recipe: Recipe, run_dir: str | os.PathLike, train_dataset, eval_dataset=None,
+                  model=None, processor=None, callbacks=()):
+    """The configured trainer. ``model``/``processor`` default to ``prepare_policy(recipe, run_dir)``."""
+    if model is None:
+        model, processor = prepare_policy(recipe, run_dir)
+    args = grpo_config(recipe, run_dir)
+    funcs = build_rewards(recipe, processor.tokenizer)
+    return SamtokGRPOTrainer(
+        model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        processing_class=processor, callbacks=list(callbacks),
+    )  # fmt: skip
+
+
+def save_final(trainer, processor, path: str | os.PathLike) -> Path:
+    """Save a plain (merged) policy that ``rl.policy.load_policy`` reads: LoRA is merged into the weights."""
+    from rl.policy import save_policy
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    path = Path(path)
+    if trainer.accelerator.is_main_process:
+        save_policy(model, processor, path)
+    _barrier()
+    return path
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
