@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"steps before quantising (default {TINY_RECIPE['continuous_steps']} from scratch, 0 when fine-tuning)")
     t.add_argument("--kmeans-init", action=argparse.BooleanOptionalAction, default=None,
                    help="k-means the codebooks when quantisation starts (default: on from scratch, off when fine-tuning)")
+    t.add_argument("--point-loss", action="store_true",
+                   help="compute the mask losses on importance-sampled points (Mask2Former-style, as officially optional)")
+    t.add_argument("--kmeans-masks", type=int, default=2048, help="latents the k-means initialisation uses")
     t.add_argument("--train-prompt-encoder", action=argparse.BooleanOptionalAction, default=None,
                    help="also train the prompt encoder (default: on from scratch, off when fine-tuning)")
     t.add_argument("--ckpt-every", type=int, default=250)
@@ -112,12 +115,14 @@ def _train(args) -> int:
     from tokenizer.train import TrainArgs, reconstruction_miou, train
 
     model, pretrained = _build(args)
+    if args.point_loss:
+        model.config.loss_sample_points = True
     data = _load_data(args, args.scenes, "train")
     targs = TrainArgs(
         out_dir=args.out, steps=args.steps, batch_images=args.batch_images, lr=args.lr, loss_size=args.loss_size,
         continuous_steps=args.continuous_steps if args.continuous_steps is not None else
         (0 if pretrained else TINY_RECIPE["continuous_steps"]),
-        kmeans_init=args.kmeans_init if args.kmeans_init is not None else not pretrained,
+        kmeans_init=args.kmeans_init if args.kmeans_init is not None else not pretrained, kmeans_masks=args.kmeans_masks,
         train_prompt_encoder=args.train_prompt_encoder if args.train_prompt_encoder is not None else not pretrained,
         ckpt_every=args.ckpt_every, seed=args.seed, resume=not args.no_resume, progress=not args.no_progress)
     t0 = time.time()
@@ -138,10 +143,10 @@ def _eval(args) -> int:
     from tokenizer import MaskTokenizer
     from tokenizer.train import reconstruction_miou
 
+    data = _load_data(args, args.scenes, args.split)  # bad data fails before the model is loaded
     model = _official(args)
     if model is None:
         model = MaskTokenizer.tiny_pretrained() if args.weights == "tiny" else MaskTokenizer.from_pretrained(args.weights)
-    data = _load_data(args, args.scenes, args.split)
     t0 = time.time()
     result = reconstruction_miou(model, data)
     result["seconds"] = round(time.time() - t0, 1)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -64,9 +63,13 @@ def run(recipe: Recipe, callbacks=()) -> Path:
 
     from rl import checkpoint, trainer as tr
 
+    from accelerate import PartialState
+
+    # Joins the process group now under a launcher, so that ranks can wait for files that rank 0 writes
+    # (policy-init, the SFT policy) before the trainers exist.
+    state = PartialState()
     run_dir = Path(recipe.run.output_dir)
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    if main_process:
+    if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(recipe, run_dir / "recipe.yaml")
         checkpoint.clear_staging(run_dir)
@@ -81,14 +84,18 @@ def run(recipe: Recipe, callbacks=()) -> Path:
     resume = checkpoint.last_checkpoint(run_dir) if recipe.run.resume else None
     if recipe.run.resume:
         log.info("resuming from %s", resume or "the start (no complete checkpoint yet)")
-    model, processor = tr.prepare_policy(recipe, run_dir, init_from)
-    trainer = tr.build_trainer(recipe, run_dir, train_ds, eval_ds, model, processor, callbacks)
+    init_dir = tr.init_policy_dir(recipe, run_dir, init_from)
+    args = tr.grpo_config(recipe, run_dir)  # before loading: under ZeRO-3 the model then loads partitioned
+    model, processor = tr.load_for_training(recipe, init_dir)
+    trainer = tr.build_trainer(recipe, run_dir, train_ds, eval_ds, model, processor, callbacks, args)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return tr.save_final(trainer, processor, run_dir / "final")
 
 
 def run_sft_stage(recipe: Recipe, run_dir: Path, train_ds) -> Path:
     """The SFT policy directory, trained now unless a previous run of this recipe already saved it."""
+    from accelerate import PartialState
+
     from rl.policy import save_policy
     from rl.sft import run_sft
     from rl.trainer import initial_policy
@@ -99,8 +106,9 @@ def run_sft_stage(recipe: Recipe, run_dir: Path, train_ds) -> Path:
         return sft_dir
     model, processor = initial_policy(recipe)
     run_sft(recipe, model, processor, train_ds, run_dir / "sft-work")
-    if int(os.environ.get("RANK", "0")) == 0:
+    if PartialState().is_main_process:
         save_policy(model, processor, sft_dir)
+    PartialState().wait_for_everyone()
     return sft_dir
 
 

@@ -55,19 +55,36 @@ def initial_policy(recipe: Recipe):
 
 
 def prepare_policy(recipe: Recipe, run_dir: str | os.PathLike, init_from: str | os.PathLike | None = None):
-    """``(model, processor)`` ready for GRPO, loaded from ``<run>/policy-init`` (written first if missing,
-    from ``init_from`` or ``initial_policy``), with the vision tower frozen and LoRA applied as configured."""
+    """``(model, processor)`` ready for GRPO: ``init_policy_dir`` then ``load_for_training``."""
+    return load_for_training(recipe, init_policy_dir(recipe, run_dir, init_from))
+
+
+def init_policy_dir(recipe: Recipe, run_dir: str | os.PathLike, init_from: str | os.PathLike | None = None) -> Path:
+    """Where GRPO's initial weights live: ``<run>/policy-init`` (written now if missing, from ``init_from`` or
+    ``initial_policy``), or the recipe's checkpoint itself when nothing about it changes.
+
+    Call it before ``grpo_config`` under ZeRO-3: a model built while a ZeRO-3 config is active is created
+    partitioned, and saving it would write empty tensors.
+    """
     from rl.policy import load_policy, save_policy
 
     m = recipe.model
-    init_dir = Path(run_dir) / "policy-init"
     if init_from is None and m.path != TINY and not m.add_mask_tokens:
-        init_dir = Path(m.path)  # a released -SAMTok checkpoint is used as is: no copy of several GB
-    elif not (init_dir / "config.json").is_file():
-        model, processor = load_policy(init_from) if init_from else initial_policy(recipe)
+        return Path(m.path)  # a released -SAMTok checkpoint is used as is: no copy of several GB
+    init_dir = Path(run_dir) / "policy-init"
+    if not (init_dir / "config.json").is_file():
         if _is_main_process():
+            model, processor = load_policy(init_from) if init_from else initial_policy(recipe)
             save_policy(model, processor, init_dir)
         _barrier()
+    return init_dir
+
+
+def load_for_training(recipe: Recipe, init_dir: str | os.PathLike):
+    """Load the initial policy, freeze the vision tower and apply LoRA as the recipe says."""
+    from rl.policy import load_policy
+
+    m = recipe.model
     model, processor = load_policy(init_dir, dtype=_dtype(m.dtype))
     if m.attn_implementation:
         model.set_attn_implementation(m.attn_implementation)
@@ -84,7 +101,7 @@ def freeze_vision_tower(model) -> int:
     for name, p in model.named_parameters():
         if ".visual." in f".{name}" or name.startswith("visual."):
             p.requires_grad_(False)
-            n += p.numel()
+            n += getattr(p, "ds_numel", p.numel())  # ZeRO-3 partitioned parameters have numel() == 0
     if n == 0:
         raise ValueError(f"{type(model).__name__}: no vision-tower parameters found to freeze")
     return n
@@ -233,7 +250,26 @@ def build_rewards(recipe: Recipe, tokenizer) -> list:
 
     funcs = [get_reward(r.name, **r.params) for r in recipe.rewards]
     rt = recipe.reward_runtime
-    return wrap_rewards(funcs, tokenizer=tokenizer, timeout_s=rt.timeout_s, max_failure_rate=rt.max_failure_rate)
+    wrapped = wrap_rewards(funcs, tokenizer=tokenizer, timeout_s=rt.timeout_s, max_failure_rate=rt.max_failure_rate)
+    wrapped[0] = LogDecodedMasks(wrapped[0], tokenizer)
+    return wrapped
+
+
+class LogDecodedMasks:
+    """Adds a ``pred_masks`` column (the codes parsed from each raw completion) to TRL's completion logs
+    (console sample, parquet files, W&B table) when ``grpo.log_completions`` is on. Delegates scoring."""
+
+    def __init__(self, reward, tokenizer):
+        self.reward, self.tokenizer = reward, tokenizer
+        self.__name__ = reward.__name__
+
+    def __call__(self, *args, completion_ids=None, log_extra=None, **kwargs):
+        if callable(log_extra) and completion_ids is not None:
+            from rewards import decode_raw
+            from tokenizer.codec import parse_masks
+
+            log_extra("pred_masks", [str(parse_masks(t)) for t in decode_raw(completion_ids, self.tokenizer)])
+        return self.reward(*args, completion_ids=completion_ids, log_extra=log_extra, **kwargs)
 
 
 # ---------------------------------------------------------------- trainer
@@ -291,11 +327,15 @@ class SamtokGRPOTrainer(GRPOTrainer):
 
 
 def build_trainer(recipe: Recipe, run_dir: str | os.PathLike, train_dataset, eval_dataset=None,
-                  model=None, processor=None, callbacks=()):
-    """The configured trainer. ``model``/``processor`` default to ``prepare_policy(recipe, run_dir)``."""
+                  model=None, processor=None, callbacks=(), args: GRPOConfig | None = None):
+    """The configured trainer. ``model``/``processor`` default to ``prepare_policy(recipe, run_dir)``.
+
+    Under ZeRO-3, build ``args`` (``grpo_config``) before loading the model: transformers then partitions
+    the weights while loading instead of materialising the whole model on every rank first.
+    """
+    args = args or grpo_config(recipe, run_dir)
     if model is None:
         model, processor = prepare_policy(recipe, run_dir)
-    args = grpo_config(recipe, run_dir)
     funcs = build_rewards(recipe, processor.tokenizer)
     return SamtokGRPOTrainer(
         model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -307,6 +347,13 @@ def save_final(trainer, processor, path: str | os.PathLike) -> Path:
     """Save a plain (merged) policy that ``rl.policy.load_policy`` reads: LoRA is merged into the weights."""
     from rl.policy import save_policy
 
+    if trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3:
+        # Parameters are partitioned: the Trainer gathers them (stage3_gather_16bit_weights_on_model_save).
+        # A LoRA policy is saved as base path + adapter here; merge it offline with peft if needed.
+        trainer.save_model(str(path))
+        if trainer.accelerator.is_main_process:
+            processor.save_pretrained(str(path))
+        return Path(path)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
@@ -325,7 +372,9 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 def _barrier() -> None:

@@ -103,7 +103,8 @@ def test_bad_level_one_code_is_an_error(tok, codes):
         tok.decode(_scene()[0], codes)
 
 
-@pytest.mark.parametrize("codes", [np.zeros((2, 2, 2), int), np.zeros((2, 0), int), np.array([[1.5, 2.0]])])
+@pytest.mark.parametrize("codes", [np.zeros((2, 2, 2), int), np.zeros((2, 0), int), np.array([[1.5, 2.0]]),
+                                   [[1, 2], [3]], [["a", "b"]], "12"])
 def test_bad_code_shape_or_type_is_an_error(tok, codes):
     with pytest.raises(ValueError, match="codes"):
         tok.decode(_scene()[0], codes)

@@ -100,6 +100,21 @@ def test_resume_refuses_a_different_config(scenes, tmp_path):
         T.train(_model(), scenes, _args(tmp_path, steps=12))
 
 
+@pytest.mark.parametrize("points", [False, True])
+def test_mask_losses_prefer_the_right_mask(points):
+    cfg = config.TokenizerConfig(**{**config.tiny().to_dict(), "loss_sample_points": points, "num_points": 256})
+    target = torch.zeros(2, 40, 40)
+    target[:, 10:30, 5:25] = 1
+    right = (target[:, ::2, ::2] * 2 - 1) * 8  # logits on a coarser grid, as the decoder's are
+    wrong = -right  # the complement
+    gen = torch.Generator().manual_seed(0)
+    bce_r, dice_r = T.mask_losses(right, target, cfg, gen)
+    bce_w, dice_w = T.mask_losses(wrong, target, cfg, gen)
+    assert bce_r.shape == (2,) and torch.isfinite(bce_r).all()
+    # (point sampling concentrates on the uncertain edge, where even the right mask is unsure)
+    assert (bce_r < 0.5 * bce_w).all() and (dice_r < 0.5 * dice_w).all()
+
+
 def test_reconstruction_miou_counts_every_nonempty_mask(scenes):
     model = _model().eval()
     res = T.reconstruction_miou(model, scenes[:4])

@@ -170,7 +170,10 @@ class MaskTokenizer(nn.Module):
 
     def check_codes(self, codes) -> torch.Tensor:
         """``codes`` as a LongTensor [N, depth] repaired by the codec's rules (see ``decode``)."""
-        c = torch.as_tensor(np.asarray(codes) if isinstance(codes, list) else codes)
+        try:
+            c = torch.as_tensor(np.asarray(codes) if isinstance(codes, (list, tuple)) else codes)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"codes must be an integer array [N, 2]: {e}") from None
         if c.ndim == 1 and c.numel() == 0:
             c = c.reshape(0, self.config.codebook_depth)
         if c.ndim != 2 or c.shape[1] < 1:
@@ -316,7 +319,7 @@ class MaskTokenizer(nn.Module):
                 raise FileNotFoundError(f"{path / name} not found: not a saved MaskTokenizer directory")
         model = cls(TokenizerConfig.load(path / "config.json"))
         _load_strict(model, load_file(str(path / "model.safetensors")), str(path / "model.safetensors"))
-        return model.to(device) if device is not None else model.eval()
+        return (model.to(device) if device is not None else model).eval()
 
     @classmethod
     def tiny_pretrained(cls, device=None) -> "MaskTokenizer":

@@ -1,0 +1,197 @@
+"""Seconds per GRPO step: our trainer (rl.trainer: staged checkpoints hook, wrapped rewards with raw-text decoding,
+timeouts and logging) against a plain TRL ``GRPOTrainer`` with the bare reward, same tiny policy, data and
+reward, measured side by side in one run (alternating rounds, so machine load drifts hit both alike).
+
+    python bench/trainer.py [--steps 20] [--rounds 2]
+
+Prints the median s/step of each and the ratio ours / plain (target <= 1.05).
+
+On a GPU, ``--qwen-3b`` instead runs 3 steps of ``recipes/gres_grpo.yaml`` (bf16, HF generate) on a randomly
+initialised policy of the Qwen2.5-VL-3B architecture with the real Qwen vocabulary (no download: the
+architecture is written out below) and prints s/step, generated tokens/s and peak GPU memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self):
+        self.times, self._t = [], None
+
+    def on_step_begin(self, args, state, control, **kw):
+        self._t = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        self.times.append(time.perf_counter() - self._t)
+
+
+class CentroidCodes:
+    """Deterministic stand-in encoder for the GT answers (the reward is textual; the codes' meaning is irrelevant)."""
+
+    def encode(self, image, masks, boxes=None):
+        rows = [[int(np.nonzero(m)[0].mean() // 14) * 8 + int(np.nonzero(m)[1].mean() // 14), 7] for m in masks]
+        return torch.tensor(rows, dtype=torch.long).reshape(-1, 2)
+
+
+def recipe_for(run_dir: Path, steps: int):
+    from rl.config import load_recipe
+
+    return load_recipe(ROOT / "recipes" / "shapes_gres.yaml", [
+        f"run.output_dir={run_dir}", "run.report_to=[none]", "sft.enabled=false", f"grpo.max_steps={steps}",
+        "grpo.save_strategy=no", "grpo.logging_steps=1000", "grpo.max_completion_length=32",
+        "data.shapes.n_train=64", "data.shapes.n_eval=0",
+    ])  # fmt: skip
+
+
+def run_ours(recipe, dataset, steps):
+    from rl import trainer as tr
+
+    timer = StepTimer()
+    torch.manual_seed(0)
+    model, processor = tr.prepare_policy(recipe, recipe.run.output_dir)
+    trainer = tr.build_trainer(recipe, recipe.run.output_dir, dataset, None, model, processor, [timer])
+    trainer.train()
+    return timer.times
+
+
+def run_plain(recipe, dataset, steps):
+    from trl import GRPOTrainer
+
+    from rewards import get_reward
+    from rl import trainer as tr
+    from rl.policy import load_policy
+
+    timer = StepTimer()
+    torch.manual_seed(0)
+    model, processor = load_policy(Path(recipe.run.output_dir) / "policy-init")
+    tr.freeze_vision_tower(model)  # same trainable parameters as ours
+    reward = get_reward("answer_match")
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=tr.grpo_config(recipe, recipe.run.output_dir),
+                          train_dataset=dataset, processing_class=processor, callbacks=[timer])
+    trainer.train()
+    return timer.times
+
+
+def qwen25vl_3b(path: Path, device: str = "cuda", shrink: int = 1) -> Path:
+    """A random-init policy with Qwen2.5-VL-3B-Instruct's architecture, saved to ``path`` in bf16.
+    ``shrink`` > 1 divides widths and depths (a CPU smoke check of this script)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from rl.policy import build_processor, build_tokenizer, save_policy
+
+    tok = build_tokenizer("qwen")  # real Qwen vocabulary + the 514 mask tokens
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=2048 // shrink, intermediate_size=11008 // shrink,
+            num_hidden_layers=36 // shrink, num_attention_heads=16 // shrink, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6, eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+        ),
+        vision_config=dict(
+            depth=32 // shrink, hidden_size=1280 // shrink, intermediate_size=3420 // shrink, num_heads=16 // shrink,
+            out_hidden_size=2048 // shrink, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
+        ),
+        tie_word_embeddings=True, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    save_policy(model, build_processor(tok, "qwen2_5_vl", image_size=448), path)
+    n = sum(p.numel() for p in model.parameters())
+    del model
+    torch.cuda.empty_cache()
+    print(f"random Qwen2.5-VL-3B architecture: {n / 1e9:.2f} B parameters, vocabulary {len(tok)}")
+    return path
+
+
+def run_qwen_3b(steps: int = 3, shrink: int = 1) -> int:
+    from envs.base import rows_to_dataset
+    from rl import train
+    from rl.config import load_recipe
+    from rl.trainer import shapes_rows
+
+    tmp = Path(tempfile.mkdtemp())
+    cuda = torch.cuda.is_available()
+    policy = qwen25vl_3b(tmp / "policy", "cuda" if cuda else "cpu", shrink)
+    probe = load_recipe(ROOT / "recipes" / "shapes_gres.yaml", ["data.shapes.image_size=448"])
+    rows_to_dataset(shapes_rows(probe, "train", 64, CentroidCodes())).save_to_disk(str(tmp / "data"))
+    recipe = load_recipe(ROOT / "recipes" / "gres_grpo.yaml", [
+        f"model.path={policy}", f"data.train={tmp / 'data'}", f"run.output_dir={tmp / 'run'}", "run.report_to=[none]",
+        "run.resume=false", f"grpo.max_steps={steps}", "grpo.gradient_accumulation_steps=1", "grpo.save_strategy=no",
+        "grpo.log_completions=false", "grpo.dataloader_num_workers=0",
+    ])  # fmt: skip
+    if not cuda:
+        recipe.grpo.update(bf16=False, max_completion_length=16)
+    timer, logs = StepTimer(), LogKeeper()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    train.run(recipe, callbacks=[timer, logs])
+    g = recipe.grpo
+    completions = g["per_device_train_batch_size"]
+    print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}; {completions} completions/step "
+          f"({completions // g['num_generations']} prompts x {g['num_generations']}), max {g['max_completion_length']} new tokens")
+    for t, log in zip(timer.times, logs.rows):
+        tokens = log["completions/mean_length"] * completions
+        print(f"step {log['step']}: {t:.2f} s, {tokens:.0f} generated tokens, {tokens / t:.0f} tokens/s over the whole step")
+    if cuda:
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    return 0
+
+
+class LogKeeper(TrainerCallback):
+    def __init__(self):
+        self.rows = []
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "completions/mean_length" in logs:
+            self.rows.append({"step": state.global_step, **logs})
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--qwen-3b", action="store_true", help="GPU: 3 steps of gres_grpo.yaml on a random Qwen2.5-VL-3B")
+    p.add_argument("--shrink", type=int, default=1, help=argparse.SUPPRESS)  # CPU smoke check of --qwen-3b
+    args = p.parse_args(argv)
+    if args.qwen_3b:
+        return run_qwen_3b(shrink=args.shrink)
+    torch.set_num_threads(1)
+    from envs.base import rows_to_dataset
+    from rl.trainer import shapes_rows
+
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe = recipe_for(Path(tmp) / "run", args.steps)
+        dataset = rows_to_dataset(shapes_rows(recipe, "train", 64, CentroidCodes()))
+        ours, plain = [], []
+        for _ in range(args.rounds):
+            ours += run_ours(recipe, dataset, args.steps)[2:]  # first steps: warm-up
+            plain += run_plain(recipe, dataset, args.steps)[2:]
+    mo, mp = statistics.median(ours), statistics.median(plain)
+    print(f"tiny policy (hidden 64, 2 layers, tiny vocab), 4 prompts x 8 generations, max 32 new tokens, 1 thread")
+    print(f"ours  (rl.trainer.SamtokGRPOTrainer + wrapped rewards): {mo:.4f} s/step (median of {len(ours)})")
+    print(f"plain (trl.GRPOTrainer + bare answer_match):           {mp:.4f} s/step (median of {len(plain)})")
+    print(f"ratio ours / plain: {mo / mp:.3f} (target <= 1.05)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

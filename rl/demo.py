@@ -1,0 +1,172 @@
+"""``samtok-rl demo``: the default run. On 2 CPU cores, from nothing, in minutes:
+
+1. build the tiny policy and load the tiny mask tokenizer (committed weights);
+2. generate the shapes world and encode its GT masks into answers;
+3. warm-start the policy with a short SFT stage (stopped short of saturation on purpose);
+4. run GRPO with the answer-matching reward;
+5. evaluate the SFT and the RL policies on the held-out test split with the GRES metrics;
+6. print and save a report: SFT-vs-RL table, reward curve, rollout grids with predicted and GT masks.
+
+The report states the measured gain, whatever it is. Everything comes from ``recipes/shapes_gres.yaml``;
+``key=value`` arguments override it (e.g. ``grpo.max_steps=20`` for a quicker look).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "shapes_gres.yaml"
+METRICS = ("gIoU", "cIoU", "N-acc", "T-acc")
+
+
+class LogCollector(TrainerCallback):
+    """Keeps GRPO's logged scalars in memory for the reward curve."""
+
+    def __init__(self):
+        self.rows = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "reward" in logs:
+            self.rows.append({"step": state.global_step, **logs})
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="samtok-rl demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("overrides", nargs="*", help="key=value recipe overrides")
+    p.add_argument("--recipe", default=str(RECIPE))
+    p.add_argument("--out", default="runs/demo", help="run directory (replaced)")
+    p.add_argument("--test-samples", type=int, default=200, help="held-out test samples to evaluate")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import shutil
+
+    import torch
+
+    from rl.config import RecipeError, load_recipe
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    start = time.perf_counter()
+    try:
+        recipe = load_recipe(args.recipe, [*args.overrides, f"run.output_dir={args.out}", "run.resume=false"])
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # Tiny matrices gain nothing from a second thread, and a busy second core makes OpenMP spin-waits
+    # very slow; one thread is the robust choice on a 2-core machine.
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    report = run_demo(recipe, out, args.test_samples, start)
+    print(report)
+    return 0
+
+
+def run_demo(recipe, out: Path, test_samples: int, start: float) -> str:
+    from envs.prepare import load_mask_tokenizer
+    from rl import train as train_mod
+    from rl.policy import load_policy
+    from rl.trainer import shapes_rows
+
+    _say(start, "loading the tiny mask tokenizer")
+    mask_tok = load_mask_tokenizer(recipe.data.mask_tokenizer)
+    _say(start, f"encoding {test_samples} held-out test samples")
+    test = shapes_rows(recipe, "test", test_samples, mask_tok)
+
+    collector = LogCollector()
+    _say(start, "SFT warm start, then GRPO (progress bars below)")
+    final = train_mod.run(recipe, callbacks=[collector])
+
+    results = {}
+    for name, path in (("SFT", out / "sft"), ("RL", final)):
+        _say(start, f"evaluating the {name} policy on the test split")
+        model, processor = load_policy(path)
+        results[name] = evaluate_policy(model, processor, mask_tok, test, out / f"eval_{name.lower()}")
+    curve = plot_reward_curve(collector.rows, out / "reward_curve.png")
+    wall = time.perf_counter() - start
+    report = write_report(results, recipe, out, wall, len(test), curve)
+    return report
+
+
+def evaluate_policy(model, processor, mask_tok, rows, out_dir: Path) -> dict:
+    """GRES metrics + mean answer_match reward of greedy completions, predictions and a rollout grid."""
+    from rewards.answer_match import score
+    from rl.evaluate import decode_predictions, generate, render_grid, score_gres
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    texts = generate(model, processor, rows, max_new_tokens=96, batch_size=16)
+    metrics = score_gres(rows, texts, mask_tok, out_dir)
+    metrics["mean reward"] = 100 * sum(score(t, r["answer"]) for t, r in zip(texts, rows)) / len(rows)
+    n = min(12, len(rows))
+    render_grid(rows[:n], decode_predictions(texts[:n], rows[:n], mask_tok), texts[:n], out_dir / "grid.png", n)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def plot_reward_curve(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["reward"] for r in rows], label="mean reward (answer_match)")
+    ax.fill_between(steps, [r["reward"] - r["reward_std"] for r in rows], [r["reward"] + r["reward_std"] for r in rows],
+                    alpha=0.2)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("reward")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict, recipe, out: Path, wall: float, n_test: int, curve: Path) -> str:
+    cols = [*METRICS, "mean reward"]
+    lines = [
+        "# samtok-rl demo: SFT vs RL on the shapes world (GRES)",
+        "",
+        f"Held-out test split: {n_test} samples. Tiny policy: {recipe.model.tiny.arch}, hidden "
+        f"{recipe.model.tiny.hidden_size}, {recipe.model.tiny.num_layers} layers. SFT {recipe.sft.args.get('max_steps')} "
+        f"steps, GRPO {recipe.grpo.get('max_steps')} steps (answer_match). Seed {recipe.run.seed}.",
+        "",
+        "| policy | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for name, m in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{m.get(c, float('nan')):.2f}" for c in cols) + " |")
+    gain = results["RL"]["gIoU"] - results["SFT"]["gIoU"]
+    delta = {k: results["RL"][k] - results["SFT"][k] for k in ("cIoU", "N-acc", "T-acc")}
+    lines += [
+        "",
+        f"Measured gIoU gain of RL over SFT: {gain:+.2f} points (target: >= +3).",
+        f"Where it comes from: cIoU {delta['cIoU']:+.2f}, N-acc {delta['N-acc']:+.2f}, T-acc {delta['T-acc']:+.2f} points.",
+    ]
+    if gain > 0 and delta["cIoU"] <= 0 and delta["N-acc"] > 0:
+        lines.append("Note: the gain comes from answering 'No target.' more often, not from better masks.")
+    lines += [
+        f"Wall time: {wall / 60:.1f} min.",
+        "",
+        f"Reward curve: {curve}. Rollout grids (GT | predicted masks): {out / 'eval_sft' / 'grid.png'}, "
+        f"{out / 'eval_rl' / 'grid.png'}.",
+    ]
+    report = "\n".join(lines)
+    (out / "report.md").write_text(report + "\n")
+    return report
+
+
+def _say(start: float, msg: str) -> None:
+    print(f"[demo {time.perf_counter() - start:6.1f}s] {msg}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
