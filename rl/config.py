@@ -174,11 +174,11 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = (), check_files:
         data = OmegaConf.to_container(raw, resolve=True) or {}
     except Exception as e:  # an interpolation that does not resolve
         raise RecipeError(str(path), [f"cannot resolve: {e}"]) from None
-    return recipe_from_dict(data, source=str(path), base_dir=path.parent, check_files=check_files)
+    return recipe_from_dict(data, source=str(path), check_files=check_files)
 
 
-def recipe_from_dict(data: dict, source: str = "<recipe>", base_dir: Path | None = None,
-                     check_files: bool = True) -> Recipe:
+def recipe_from_dict(data: dict, source: str = "<recipe>", check_files: bool = True) -> Recipe:
+    """Validate a plain dict as a recipe. Relative paths are relative to the working directory."""
     problems: list[str] = []
     recipe = _build(Recipe, data, "", problems)
     if recipe is not None:

@@ -16,6 +16,16 @@ from rl.config import load_recipe
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny matrices gain nothing from a second thread, and OpenMP spin-waits make them many times slower
+    # when the other core is busy.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class CentroidCodes:
     """A stand-in MaskTokenizer encoder: deterministic codes from a mask's centroid and area (fast, no model)."""
 
