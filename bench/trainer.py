@@ -186,7 +186,7 @@ def main(argv=None) -> int:
             ours += run_ours(recipe, dataset, args.steps)[2:]  # first steps: warm-up
             plain += run_plain(recipe, dataset, args.steps)[2:]
     mo, mp = statistics.median(ours), statistics.median(plain)
-    print(f"tiny policy (hidden 64, 2 layers, tiny vocab), 4 prompts x 8 generations, max 32 new tokens, 1 thread")
+    print("tiny policy (hidden 64, 2 layers, tiny vocab), 4 prompts x 8 generations, max 32 new tokens, 1 thread")
     print(f"ours  (rl.trainer.SamtokGRPOTrainer + wrapped rewards): {mo:.4f} s/step (median of {len(ours)})")
     print(f"plain (trl.GRPOTrainer + bare answer_match):           {mp:.4f} s/step (median of {len(plain)})")
     print(f"ratio ours / plain: {mo / mp:.3f} (target <= 1.05)")

@@ -70,6 +70,18 @@ RECOMMENDED_REWARDS = {
 }
 
 
+def load_json(path, kind: type | None = None):
+    """JSON from ``path``; unreadable files and (with ``kind``) the wrong top-level type name the file."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read JSON: {e}") from None
+    if kind is not None and not isinstance(data, kind):
+        raise ValueError(f"{path}: expected a JSON {kind.__name__} at the top level, got {type(data).__name__}")
+    return data
+
+
 # --------------------------------------------------------------------------------------- bad rows
 class BadRowError(ValueError):
     """A malformed source row; the message names the file and the index."""

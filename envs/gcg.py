@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.base import OBJ_END, OBJ_START, RECOMMENDED_REWARDS, BadRows, Environment, safe_image_path
+from envs.base import OBJ_END, OBJ_START, RECOMMENDED_REWARDS, BadRows, Environment, load_json, safe_image_path
 
 # GLaMM's "brief description" GCG questions, as SAMTok uses them.
 QUESTIONS = (
@@ -38,7 +38,7 @@ SPLITS = ("train", "val", "test")
 
 def grandf_train_samples(ann_file, image_root, bad_rows: BadRows | None = None, seed: int = 0) -> list[dict]:
     bad_rows = bad_rows if bad_rows is not None else BadRows(strict=True)
-    records = _load(ann_file)
+    records = load_json(ann_file)
     if not isinstance(records, list):
         raise ValueError(f"{ann_file}: expected a JSON list of records, got {type(records).__name__}")
     out = []
@@ -92,7 +92,7 @@ def grandf_eval_samples(caption_file, mask_file, image_root, bad_rows: BadRows |
     from tokenizer.masks import validate_rle
 
     bad_rows = bad_rows if bad_rows is not None else BadRows(strict=True)
-    cap, masks = _load(caption_file), _load(mask_file)
+    cap, masks = load_json(caption_file), load_json(mask_file)
     for f, d in ((caption_file, cap), (mask_file, masks)):
         if not isinstance(d, dict) or not isinstance(d.get("images"), list) or not isinstance(d.get("annotations"), list):
             raise ValueError(f"{f}: expected a COCO-format object with 'images' and 'annotations' lists")
@@ -177,13 +177,6 @@ def _image(image_root, name) -> Path:
         raise ValueError(f"missing image: {path}")
     return path
 
-
-def _load(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read JSON: {e}") from None
 
 
 # -------------------------------------------------------------------------------------- predictions

@@ -11,11 +11,10 @@ rather than kept with an empty mask, because it has no answer to train on.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
-from envs.base import RECOMMENDED_REWARDS, BadRows, Environment, safe_image_path, sort_instances
+from envs.base import RECOMMENDED_REWARDS, BadRows, Environment, load_json, safe_image_path, sort_instances
 
 # The SAMTok GRES question templates that could be confirmed (``tokenize_gres.py``; 4 of its 16).
 TEMPLATES = (
@@ -37,8 +36,8 @@ def grefcoco_samples(refs_file, instances_file, image_root, split: str, bad_rows
     if split not in SPLITS:
         raise ValueError(f"gRefCOCO split must be one of {SPLITS}, got {split!r}")
     bad_rows = bad_rows if bad_rows is not None else BadRows(strict=True)
-    refs = _load(refs_file, list)
-    instances = _load(instances_file, dict)
+    refs = load_json(refs_file, list)
+    instances = load_json(instances_file, dict)
     images = {im.get("id"): im for im in instances.get("images", []) if isinstance(im, dict)}
     anns = {a.get("id"): a for a in instances.get("annotations", []) if isinstance(a, dict)}
     out = []
@@ -72,15 +71,6 @@ def grefcoco_samples(refs_file, instances_file, image_root, split: str, bad_rows
     return out
 
 
-def _load(path, kind):
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read JSON: {e}") from None
-    if not isinstance(data, kind):
-        raise ValueError(f"{path}: expected a JSON {kind.__name__} at the top level, got {type(data).__name__}")
-    return data
 
 
 def _ref_instances(ref, images, anns, image_root, mask_utils):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import warnings
 import zlib
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+
+from envs.base import load_json
 
 PR_THRESHOLDS = (0.7, 0.8, 0.9)
 
@@ -57,7 +58,6 @@ def gres_scores(records: Iterable) -> dict:
 
 def _gres_from_counts(inter, union, gt_nt, pred_nt) -> dict:
     tp = gt_nt & pred_nt  # correctly rejected
-    fn = gt_nt & ~pred_nt
     fp = ~gt_nt & pred_nt
     tn = ~gt_nt & ~pred_nt
     inter = np.where(gt_nt | fp, 0.0, inter)  # no-target samples add no I; a rejected target has I forced to 0
@@ -137,7 +137,7 @@ def gcg_scores(pred_dir, gt_caption_file, gt_mask_file, embed: Callable[[str], n
 
 
 def _coco_file(path) -> dict:
-    data = _load_json(path)
+    data = load_json(path)
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
         raise ValueError(f"{path}: expected a COCO-format object with 'images' and 'annotations' lists")
     for k, img in enumerate(data["images"]):
@@ -146,19 +146,12 @@ def _coco_file(path) -> dict:
     return data
 
 
-def _load_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read JSON: {e}") from None
-
 
 def _read_prediction(pred_dir: Path, image_id, validate_rle) -> dict:
     path = pred_dir / f"{image_id}.json"
     if not path.is_file():
         raise ValueError(f"{path}: missing prediction for image {image_id!r}")
-    pred = _load_json(path)
+    pred = load_json(path)
     # GLaMM also accepts a file whose single top-level key wraps the prediction dict.
     if isinstance(pred, dict) and pred and isinstance(next(iter(pred.values())), dict) and "caption" not in pred:
         pred = next(iter(pred.values()))

@@ -49,7 +49,7 @@ def test_gres_format_accepts(text):
         f'```json\n[{{"mask_2d": {A}}}]\n```',  # no label
         f'```json\n[{{"mask_2d": {A}, "label": "cat", "x": 1}}]\n```',  # an extra key
         f'```json\n[{{"mask_2d": {A}, "label": 3}}]\n```',  # label not a string
-        f'```json\n[{{"mask_2d": "cat", "label": "cat"}}]\n```',  # no mask
+        '```json\n[{"mask_2d": "cat", "label": "cat"}]\n```',  # no mask
         f'```json\n[{{"mask_2d": {A}{B}, "label": "cat"}}]\n```',  # two masks in one item
         '```json\n[{"mask_2d": <|mt_start|><|mt_0001|><|mt_end|>, "label": "cat"}]\n```',  # broken group
         f'```json\n[{{"mask_2d": {A}, "label": "cat"}}\n```',  # broken JSON
