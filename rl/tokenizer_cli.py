@@ -2,9 +2,9 @@
 
 It lives in ``rl/`` because it reads the shapes world (``envs.shapes``), which ``tokenizer/`` may not import.
 
-Reproduce the committed tiny tokenizer (the defaults are its recipe)::
+The defaults are the first stage of the committed tiny tokenizer's recipe; the whole recipe (three
+warm-started runs) is in ``tokenizer/weights/tiny/README.md``. Evaluate with::
 
-    samtok-rl tokenizer train --data shapes --out tokenizer/weights/tiny
     samtok-rl tokenizer eval --weights tokenizer/weights/tiny --data shapes --split val
 """
 

@@ -325,9 +325,8 @@ class MaskTokenizer(nn.Module):
     def tiny_pretrained(cls, device=None) -> "MaskTokenizer":
         """The small tokenizer trained on the shapes world, committed in ``tokenizer/weights/tiny``."""
         if not (TINY_WEIGHTS / "model.safetensors").is_file():
-            raise FileNotFoundError(
-                f"{TINY_WEIGHTS} has no weights; rebuild them with "
-                "`samtok-rl tokenizer train --data shapes --out tokenizer/weights/tiny`")
+            raise FileNotFoundError(f"{TINY_WEIGHTS} has no weights; {TINY_WEIGHTS / 'README.md'} has the commands "
+                                    "that rebuild them")
         return cls.from_pretrained(TINY_WEIGHTS, device).eval()
 
     @classmethod
