@@ -24,7 +24,7 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=2 $(VENV)/bin/samtok-rl demo
 
 bench: $(STAMP)
-	$(PY) bench/tokenizer.py && $(PY) bench/rewards.py && $(PY) bench/trainer.py
+	$(PY) bench/tokenizer.py && $(PY) bench/rewards.py && $(PY) bench/environments.py && $(PY) bench/trainer.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
