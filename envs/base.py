@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from tokenizer.codec import format_mask
-from tokenizer.masks import decode_rle, encode_rle, mask_to_box
+from tokenizer.masks import compact_rle, decode_rle, mask_to_box
 
 NO_TARGET_ANSWER = "No target."
 OBJ_START, OBJ_END = "<|object_ref_start|>", "<|object_ref_end|>"
@@ -189,7 +189,7 @@ def unique_masks(samples: list[dict]) -> dict:
 
 
 def _rle_key(rle: dict):
-    return (tuple(rle["size"]), _counts_str(rle))
+    return (tuple(rle["size"]), compact_rle(rle)["counts"])
 
 
 def build_rows(samples: list[dict], mask_tokenizer, image: Image.Image | None = None) -> list[dict]:
@@ -227,7 +227,7 @@ def _row(sample: dict, mask_texts: list[str]) -> dict:
         "prompt": chat_prompt(sample["question"]),
         "image": sample["image"] if isinstance(sample["image"], Image.Image) else str(sample["image"]),
         "answer": answer,
-        "masks": [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": _counts_str(r)} for r in sample["masks"]],
+        "masks": [compact_rle(r) for r in sample["masks"]],
         "no_target": bool(sample.get("no_target", False)),
         "question": sample["question"],
         "expression": sample.get("expression", ""),
@@ -235,15 +235,6 @@ def _row(sample: dict, mask_texts: list[str]) -> dict:
         "phrases": list(sample.get("phrases", [])),
     }
 
-
-def _counts_str(rle: dict) -> str:
-    counts = rle["counts"]
-    if isinstance(counts, str):
-        return counts
-    if isinstance(counts, bytes):
-        return counts.decode("ascii")
-    # Uncompressed (list) RLE from the source: store the compressed form so the column has one type.
-    return encode_rle(decode_rle(rle))["counts"]
 
 
 def row_features():

@@ -123,6 +123,8 @@ def grandf_eval_samples(caption_file, mask_file, image_root, bad_rows: BadRows |
 
 
 def _eval_sample(im, captions, per_image, image_root) -> dict:
+    from tokenizer.masks import compact_rle
+
     image_id = im["id"]
     path = _image(image_root, im.get("file_name"))
     ann = captions.get(image_id)
@@ -141,7 +143,7 @@ def _eval_sample(im, captions, per_image, image_root) -> dict:
     spans = locate_phrases(caption, labels)
     return {
         "id": f"grandf-{image_id}", "image_id": str(image_id), "task": "gcg", "image": path,
-        "masks": [_plain_rle(r) for r in rles], "question": EVAL_QUESTION,
+        "masks": [compact_rle(r) for r in rles], "question": EVAL_QUESTION,
         "caption": caption, "spans": spans, "phrases": list(labels),
     }  # fmt: skip
 
@@ -161,14 +163,6 @@ def locate_phrases(caption: str, phrases) -> list[tuple[int, int]]:
         pos = at + len(p)
     return spans
 
-
-def _plain_rle(rle) -> dict:
-    from tokenizer.masks import decode_rle, encode_rle
-
-    if isinstance(rle["counts"], list):
-        return encode_rle(decode_rle(rle))
-    counts = rle["counts"]
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts if isinstance(counts, str) else counts.decode()}
 
 
 def _image(image_root, name) -> Path:

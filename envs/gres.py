@@ -48,7 +48,7 @@ def grefcoco_samples(refs_file, instances_file, image_root, split: str, bad_rows
         if ref.get("split") != split:
             continue
         try:
-            image, masks = _ref_instances(ref, images, anns, image_root, mask_utils)
+            image, masks = _ref_instances(ref, images, anns, image_root)
         except ValueError as e:
             bad_rows.report(refs_file, idx, str(e))
             continue
@@ -73,7 +73,7 @@ def grefcoco_samples(refs_file, instances_file, image_root, split: str, bad_rows
 
 
 
-def _ref_instances(ref, images, anns, image_root, mask_utils):
+def _ref_instances(ref, images, anns, image_root):
     """``(image path, [RLE per usable instance])`` of one ref; ``ValueError`` names what is wrong."""
     for key in ("image_id", "ann_id", "sentences"):
         if key not in ref:
@@ -99,7 +99,7 @@ def _ref_instances(ref, images, anns, image_root, mask_utils):
             raise ValueError(f"ann_id {ann_id!r} belongs to image {ann.get('image_id')!r}, not {ref['image_id']!r}")
         if ann.get("iscrowd"):
             continue
-        rle = _segmentation_rle(ann.get("segmentation"), h, w, mask_utils)
+        rle = _segmentation_rle(ann.get("segmentation"), h, w)
         if rle is not None:
             masks.append(rle)
     if not masks:
@@ -107,16 +107,14 @@ def _ref_instances(ref, images, anns, image_root, mask_utils):
     return path, masks
 
 
-def _segmentation_rle(segm, h, w, mask_utils):
+def _segmentation_rle(segm, h, w):
     """A COCO segmentation (polygons or RLE) as our RLE dict; None when no polygon is valid."""
-    from tokenizer.masks import decode_rle, encode_rle, validate_rle
+    from tokenizer.masks import compact_rle, polygons_to_rle, validate_rle
 
     if isinstance(segm, dict):
         if list(validate_rle(segm)) != [h, w]:
             raise ValueError(f"segmentation size {segm['size']} does not match the image {h}x{w}")
-        if isinstance(segm["counts"], list):
-            return encode_rle(decode_rle(segm))
-        return {"size": [h, w], "counts": segm["counts"] if isinstance(segm["counts"], str) else segm["counts"].decode()}
+        return compact_rle(segm)
     if not isinstance(segm, list):
         raise ValueError(f"segmentation must be polygons or RLE, got {type(segm).__name__}")
     if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
@@ -126,8 +124,7 @@ def _segmentation_rle(segm, h, w, mask_utils):
         raise ValueError("polygon coordinates must be numbers")
     if not polys:
         return None
-    rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
-    return {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+    return polygons_to_rle(polys, h, w)
 
 
 def _coco(rle: dict) -> dict:

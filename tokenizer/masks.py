@@ -89,6 +89,24 @@ def decode_rle(rle, shape: tuple[int, int] | None = None) -> np.ndarray:
     return mask_utils.decode(coco).astype(bool)
 
 
+def compact_rle(rle) -> dict:
+    """``rle`` in the form we store: ``{"size": [H, W], "counts": str}`` (list counts are compressed).
+
+    Compressed counts are not re-validated here (it is called on every stored mask); validate untrusted
+    input with ``validate_rle`` first.
+    """
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        return encode_rle(decode_rle(rle))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts if isinstance(counts, str) else counts.decode("ascii")}
+
+
+def polygons_to_rle(polygons, h: int, w: int) -> dict:
+    """The union of COCO polygons (lists of x, y coordinates) as a stored RLE."""
+    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
+    return {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+
+
 def mask_to_box(mask) -> tuple[float, float, float, float]:
     """Tight box ``(x0, y0, x1, y1)`` in pixels, x1/y1 exclusive; ``ValueError`` for an empty mask."""
     m = np.asarray(mask, dtype=bool)

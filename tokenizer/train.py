@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from tokenizer.masks import decode_rle, masks_iou, validate_rle
+from tokenizer.masks import decode_rle, masks_iou, polygons_to_rle, validate_rle
 from tokenizer.model import MaskTokenizer, _as_boxes, to_rgb_array
 
 
@@ -372,8 +372,6 @@ class CocoMasks:
 
     def __getitem__(self, i: int):
         from PIL import Image
-        from pycocotools import mask as mask_utils
-
         im = self.images[self.ids[i]]
         path = self.root / im["file_name"]
         try:
@@ -389,6 +387,5 @@ class CocoMasks:
             if isinstance(seg, dict):
                 masks.append(decode_rle(seg, (h, w)))
             else:
-                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-                masks.append(mask_utils.decode(rle).astype(bool))
+                masks.append(decode_rle(polygons_to_rle(seg, h, w)))
         return image, np.stack(masks)
