@@ -16,14 +16,28 @@ from pathlib import Path
 
 from envs.base import RECOMMENDED_REWARDS, BadRows, Environment, load_json, safe_image_path, sort_instances
 
-# The SAMTok GRES question templates that could be confirmed (``tokenize_gres.py``; 4 of its 16).
+# The 16 GRES question templates of SAMTok's gRefCOCO data (the SEG_QUESTIONS list its GRES dataset
+# class draws from; the same list sits beside ``mask_generation_gres209k.json``): four phrasings each
+# with and without final punctuation, in two groups.
 TEMPLATES = (
-    "Please segment {expr} in this image.",
     "Can you segment the {expr} in this image?",
-    "Please identify and segment the {expr} in this image",
+    "Please segment {expr} in this image.",
     "What is {expr} in this image? Please respond with segmentation mask.",
+    "What is {expr} in this image? Please output segmentation mask.",
+    "Can you segment the {expr} in this image",
+    "Please segment {expr} in this image",
+    "What is {expr} in this image? Please respond with segmentation mask",
+    "What is {expr} in this image? Please output segmentation mask",
+    "Could you provide a segmentation mask for the {expr} in this image?",
+    "Please identify and segment the {expr} in this image.",
+    "Where is the {expr} in this picture? Please respond with a segmentation mask.",
+    "Can you highlight the {expr} in this image with a segmentation mask?",
+    "Could you provide a segmentation mask for the {expr} in this image",
+    "Please identify and segment the {expr} in this image",
+    "Where is the {expr} in this picture? Please respond with a segmentation mask",
+    "Can you highlight the {expr} in this image with a segmentation mask",
 )
-EVAL_TEMPLATE = TEMPLATES[0]  # the group's GRES eval prompt
+EVAL_TEMPLATE = "Please segment {expr} in this image."  # the group's GRES eval prompt
 SPLITS = ("train", "val", "testA", "testB")
 
 

@@ -4,14 +4,16 @@ Pipeline (each step is a function the demo can call on its own):
 
 1. ``eval_rows``: the split's rows (GT masks as RLE; answers are not needed to score);
 2. ``generate``: HF ``generate`` in batches, greedy by default, decoded with special tokens kept
-   (mask and object-ref tokens) exactly as the rewards read completions;
+   (mask and object-ref tokens) exactly as the rewards read completions; or ``rl.vllm_backend.generate``,
+   the same prompts, images and decoding served by vLLM (``--backend vllm``, or ``auto`` on a GPU);
 3. ``predicted_masks``: every mask group of a completion, parsed with the codec's repair rules and
    decoded by the ``MaskTokenizer`` on the row's image (row by row, so memory stays flat);
 4. ``score``: GRES with ReLA's metric (no mask group = "no target"; the groups' masks are unioned and
    compared with the merged GT), GCG with GLaMM's evaluator on GLaMM-format per-image JSONs;
 5. ``render_grid``: a PNG of GT vs predicted mask overlays.
 
-Only HF ``generate`` is implemented; ``--backend vllm`` is refused with a clear message.
+``report`` runs steps 3-5 on completions from either backend. The mask tokenizer waits on the CPU until
+the policy (or the vLLM engine) is released, then moves to ``--tokenizer-device`` (the GPU when there is one).
 """
 
 from __future__ import annotations
@@ -151,13 +153,12 @@ def _overlay(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return out
 
 
-def evaluate(model, processor, mask_tokenizer, rows, task: str, out_dir, max_new_tokens: int = 256,
-             batch_size: int = 8, grid: int = 16, embed=None, with_captions: bool = True) -> dict:
-    """Generate, decode, score, write predictions + ``metrics.json`` + ``grid.png``; returns the metrics."""
+def report(rows, texts, mask_tokenizer, task: str, out_dir, grid: int = 16, embed=None,
+           with_captions: bool = True, info: dict | None = None) -> dict:
+    """Decode, score, write predictions + ``metrics.json`` (with ``info``) + ``grid.png``; returns the metrics."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    texts = generate(model, processor, rows, max_new_tokens, batch_size)
     if task == "gres":
         metrics = score_gres(rows, texts, mask_tokenizer, out_dir)
     else:
@@ -165,9 +166,19 @@ def evaluate(model, processor, mask_tokenizer, rows, task: str, out_dir, max_new
     if grid:
         n = min(grid, len(rows))
         render_grid(rows[:n], decode_predictions(texts[:n], rows[:n], mask_tokenizer), texts[:n], out_dir / "grid.png", n)
-    result = {"task": task, "samples": len(rows), "metrics": metrics, "seconds": round(time.perf_counter() - start, 2)}
+    result = {"task": task, "samples": len(rows), "metrics": metrics, **(info or {}),
+              "scoring_seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
     return metrics
+
+
+def evaluate(model, processor, mask_tokenizer, rows, task: str, out_dir, max_new_tokens: int = 256,
+             batch_size: int = 8, grid: int = 16, embed=None, with_captions: bool = True) -> dict:
+    """HF ``generate`` then ``report``; returns the metrics."""
+    start = time.perf_counter()
+    texts = generate(model, processor, rows, max_new_tokens, batch_size)
+    info = {"backend": "hf", "generation_seconds": round(time.perf_counter() - start, 2)}
+    return report(rows, texts, mask_tokenizer, task, out_dir, grid, embed, with_captions, info)
 
 
 def format_table(metrics: dict) -> str:
@@ -180,8 +191,47 @@ def load_policy_spec(spec: str, device: str | None = None):
     from rl.policy import build_tiny_policy, load_policy
 
     if spec == "tiny":
-        return build_tiny_policy()
+        return build_tiny_policy(head_dim=32)  # 32: the smallest head vLLM's CPU attention serves
     return load_policy(spec, device=device)
+
+
+def vllm_policy_spec(spec: str, out_dir) -> tuple[str, object]:
+    """``(path or hub id, processor)`` for vLLM; ``tiny`` is built and saved under ``out_dir/policy-tiny``."""
+    from transformers import AutoProcessor
+
+    from rl import vllm_backend
+
+    if spec == "tiny":
+        model, processor = load_policy_spec(spec)
+        return vllm_backend.save_for_vllm(model, processor, Path(out_dir) / "policy-tiny"), processor
+    return spec, AutoProcessor.from_pretrained(spec, padding_side="left")
+
+
+def complete(args, rows) -> tuple[list[str], dict]:
+    """Completions of ``rows`` from the chosen backend, and what to record about the run."""
+    from rl import vllm_backend
+
+    backend = vllm_backend.pick_backend(args.backend)
+    start = time.perf_counter()
+    if backend == "hf":
+        model, processor = load_policy_spec(args.policy, args.device)
+        if args.device:
+            model = model.to(args.device)
+        texts = generate(model, processor, rows, args.max_new_tokens, args.batch_size)
+        del model
+    else:
+        path, processor = vllm_policy_spec(args.policy, args.out)
+        texts = vllm_backend.generate(
+            path, processor, rows, args.max_new_tokens, dtype=args.dtype, max_model_len=args.max_model_len,
+            gpu_memory_utilization=args.gpu_memory_utilization, tensor_parallel_size=args.tensor_parallel_size,
+        )  # fmt: skip
+    return texts, {"backend": backend, "generation_seconds": round(time.perf_counter() - start, 2)}
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="val")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="environment option")
     p.add_argument("--tokenizer", default="tiny", help="mask tokenizer that decodes predictions: tiny | random | folder")
+    p.add_argument("--tokenizer-device", default=None, help="where masks are decoded (default: the GPU when there is one)")
     p.add_argument("--out", required=True)
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
     p.add_argument("--batch-size", type=int, default=8)
@@ -201,29 +252,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-captions", action="store_true", help="GCG: skip METEOR/CIDEr (they need Java)")
     p.add_argument("--bert", default=None, help="GCG recall: local bert-base-uncased folder (else SAMTOK_RL_BERT)")
     p.add_argument("--lenient", action="store_true", help="skip bad source rows instead of failing")
-    p.add_argument("--backend", choices=("auto", "hf", "vllm"), default="auto")
-    p.add_argument("--device", default=None)
+    p.add_argument("--backend", choices=("auto", "hf", "vllm"), default="auto",
+                   help="auto: vLLM when it is installed and a GPU is visible, else HF generate")
+    p.add_argument("--device", default=None, help="HF backend: device of the policy")
+    v = p.add_argument_group("vLLM backend")
+    v.add_argument("--dtype", default="auto", help="weights dtype for vLLM (auto: the checkpoint's)")
+    v.add_argument("--max-model-len", type=int, default=None, help="prompt + completion tokens (default: the model's)")
+    v.add_argument("--gpu-memory-utilization", type=float, default=None,
+                   help="fraction of GPU memory for vLLM (default 0.9; on CPU a fixed 1 GiB KV cache)")
+    v.add_argument("--tensor-parallel-size", type=int, default=1)
     args = p.parse_args(argv)
-    if args.backend == "vllm":
-        print("samtok-rl eval: error: the vLLM backend is not implemented yet; use --backend hf", file=sys.stderr)
-        return 2
     try:
         env = get_env(args.env, **parse_options(args.option))
         rows = eval_rows(env, args.split, args.limit, strict=not args.lenient)
-        model, processor = load_policy_spec(args.policy, args.device)
-        if args.device:
-            model = model.to(args.device)
-        mask_tokenizer = load_mask_tokenizer(args.tokenizer)
         embed = None
         if args.bert:
             from envs.metrics import bert_embed
 
             embed = bert_embed(args.bert)
-        metrics = evaluate(model, processor, mask_tokenizer, rows, env.task, args.out, args.max_new_tokens,
-                           args.batch_size, args.grid, embed, not args.no_captions)
+        mask_tokenizer = load_mask_tokenizer(args.tokenizer)  # on the CPU until the policy is gone
+        texts, info = complete(args, rows)
+        mask_tokenizer = mask_tokenizer.to(args.tokenizer_device or _default_device())
+        metrics = report(rows, texts, mask_tokenizer, env.task, args.out, args.grid, embed, not args.no_captions, info)
     except (ValueError, FileNotFoundError) as e:
         print(f"samtok-rl eval: error: {e}", file=sys.stderr)
         return 2
-    print(f"{env.name} {args.split}: {len(rows)} samples")
+    print(f"{env.name} {args.split}: {len(rows)} samples, {info['backend']} backend")
     print(format_table(metrics))
     return 0

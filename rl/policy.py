@@ -148,12 +148,16 @@ def build_tiny_policy(
     num_layers: int = 2,
     image_size: int = 112,
     seed: int = 0,
+    head_dim: int = 16,
 ):
-    """``(model, processor)``: a randomly initialised tiny QwenVL-SAMTok policy, fully offline."""
+    """``(model, processor)``: a randomly initialised tiny QwenVL-SAMTok policy, fully offline.
+
+    ``head_dim=32`` (or larger) gives a policy vLLM's CPU attention can serve; it supports no head below 32.
+    """
     config_cls, model_cls, _, _, patch = _arch(arch)
     tok = build_tokenizer(vocab)
     processor = build_processor(tok, arch, image_size)
-    heads = max(2, hidden_size // 16)
+    heads = max(2, hidden_size // head_dim)
     head_dim = hidden_size // heads
     # mrope sections split head_dim/2 rotary frequencies between time, height and width.
     half = head_dim // 2

@@ -134,6 +134,28 @@ def test_grefcoco_strict_fails_naming_file_and_index(grefcoco):
         env.samples("val", BadRows(strict=True))
 
 
+def test_grefcoco_train_questions_draw_the_16_samtok_templates(tmp_path):
+    from envs.gres import EVAL_TEMPLATE, TEMPLATES
+
+    assert len(set(TEMPLATES)) == 16 and all("{expr}" in t for t in TEMPLATES) and EVAL_TEMPLATE in TEMPLATES
+    _image(tmp_path / "train2014/a.jpg")
+    instances = {"images": [{"id": 1, "file_name": "a.jpg", "height": H, "width": W}],
+                 "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [0, 0, 4, 4],
+                                  "segmentation": encode_rle(box_mask(0, 0, 4, 4))}]}  # fmt: skip
+    sents = [{"sent_id": i, "raw": f"thing {i}", "sent": f"thing {i}"} for i in range(64)]
+    refs = [{"ref_id": 0, "image_id": 1, "split": split, "ann_id": [1], "sentences": sents} for split in ("train", "val")]
+    (tmp_path / "grefs(unc).json").write_text(json.dumps(refs))
+    (tmp_path / "instances.json").write_text(json.dumps(instances))
+    questions = lambda split, seed=0: [s["question"] for s in get_env(
+        "grefcoco", root=str(tmp_path), image_root=str(tmp_path / "train2014"), seed=seed).samples(split)]  # fmt: skip
+    train = questions("train")
+    used = {t for t in TEMPLATES for i, q in enumerate(train) if q == t.format(expr=f"thing {i}")}
+    assert len(used) >= 12 and len(train) == 64 and all(any(q == t.format(expr=f"thing {i}") for t in TEMPLATES)
+                                                          for i, q in enumerate(train))  # fmt: skip
+    assert questions("train") == train and questions("train", seed=1) != train  # seeded per sentence
+    assert questions("val") == [EVAL_TEMPLATE.format(expr=f"thing {i}") for i in range(64)]
+
+
 def test_grefcoco_train_drops_invalid_polygons_like_rela(grefcoco):
     env = get_env("grefcoco", root=str(grefcoco), image_root=str(grefcoco / "train2014"))
     bad = BadRows(strict=False)

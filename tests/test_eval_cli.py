@@ -92,7 +92,6 @@ def test_eval_cli_end_to_end_on_the_tiny_policy(tmp_path, capsys, name, keys, ex
 def test_eval_cli_refuses_bad_arguments(tmp_path, capsys):
     assert main(["--policy", "tiny", "--env", "shapes_gres", "--split", "nope", "--out", str(tmp_path)]) == 2
     assert "no split 'nope'" in capsys.readouterr().err
-    assert main(["--policy", "tiny", "--env", "shapes_gres", "--out", str(tmp_path), "--backend", "vllm"]) == 2
 
 
 class _nothing:
