@@ -44,7 +44,13 @@ SPLITS = ("train", "val", "testA", "testB")
 def grefcoco_samples(refs_file, instances_file, image_root, split: str, bad_rows: BadRows | None = None,
                      seed: int = 0) -> list[dict]:
     """Samples of one gRefCOCO split, grouped by image. Train questions draw a template (seeded by
-    ``seed`` and the sentence id); other splits use the eval prompt."""
+    ``seed`` and the sentence id); other splits use the eval prompt.
+
+    A target ref whose instances are all crowd (or have no valid polygon) has nothing to learn from, so
+    it is a bad row in train; in the eval splits it is kept as ReLA keeps it, a target sample with an
+    empty GT mask (it can only score IoU 0), so that the metrics count the same samples as ReLA's. Its
+    answer string, having no mask to write, reads ``No target.``: score such splits with the metrics.
+    """
     from pycocotools import mask as mask_utils
 
     if split not in SPLITS:
@@ -62,7 +68,7 @@ def grefcoco_samples(refs_file, instances_file, image_root, split: str, bad_rows
         if ref.get("split") != split:
             continue
         try:
-            image, masks = _ref_instances(ref, images, anns, image_root)
+            image, masks, no_target = _ref_instances(ref, images, anns, image_root, keep_empty=split != "train")
         except ValueError as e:
             bad_rows.report(refs_file, idx, str(e))
             continue
@@ -79,16 +85,14 @@ def grefcoco_samples(refs_file, instances_file, image_root, split: str, bad_rows
             out.append({
                 "id": f"grefcoco-{split}-{ref.get('ref_id', idx)}-{sent_id}", "image_id": str(ref["image_id"]),
                 "task": "gres", "image": image, "masks": masks, "question": template.format(expr=expr.strip()),
-                "expression": expr.strip(), "no_target": not masks, "source": f"{refs_file}[{idx}]",
+                "expression": expr.strip(), "no_target": no_target, "source": f"{refs_file}[{idx}]",
             })  # fmt: skip
     out.sort(key=lambda s: s["image_id"])  # stable: keeps file order within an image
     return out
 
 
-
-
-def _ref_instances(ref, images, anns, image_root):
-    """``(image path, [RLE per usable instance])`` of one ref; ``ValueError`` names what is wrong."""
+def _ref_instances(ref, images, anns, image_root, keep_empty: bool = False):
+    """``(image path, [RLE per usable instance], no_target)`` of one ref; ``ValueError`` names what is wrong."""
     for key in ("image_id", "ann_id", "sentences"):
         if key not in ref:
             raise ValueError(f"missing field {key!r}")
@@ -103,7 +107,7 @@ def _ref_instances(ref, images, anns, image_root):
     h, w = image.get("height"), image.get("width")
     ann_ids = ref["ann_id"] if isinstance(ref["ann_id"], list) else [ref["ann_id"]]
     if ann_ids == [-1]:
-        return path, []
+        return path, [], True
     masks = []
     for ann_id in ann_ids:
         ann = anns.get(ann_id)
@@ -116,9 +120,9 @@ def _ref_instances(ref, images, anns, image_root):
         rle = _segmentation_rle(ann.get("segmentation"), h, w)
         if rle is not None:
             masks.append(rle)
-    if not masks:
+    if not masks and not keep_empty:
         raise ValueError("target ref with no usable instance (all crowd or invalid polygons)")
-    return path, masks
+    return path, masks, False
 
 
 def _segmentation_rle(segm, h, w):

