@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer-device", default=None, help="where masks are decoded (default: the GPU when there is one)")
     p.add_argument("--out", required=True)
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="HF backend: prompts per generate call (vLLM batches itself)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--grid", type=int, default=16, help="samples in grid.png (0: none)")
     p.add_argument("--no-captions", action="store_true", help="GCG: skip METEOR/CIDEr (they need Java)")
