@@ -12,6 +12,9 @@ What we add to TRL, and where:
   every row except the 514 mask tokens (and no weight decay on it). The rows then move in the input
   embedding and in the output projection alike, ``lm_head`` stays a plain Linear, and TRL accepts it.
   Checkpoints carry those rows next to the adapter (``mask_token_rows.safetensors``).
+  Under ZeRO-3 the rows are gathered from the partitions for checkpoints, and ``save_final`` rebuilds
+  the policy whole on rank 0 from the gathered state to merge LoRA (the Trainer would save the adapter
+  alone and lose the rows).
 * ``SamtokGRPOTrainer``: checkpoints are staged and renamed when complete (``rl.checkpoint``).
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -138,12 +142,44 @@ def _language_modules(model, names: list[str]) -> str:
 
 
 def train_only_rows(weight: torch.nn.Parameter, rows: list[int]) -> None:
-    """Make ``weight`` trainable but let gradients through only for ``rows``."""
-    keep = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+    """Make ``weight`` trainable but let gradients through only for ``rows``.
+
+    Under ZeRO-3 the tensor is a partition (``ds_shape`` is the full shape); the gradient the hook sees is
+    full-size, since it is computed while the parameter is gathered.
+    """
+    keep = torch.zeros(getattr(weight, "ds_shape", weight.shape)[0], 1, dtype=weight.dtype, device=weight.device)
     keep[rows] = 1
     weight.requires_grad_(True)
     weight._samtok_rows = rows  # read by the checkpoint hook and the optimizer grouping
     weight.register_hook(lambda g: g * keep.to(g.dtype))
+
+
+@contextmanager
+def gathered(params):
+    """The full tensors of ZeRO-3 partitioned ``params`` inside the block (collective: every rank enters);
+    a no-op for ordinary parameters."""
+    params = [p for p in params if hasattr(p, "ds_id")]
+    if not params:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params):
+        yield
+
+
+@contextmanager
+def _without_zero3_init():
+    # transformers builds every model partitioned while a ZeRO-3 config is registered; rank 0 needs one
+    # whole copy to merge LoRA into. The registration is a module global (weakref) in transformers.
+    from transformers.integrations import deepspeed as hf_ds
+
+    ref = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = ref
 
 
 def _row_params(model) -> list[torch.nn.Parameter]:
@@ -289,8 +325,7 @@ class SamtokGRPOTrainer(GRPOTrainer):
         self._staging_root = checkpoint.staging_dir(run_dir)
         try:
             super()._save_checkpoint(model, trial)
-            if self.args.should_save:
-                self._save_rows(os.path.join(self._staging_root, name))
+            self._save_rows(os.path.join(self._staging_root, name))  # every rank: gathering is collective
         finally:
             self._staging_root = None
         if self.args.should_save:
@@ -313,11 +348,14 @@ class SamtokGRPOTrainer(GRPOTrainer):
 
     def _save_rows(self, ckpt_dir: str) -> None:
         params = _row_params(self.model)
-        if params:
-            from safetensors.torch import save_file
+        if not params:
+            return
+        with gathered(params):
+            if self.args.should_save:
+                from safetensors.torch import save_file
 
-            save_file({f"rows_{i}": p[p._samtok_rows].detach().cpu().contiguous() for i, p in enumerate(params)},
-                      os.path.join(ckpt_dir, ROWS_FILE))
+                rows = {f"rows_{i}": p[p._samtok_rows].detach().cpu().contiguous() for i, p in enumerate(params)}
+                save_file(rows, os.path.join(ckpt_dir, ROWS_FILE))
 
     def get_decay_parameter_names(self, model) -> list[str]:
         # Decoupled weight decay would shrink the frozen (zero-gradient) rows of a row-trained embedding.
@@ -347,21 +385,47 @@ def save_final(trainer, processor, path: str | os.PathLike) -> Path:
     """Save a plain (merged) policy that ``rl.policy.load_policy`` reads: LoRA is merged into the weights."""
     from rl.policy import save_policy
 
-    if trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3:
+    path = Path(path)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    zero3 = trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+    if zero3 and not hasattr(model, "merge_and_unload"):
         # Parameters are partitioned: the Trainer gathers them (stage3_gather_16bit_weights_on_model_save).
-        # A LoRA policy is saved as base path + adapter here; merge it offline with peft if needed.
         trainer.save_model(str(path))
         if trainer.accelerator.is_main_process:
             processor.save_pretrained(str(path))
-        return Path(path)
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    path = Path(path)
-    if trainer.accelerator.is_main_process:
-        save_policy(model, processor, path)
+    elif zero3:
+        # The Trainer would save the adapter alone and lose the trained mask-token rows: gather everything
+        # (collective), then rank 0 rebuilds the LoRA policy whole, merges and saves it.
+        state = trainer.accelerator.get_state_dict(trainer.deepspeed)
+        if trainer.accelerator.is_main_process:
+            save_policy(_merged_from_state(model, state), processor, path)
+    else:
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        if trainer.accelerator.is_main_process:
+            save_policy(model, processor, path)
     _barrier()
     return path
+
+
+def _merged_from_state(peft_model, state: dict):
+    """An unpartitioned copy of ``peft_model`` holding ``state`` (its gathered state dict), LoRA merged."""
+    import copy
+
+    from peft import get_peft_model
+
+    from rl.policy import load_policy
+
+    with _without_zero3_init():
+        base, _ = load_policy(peft_model.get_base_model().name_or_path)
+    model = get_peft_model(base, copy.deepcopy(peft_model.peft_config["default"]))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embedding
+    others = [name for name in peft_model.peft_config if name != "default"]  # TRL's frozen "ref" adapter (beta > 0)
+    unexpected = [k for k in unexpected if not any(f".{name}." in k for name in others)]
+    if missing or unexpected:
+        raise RuntimeError(f"gathered LoRA state does not fit the policy: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.merge_and_unload()
 
 
 # ---------------------------------------------------------------- small helpers

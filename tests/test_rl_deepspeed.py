@@ -1,6 +1,6 @@
-"""2 GRPO steps under DeepSpeed ZeRO-2 and ZeRO-3 on the CPU (gloo), through rl.train.
+"""2 GRPO steps under DeepSpeed ZeRO-2 and ZeRO-3 (full and LoRA) on the CPU (gloo), through rl.train.
 
-Both stages run in one subprocess: DeepSpeed's first engine start JIT-compiles a communication op (~25 s on a
+All three runs share one subprocess: DeepSpeed's first engine start JIT-compiles a communication op (~25 s on a
 clean machine, cached afterwards), and a single process pays the imports and that compile once. Outside a
 launcher DeepSpeed needs the torch.distributed variables, which the subprocess sets.
 """
@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from safetensors.torch import load_file
+
 from rl.policy import load_policy
+from rl.trainer import mask_token_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,13 +37,14 @@ SCRIPT = textwrap.dedent("""
 
     tmp = Path(sys.argv[1])
     write_prepared(tmp / "data", n=8)
-    for stage in (2, 3):
+    for stage, finetune in ((2, "full"), (3, "full"), (3, "lora")):
         AcceleratorState._reset_state(True)
         PartialState._reset_state()
-        run = tmp / f"zero{stage}"
-        recipe = load_recipe(Path("recipes/shapes_gres.yaml"), [
+        run = tmp / f"zero{stage}-{finetune}"
+        recipe = load_recipe(Path("recipes/shapes_gres.yaml"), [f"model.finetune={finetune}",
             "data.env=gres", f"data.train={tmp / 'data'}", "sft.enabled=false", f"run.output_dir={run}",
-            "run.report_to=[none]", "grpo.max_steps=2", "grpo.save_strategy=no", "grpo.learning_rate=0.01",
+            "run.report_to=[none]", "grpo.max_steps=2", "grpo.save_strategy=steps", "grpo.save_steps=2",
+            "grpo.learning_rate=0.05" if finetune == "lora" else "grpo.learning_rate=0.01",
             "grpo.per_device_train_batch_size=8", "grpo.num_generations=4", "grpo.max_completion_length=8",
             f"grpo.deepspeed=recipes/accelerate/ds_zero{stage}.json",
             "rewards=[{name: answer_match}, {name: 'test_rl_trainer:varied_reward'}]",
@@ -49,12 +53,12 @@ SCRIPT = textwrap.dedent("""
         final = train.run(recipe, callbacks=[seen])
         print(stage, seen.optimizer, flush=True)
         assert seen.optimizer == {2: "DeepSpeedZeroOptimizer", 3: "DeepSpeedZeroOptimizer_Stage3"}[stage]
-        print(f"ZERO{stage} OK", flush=True)
+        print(f"ZERO{stage} {finetune} OK", flush=True)
 """)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="DeepSpeed's CPU backend is tested on Linux")
-def test_grpo_under_zero2_and_zero3(tmp_path):
+def test_grpo_under_zero2_zero3_and_zero3_lora(tmp_path):
     env = {
         **os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000), "OMP_NUM_THREADS": "1",
@@ -63,11 +67,23 @@ def test_grpo_under_zero2_and_zero3(tmp_path):
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=400)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    assert "ZERO2 OK" in done.stdout and "ZERO3 OK" in done.stdout
-    for stage in (2, 3):  # compared here: inside the subprocess a live ZeRO-3 config would load them partitioned
-        run = tmp_path / f"zero{stage}"
-        (m0, _), (m1, _) = load_policy(run / "policy-init"), load_policy(run / "final")
+    for name in ("ZERO2 full OK", "ZERO3 full OK", "ZERO3 lora OK"):
+        assert name in done.stdout, name
+    for stage, finetune in ((2, "full"), (3, "full"), (3, "lora")):
+        # Compared here: inside the subprocess a live ZeRO-3 config would load them partitioned.
+        run = tmp_path / f"zero{stage}-{finetune}"
+        (m0, proc), (m1, _) = load_policy(run / "policy-init"), load_policy(run / "final")
         before, after = dict(m0.named_parameters()), dict(m1.named_parameters())
         changed = [k for k in before if not torch.equal(before[k], after[k])]
-        assert any("language_model" in k for k in changed), f"ZeRO-{stage}: weights did not change"
-        assert not any("visual" in k for k in changed), f"ZeRO-{stage}: the frozen vision tower moved"
+        assert any("language_model.layers" in k for k in changed), f"ZeRO-{stage} {finetune}: weights did not change"
+        assert not any("visual" in k for k in changed), f"ZeRO-{stage} {finetune}: the frozen vision tower moved"
+        assert (run / "checkpoint-2" / "COMPLETE").is_file()
+    # LoRA under ZeRO-3: final/ is the merged policy (adapters folded into the projections) with the trained
+    # mask-token rows, which the checkpoint also carries, gathered from the partitions.
+    rows = mask_token_ids(proc.tokenizer)
+    e0, e1 = m0.get_input_embeddings().weight, m1.get_input_embeddings().weight
+    others = torch.ones(len(e0), dtype=torch.bool)
+    others[rows] = False
+    assert not torch.equal(e0[rows], e1[rows]) and torch.equal(e0[others], e1[others])
+    saved = load_file(run / "checkpoint-2" / "mask_token_rows.safetensors")
+    assert torch.allclose(saved["rows_0"], e1[rows])
