@@ -15,7 +15,8 @@ What we add to TRL, and where:
   Under ZeRO-3 the rows are gathered from the partitions for checkpoints, and ``save_final`` rebuilds
   the policy whole on rank 0 from the gathered state to merge LoRA (the Trainer would save the adapter
   alone and lose the rows).
-* ``SamtokGRPOTrainer``: checkpoints are staged and renamed when complete (``rl.checkpoint``).
+* ``SamtokGRPOTrainer``: checkpoints are staged and renamed when complete (``rl.checkpoint``), and the
+  completions logged for W&B carry prompts as text (TRL's VLM message lists make wandb raise).
 """
 
 from __future__ import annotations
@@ -357,11 +358,35 @@ class SamtokGRPOTrainer(GRPOTrainer):
                 rows = {f"rows_{i}": p[p._samtok_rows].detach().cpu().contiguous() for i, p in enumerate(params)}
                 save_file(rows, os.path.join(ckpt_dir, ROWS_FILE))
 
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        # A W&B Table needs one type per column, and a VLM prompt's content mixes {"type": "image"} with
+        # {"type": "text", "text": ...} parts: TRL logs the messages as they are and wandb raises, which
+        # stops training at the first log. The logged prompts become plain text for every backend.
+        prompts = self._logs["prompt"]
+        if self.log_completions and prompts:
+            flat = [messages_text(p) for p in prompts]
+            prompts.clear()
+            prompts.extend(flat)
+        super().log(logs, start_time)
+
     def get_decay_parameter_names(self, model) -> list[str]:
         # Decoupled weight decay would shrink the frozen (zero-gradient) rows of a row-trained embedding.
         rows = {id(p) for p in _row_params(model)}
         names = super().get_decay_parameter_names(model)
         return [n for n, p in model.named_parameters() if n in set(names) and id(p) not in rows]
+
+
+def messages_text(messages) -> str:
+    """``role: text`` lines of a conversation, images written ``<image>``; a string is returned as is."""
+    if isinstance(messages, str):
+        return messages
+    lines = []
+    for m in messages:
+        content = m.get("content", "")
+        if not isinstance(content, str):
+            content = "".join(p.get("text") or "" if p.get("type") == "text" else f"<{p.get('type')}>" for p in content)
+        lines.append(f"{m.get('role', '?')}: {content}")
+    return "\n".join(lines)
 
 
 def build_trainer(recipe: Recipe, run_dir: str | os.PathLike, train_dataset, eval_dataset=None,

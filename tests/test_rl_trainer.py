@@ -135,3 +135,31 @@ def test_checkpoints_are_staged_then_committed(tmp_path):
     # A half-written checkpoint (no marker), as a crash mid-save would leave outside staging, is never resumed.
     (run / "checkpoint-9").mkdir()
     assert checkpoint.last_checkpoint(run).name == "checkpoint-2"
+
+
+def test_messages_text():
+    convo = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Segment the dog."}]},
+             {"role": "assistant", "content": "No target."}]  # fmt: skip
+    assert tr.messages_text(convo) == "user: <image>Segment the dog.\nassistant: No target."
+    assert tr.messages_text("plain") == "plain"
+
+
+def test_wandb_logging_with_image_prompts(tmp_path, monkeypatch):
+    # TRL logs VLM prompts to a W&B Table as message lists whose parts differ in keys, which wandb refuses
+    # ("Data row contained incompatible types"), stopping training at the first log; our trainer logs text.
+    import wandb
+
+    for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true",
+                       "WANDB_PROJECT": "samtok-rl-tests"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    torch.manual_seed(0)
+    try:
+        _train(tiny_recipe(tmp_path, "run.report_to=[wandb]"))
+    finally:
+        wandb.finish()
+    tables = sorted(tmp_path.rglob("completions_*.table.json"))
+    assert tables, "no completions table reached W&B"
+    table = json.loads(tables[-1].read_text())
+    assert {"prompt", "completion", "answer_match", "pred_masks", "advantage"} <= set(table["columns"])
+    prompt = table["data"][0][table["columns"].index("prompt")]
+    assert prompt.startswith("user: <image>Please segment")
