@@ -149,13 +149,15 @@ def build_tiny_policy(
     image_size: int = 112,
     seed: int = 0,
     head_dim: int = 16,
+    mask_tokens: bool = True,
 ):
     """``(model, processor)``: a randomly initialised tiny QwenVL-SAMTok policy, fully offline.
 
     ``head_dim=32`` (or larger) gives a policy vLLM's CPU attention can serve; it supports no head below 32.
+    ``mask_tokens=False`` builds a stand-in for a base Qwen-VL (no SAMTok vocabulary yet).
     """
     config_cls, model_cls, _, _, patch = _arch(arch)
-    tok = build_tokenizer(vocab)
+    tok = build_tokenizer(vocab, mask_tokens=mask_tokens)
     processor = build_processor(tok, arch, image_size)
     heads = max(2, hidden_size // head_dim)
     head_dim = hidden_size // heads

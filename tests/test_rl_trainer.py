@@ -163,3 +163,27 @@ def test_wandb_logging_with_image_prompts(tmp_path, monkeypatch):
     assert {"prompt", "completion", "answer_match", "pred_masks", "advantage"} <= set(table["columns"])
     prompt = table["data"][0][table["columns"].index("prompt")]
     assert prompt.startswith("user: <image>Please segment")
+
+
+def test_a_base_qwen_vl_gets_the_mask_tokens_and_trains(tmp_path):
+    """`model.path=<base Qwen-VL> model.add_mask_tokens=true`: the real Qwen vocabulary grows by the 514 mask
+    tokens, policy-init carries the resized embeddings, and the final policy writes and reads mask tokens."""
+    from rl.policy import build_tiny_policy, load_policy, save_policy
+    from tokenizer.codec import format_mask, parse_masks
+
+    model, processor = build_tiny_policy(vocab="qwen", mask_tokens=False)
+    n_vocab = len(processor.tokenizer)
+    base = save_policy(model, processor, tmp_path / "base")
+    with pytest.raises(ValueError, match="has no mask tokens; set model.add_mask_tokens=true"):
+        tr.initial_policy(tiny_recipe(tmp_path, f"model.path={base}"))
+    torch.manual_seed(0)
+    trainer, _, _ = _train(tiny_recipe(tmp_path, f"model.path={base}", "model.add_mask_tokens=true"))
+    final, final_processor = load_policy(tr.save_final(trainer, trainer.processing_class, tmp_path / "final"))
+    tok = final_processor.tokenizer
+    assert len(tok) == n_vocab + 514 and final.get_input_embeddings().weight.shape[0] >= len(tok)
+    text = "Sure: " + format_mask((17, 45))
+    ids = tok(text)["input_ids"]
+    assert len(ids) == len(tok("Sure: ")["input_ids"]) + 4  # one token each: start, two codes, end
+    assert parse_masks(tok.decode(ids)) == [(17, 45)]
+    init, _ = load_policy(tmp_path / "run" / "policy-init")
+    assert init.get_input_embeddings().weight.shape == final.get_input_embeddings().weight.shape
