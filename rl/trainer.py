@@ -15,8 +15,9 @@ What we add to TRL, and where:
   Under ZeRO-3 the rows are gathered from the partitions for checkpoints, and ``save_final`` rebuilds
   the policy whole on rank 0 from the gathered state to merge LoRA (the Trainer would save the adapter
   alone and lose the rows).
-* ``SamtokGRPOTrainer``: checkpoints are staged and renamed when complete (``rl.checkpoint``), and the
-  completions logged for W&B carry prompts as text (TRL's VLM message lists make wandb raise).
+* ``SamtokGRPOTrainer``: checkpoints are staged and renamed when complete (``rl.checkpoint``), the
+  completions logged for W&B carry prompts as text (TRL's VLM message lists make wandb raise), and
+  colocated vLLM rollouts get one image placeholder per image (``vllm_backend.one_placeholder_per_image``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from rl import checkpoint
+from rl import checkpoint, vllm_backend
 from rl.config import TINY, Recipe
 
 log = logging.getLogger(__name__)
@@ -316,6 +317,12 @@ class SamtokGRPOTrainer(GRPOTrainer):
     """TRL's GRPOTrainer with staged (atomic) checkpoints that also carry trainable mask-token rows."""
 
     _staging_root: str | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.use_vllm and self.vllm_mode == "colocate":
+            pad = self.processing_class.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+            self.vllm_generation.generate = vllm_backend.one_placeholder_per_image(self.vllm_generation.generate, pad)
 
     def _get_output_dir(self, trial):
         return self._staging_root or super()._get_output_dir(trial)

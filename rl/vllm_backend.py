@@ -1,4 +1,5 @@
-"""The vLLM backend of ``samtok-rl eval``: the HF path's prompts, images and decoding, served by vLLM.
+"""vLLM glue: the backend of ``samtok-rl eval`` (the HF path's prompts, images and decoding, served by
+vLLM), and the prompt fix for TRL's colocated vLLM rollouts (``one_placeholder_per_image``).
 
 Parity with ``rl.evaluate.generate`` is the contract (a test checks it token for token):
 
@@ -142,3 +143,26 @@ def _stop_engine(llm) -> None:
     shutdown = getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "shutdown", None)
     if callable(shutdown):
         shutdown()
+
+
+def collapse_image_runs(ids: list[int], pad: int) -> list[int]:
+    """``ids`` with every run of the image placeholder token shortened to one token."""
+    return [t for i, t in enumerate(ids) if t != pad or i == 0 or ids[i - 1] != pad]
+
+
+def one_placeholder_per_image(generate, pad: int):
+    """Wraps TRL's colocated vLLM ``generate`` so that image prompts reach vLLM with one placeholder per image.
+
+    TRL sends the processor's token ids, in which each image is already expanded to its grid of
+    ``<|image_pad|>`` tokens, together with the image; vLLM expands the placeholders again, so the policy
+    is sampled from a corrupted prompt (huggingface/trl#6294; checked with vLLM 0.31 on Qwen2.5-VL: 56
+    prompt tokens became 71 and no completion matched HF generate). TRL keeps its own expanded ids for
+    the loss; only what vLLM sees changes, and vLLM expands a single placeholder exactly once.
+    """
+
+    def wrapped(prompts, images, *args, **kwargs):
+        if images is not None:
+            prompts = [collapse_image_runs(list(ids), pad) for ids in prompts]
+        return generate(prompts, images, *args, **kwargs)
+
+    return wrapped

@@ -1,4 +1,4 @@
-"""The vLLM backend of `samtok-rl eval`.
+"""vLLM: the backend of `samtok-rl eval`, and the image prompts of TRL's colocated rollouts.
 
 Without vLLM: the requests, sampling and engine arguments, and the CLI wiring through a stand-in engine
 that serves each request with HF generate exactly as vLLM is asked to (un-expanded prompt + image).
@@ -194,3 +194,37 @@ def test_real_vllm_eval_cli_on_the_tiny_policy(tmp_path):
     result = json.loads((tmp_path / "metrics.json").read_text())
     assert result["backend"] == "vllm" and result["samples"] == 3 and "gIoU" in result["metrics"]
     assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.vllm
+def test_real_vllm_expands_trl_s_image_ids_again_unless_collapsed(tmp_path):
+    """What TRL's colocated rollouts send (processor-expanded ids + the image) corrupts the prompt on a real
+    engine; with one placeholder per image (``one_placeholder_per_image``, used by our trainer) the
+    completions are HF generate's."""
+    pytest.importorskip("vllm")
+    from vllm import LLM, SamplingParams
+
+    from rewards.runtime import decode_raw
+
+    model, processor = _sharp_policy()
+    path = save_policy(model, processor, tmp_path / "policy")
+    rows = _rows("shapes_gres", 6)
+    expected = generate(model, processor, rows, max_new_tokens=16, batch_size=6)
+    reqs = vllm_backend.requests(processor, rows)
+    expanded = [processor(text=[r["prompt"]], images=[r["multi_modal_data"]["image"]])["input_ids"][0] for r in reqs]
+    pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert all(list(ids).count(pad) > 1 for ids in expanded)
+    llm = LLM(**vllm_backend.engine_kwargs(str(path), on_gpu=False, dtype="float32"))
+    params = SamplingParams(**vllm_backend.sampling_kwargs(processor.tokenizer, 16))
+
+    def served(prompt_ids):
+        outs = llm.generate([{"prompt_token_ids": list(ids), "multi_modal_data": r["multi_modal_data"]}
+                             for ids, r in zip(prompt_ids, reqs)], params, use_tqdm=False)  # fmt: skip
+        return decode_raw([list(o.outputs[0].token_ids) for o in outs], processor.tokenizer)
+
+    try:
+        assert served([vllm_backend.collapse_image_runs(list(ids), pad) for ids in expanded]) == expected
+        # The reason for the wrapper; should a vLLM upgrade stop expanding twice, this line tells.
+        assert served(expanded) != expected
+    finally:
+        vllm_backend._stop_engine(llm)

@@ -187,3 +187,30 @@ def test_a_base_qwen_vl_gets_the_mask_tokens_and_trains(tmp_path):
     assert parse_masks(tok.decode(ids)) == [(17, 45)]
     init, _ = load_policy(tmp_path / "run" / "policy-init")
     assert init.get_input_embeddings().weight.shape == final.get_input_embeddings().weight.shape
+
+
+def test_colocated_vllm_rollouts_see_one_placeholder_per_image(tmp_path, monkeypatch):
+    # TRL hands vLLM processor-expanded image placeholders plus the image, and vLLM expands them again
+    # (tests/test_eval_vllm.py shows it on a real engine). The trainer's wrapper sends one per image.
+    import trl.trainer.grpo_trainer as grpo
+
+    class StandInGeneration:
+        def __init__(self, **kwargs):
+            self.calls = []
+
+        def generate(self, prompts, images, num_generations, profiler=None):
+            self.calls.append((prompts, images))
+            return "served"
+
+    monkeypatch.setattr(grpo, "VLLMGeneration", StandInGeneration)
+    recipe = tiny_recipe(tmp_path, "grpo.use_vllm=true", "grpo.vllm_mode=colocate")
+    ds, _ = tr.load_datasets(recipe)
+    model, processor = tr.prepare_policy(recipe, tmp_path / "run")
+    trainer = tr.build_trainer(recipe, tmp_path / "run", ds, None, model, processor)
+    pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    out = trainer.vllm_generation.generate(prompts=[[1, pad, pad, pad, 2], [3, pad, pad, 4]], images=[["a"], ["b"]],
+                                           num_generations=4)  # fmt: skip
+    assert out == "served"
+    assert trainer.vllm_generation.calls[-1] == ([[1, pad, 2], [3, pad, 4]], [["a"], ["b"]])
+    trainer.vllm_generation.generate(prompts=[[1, pad, pad, 2]], images=None, num_generations=4)
+    assert trainer.vllm_generation.calls[-1][0] == [[1, pad, pad, 2]]  # no image: nothing to collapse
