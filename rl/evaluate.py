@@ -196,14 +196,16 @@ def load_policy_spec(spec: str, device: str | None = None):
 
 
 def vllm_policy_spec(spec: str, out_dir) -> tuple[str, object]:
-    """``(path or hub id, processor)`` for vLLM; ``tiny`` is built and saved under ``out_dir/policy-tiny``."""
+    """``(path or hub id, processor)`` for vLLM, which loads whole checkpoints only: ``tiny`` is built, and a
+    LoRA checkpoint merged, and saved under ``out_dir`` first."""
     from transformers import AutoProcessor
 
     from rl import vllm_backend
 
-    if spec == "tiny":
+    if spec == "tiny" or (Path(spec) / "adapter_config.json").is_file():
         model, processor = load_policy_spec(spec)
-        return vllm_backend.save_for_vllm(model, processor, Path(out_dir) / "policy-tiny"), processor
+        name = "policy-tiny" if spec == "tiny" else "policy-merged"
+        return vllm_backend.save_for_vllm(model, processor, Path(out_dir) / name), processor
     return spec, AutoProcessor.from_pretrained(spec, padding_side="left")
 
 
@@ -238,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     from envs.prepare import load_mask_tokenizer, parse_options
 
     p = argparse.ArgumentParser(prog="samtok-rl eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--policy", required=True, help="saved policy folder, hub id, or 'tiny' (untrained, smoke tests)")
+    p.add_argument("--policy", required=True,
+                   help="saved policy folder (a LoRA checkpoint is merged), hub id, or 'tiny' (untrained, smoke tests)")
     p.add_argument("--env", required=True, help="shapes_gres, shapes_gcg, grefcoco, grandf")
     p.add_argument("--split", default="val")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="environment option")

@@ -31,7 +31,7 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
-from tokenizer.codec import add_mask_tokens
+from tokenizer.codec import MASK_TOKENS, add_mask_tokens
 
 QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -216,11 +216,25 @@ def save_policy(model, processor, path) -> Path:
     return path
 
 
+ROWS_FILE = "mask_token_rows.safetensors"  # trained mask-token rows next to a LoRA adapter (rl.trainer)
+
+
+def mask_token_ids(tokenizer) -> list[int]:
+    vocab = tokenizer.get_vocab()
+    return sorted(vocab[t] for t in MASK_TOKENS)
+
+
 def load_policy(path, dtype=None, device=None):
-    """``(model, processor)`` from a local folder or a hub id of a QwenVL-SAMTok checkpoint."""
+    """``(model, processor)`` from a local folder or a hub id of a QwenVL-SAMTok checkpoint.
+
+    A LoRA checkpoint (``adapter_config.json``, e.g. ``<run>/checkpoint-N`` of a ``finetune: lora`` run)
+    is merged onto the base it names, with its trained mask-token rows (``mask_token_rows.safetensors``).
+    """
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     path = str(path)
+    if (Path(path) / "adapter_config.json").is_file():
+        return _load_adapter_checkpoint(Path(path), dtype, device)
     config = AutoConfig.from_pretrained(path)
     arch = (config.architectures or [""])[0]
     model_cls = {cls.__name__: cls for _, cls, *_ in ARCHS.values()}.get(arch, AutoModelForImageTextToText)
@@ -235,3 +249,27 @@ def _arch(arch: str):
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
     return ARCHS[arch]
+
+
+def _load_adapter_checkpoint(path: Path, dtype, device):
+    import json
+
+    from peft import PeftModel
+
+    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path / 'adapter_config.json'}: no base_model_name_or_path to merge the adapter onto")
+    model, processor = load_policy(base, dtype, device)
+    model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    if (path / ROWS_FILE).is_file():
+        from safetensors.torch import load_file
+
+        saved, ids = load_file(path / ROWS_FILE), mask_token_ids(processor.tokenizer)
+        weights = [model.get_input_embeddings().weight]  # the order rl.trainer saved them in
+        out = model.get_output_embeddings()
+        if out is not None and out.weight is not weights[0]:
+            weights.append(out.weight)
+        with torch.no_grad():
+            for i, w in enumerate(weights):
+                w[ids] = saved[f"rows_{i}"].to(device=w.device, dtype=w.dtype)
+    return model, processor

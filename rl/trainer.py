@@ -32,9 +32,9 @@ from trl import GRPOConfig, GRPOTrainer
 
 from rl import checkpoint, vllm_backend
 from rl.config import TINY, Recipe
+from rl.policy import ROWS_FILE, mask_token_ids
 
 log = logging.getLogger(__name__)
-ROWS_FILE = "mask_token_rows.safetensors"
 
 
 # ---------------------------------------------------------------- policy
@@ -111,13 +111,6 @@ def freeze_vision_tower(model) -> int:
     if n == 0:
         raise ValueError(f"{type(model).__name__}: no vision-tower parameters found to freeze")
     return n
-
-
-def mask_token_ids(tokenizer) -> list[int]:
-    from tokenizer.codec import MASK_TOKENS
-
-    vocab = tokenizer.get_vocab()
-    return sorted(vocab[t] for t in MASK_TOKENS)
 
 
 def apply_lora(model, tokenizer, lora_cfg):

@@ -228,3 +228,21 @@ def test_real_vllm_expands_trl_s_image_ids_again_unless_collapsed(tmp_path):
         assert served(expanded) != expected
     finally:
         vllm_backend._stop_engine(llm)
+
+
+def test_a_lora_checkpoint_is_merged_before_vllm_loads_it(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from rl.evaluate import vllm_policy_spec
+
+    model, processor = build_tiny_policy(head_dim=32)
+    base = save_policy(model, processor, tmp_path / "base")
+    base_model, _ = load_policy(base)
+    peft = get_peft_model(base_model, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "checkpoint-7")
+    path, proc = vllm_policy_spec(str(tmp_path / "checkpoint-7"), tmp_path / "out")
+    assert path == str(tmp_path / "out" / "policy-merged") and (tmp_path / "out" / "policy-merged" / "config.json").is_file()
+    merged, _ = load_policy(path)
+    q = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(dict(merged.named_parameters())[q], dict(model.named_parameters())[q])
+    assert vllm_policy_spec(str(base), tmp_path / "out")[0] == str(base)  # a whole checkpoint goes as it is

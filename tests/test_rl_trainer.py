@@ -120,6 +120,10 @@ def test_lora_trains_adapters_and_mask_rows_only(tmp_path):
 
     merged, _ = load_policy(final)
     assert torch.allclose(merged.get_input_embeddings().weight[rows], emb[rows])
+    # The LoRA checkpoint itself loads as the same merged policy (adapter onto policy-init, plus the rows).
+    from_ckpt, _ = load_policy(ckpt)
+    for (name, a), (_, b) in zip(merged.named_parameters(), from_ckpt.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
 
 
 def test_checkpoints_are_staged_then_committed(tmp_path):
