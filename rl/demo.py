@@ -88,13 +88,13 @@ def run_demo(recipe, out: Path, test_samples: int, start: float) -> str:
     _say(start, "SFT warm start, then GRPO (progress bars below)")
     final = train_mod.run(recipe, callbacks=[collector])
 
-    grading = recipe.rewards[0].params.get("grading", "binary")  # the mean-reward column uses GRPO's grading
+    grading = answer_grading(recipe)  # the mean-reward column uses GRPO's grading
     results = {}
     for name, path in (("SFT", out / "sft"), ("RL", final)):
         _say(start, f"evaluating the {name} policy on the test split")
         model, processor = load_policy(path)
         results[name] = evaluate_policy(model, processor, mask_tok, test, out / f"eval_{name.lower()}", grading)
-    curve = plot_reward_curve(collector.rows, out / "reward_curve.png")
+    curve = plot_reward_curve(collector.rows, out / "reward_curve.png", reward_summary(recipe))
     wall = time.perf_counter() - start
     report = write_report(results, recipe, out, wall, len(test), curve)
     return report
@@ -115,7 +115,7 @@ def evaluate_policy(model, processor, mask_tok, rows, out_dir: Path, grading: st
     return metrics
 
 
-def plot_reward_curve(rows: list[dict], path: Path) -> Path:
+def plot_reward_curve(rows: list[dict], path: Path, label: str = "answer_match") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,7 +123,7 @@ def plot_reward_curve(rows: list[dict], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(5, 3))
     steps = [r["step"] for r in rows]
-    ax.plot(steps, [r["reward"] for r in rows], label="mean reward (answer_match)")
+    ax.plot(steps, [r["reward"] for r in rows], label=f"mean reward: {label}")
     ax.fill_between(steps, [r["reward"] - r["reward_std"] for r in rows], [r["reward"] + r["reward_std"] for r in rows],
                     alpha=0.2)
     ax.set_xlabel("GRPO step")
@@ -135,6 +135,20 @@ def plot_reward_curve(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def answer_grading(recipe) -> str:
+    """The grading of the recipe's answer_match reward (the demo's mean-reward column), binary if it has none."""
+    return next((r.params.get("grading", "binary") for r in recipe.rewards if r.name == "answer_match"), "binary")
+
+
+def reward_summary(recipe) -> str:
+    """E.g. ``answer_match (coarse) x1 + mask_iou x1``: what GRPO optimised, as the recipe says."""
+    parts = []
+    for r in recipe.rewards:
+        detail = f" ({r.params['grading']})" if "grading" in r.params else ""
+        parts.append(f"{r.name}{detail} x{r.weight:g}")
+    return " + ".join(parts)
+
+
 def write_report(results: dict, recipe, out: Path, wall: float, n_test: int, curve: Path) -> str:
     cols = [*METRICS, "mean reward"]
     lines = [
@@ -142,8 +156,8 @@ def write_report(results: dict, recipe, out: Path, wall: float, n_test: int, cur
         "",
         f"Held-out test split: {n_test} samples. Tiny policy: {recipe.model.tiny.arch}, hidden "
         f"{recipe.model.tiny.hidden_size}, {recipe.model.tiny.num_layers} layers. SFT {recipe.sft.args.get('max_steps')} "
-        f"steps, GRPO {recipe.grpo.get('max_steps')} steps (answer_match, {recipe.rewards[0].params.get('grading', 'binary')} "
-        f"grading; the mean-reward column is that reward x 100 on greedy answers). Seed {recipe.run.seed}.",
+        f"steps, GRPO {recipe.grpo.get('max_steps')} steps with {reward_summary(recipe)}. The mean-reward column is "
+        f"answer_match ({answer_grading(recipe)} grading) x 100 on greedy answers. Seed {recipe.run.seed}.",
         "",
         "| policy | " + " | ".join(cols) + " |",
         "|---|" + "---|" * len(cols),

@@ -23,7 +23,16 @@ def test_demo_pipeline_writes_the_report(tmp_path, capsys):
     out = tmp_path / "demo"
     report = (out / "report.md").read_text()
     assert "| SFT |" in report and "| RL |" in report and "gIoU gain of RL over SFT" in report
+    assert "GRPO 2 steps with answer_match (coarse) x1." in report  # what GRPO optimised, from the recipe
     assert report.splitlines()[0] in capsys.readouterr().out  # printed too
     for png in ("reward_curve.png", "eval_sft/grid.png", "eval_rl/grid.png"):
         assert (out / png).stat().st_size > 1000, png
     assert (out / "recipe.yaml").is_file() and (out / "final" / "config.json").is_file()
+
+
+def test_report_names_every_reward_of_the_recipe():
+    from rl.config import load_recipe
+
+    recipe = load_recipe(demo.RECIPE, ["rewards=[{name: mask_iou, weight: 2}, {name: answer_match, weight: 0.5}]"])
+    assert demo.reward_summary(recipe) == "mask_iou x2 + answer_match x0.5"
+    assert demo.answer_grading(recipe) == "binary"  # the column's grading is answer_match's, not the first reward's
