@@ -307,7 +307,8 @@ class LogDecodedMasks:
 
 
 class SamtokGRPOTrainer(GRPOTrainer):
-    """TRL's GRPOTrainer with staged (atomic) checkpoints that also carry trainable mask-token rows."""
+    """TRL's GRPOTrainer with staged (atomic) checkpoints that also carry trainable mask-token rows, text
+    prompts in the completion logs (W&B), and one image placeholder per image for colocated vLLM."""
 
     _staging_root: str | None = None
 
