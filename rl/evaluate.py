@@ -42,6 +42,11 @@ def eval_rows(env, split: str, limit: int | None = None, strict: bool = True) ->
     return [r for group in group_by_image(samples) for r in build_rows(group, None)]
 
 
+def chat_input(processor, row) -> tuple:
+    """``(prompt text, image)`` of a row, as both generation backends feed it (one ``<|image_pad|>``)."""
+    return processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False), load_image(row["image"])
+
+
 def generate(model, processor, rows, max_new_tokens: int = 256, batch_size: int = 8, do_sample: bool = False) -> list[str]:
     """The policy's completion for every row, special tokens kept (pad/eos dropped)."""
     import torch
@@ -53,9 +58,8 @@ def generate(model, processor, rows, max_new_tokens: int = 256, batch_size: int 
     out: list[str] = []
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
-        prompts = [processor.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in batch]
-        images = [load_image(r["image"]) for r in batch]
-        inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True).to(device)
+        prompts, images = zip(*(chat_input(processor, r) for r in batch))
+        inputs = processor(text=list(prompts), images=list(images), return_tensors="pt", padding=True).to(device)
         with torch.no_grad():
             ids = model.generate(
                 **inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id,
@@ -172,15 +176,6 @@ def report(rows, texts, mask_tokenizer, task: str, out_dir, grid: int = 16, embe
     return metrics
 
 
-def evaluate(model, processor, mask_tokenizer, rows, task: str, out_dir, max_new_tokens: int = 256,
-             batch_size: int = 8, grid: int = 16, embed=None, with_captions: bool = True) -> dict:
-    """HF ``generate`` then ``report``; returns the metrics."""
-    start = time.perf_counter()
-    texts = generate(model, processor, rows, max_new_tokens, batch_size)
-    info = {"backend": "hf", "generation_seconds": round(time.perf_counter() - start, 2)}
-    return report(rows, texts, mask_tokenizer, task, out_dir, grid, embed, with_captions, info)
-
-
 def format_table(metrics: dict) -> str:
     width = max(len(k) for k in metrics) if metrics else 0
     return "\n".join(f"{k:<{width}}  {v:7.2f}" for k, v in metrics.items())
@@ -200,12 +195,12 @@ def vllm_policy_spec(spec: str, out_dir) -> tuple[str, object]:
     LoRA checkpoint merged, and saved under ``out_dir`` first."""
     from transformers import AutoProcessor
 
-    from rl import vllm_backend
+    from rl.policy import save_policy
 
     if spec == "tiny" or (Path(spec) / "adapter_config.json").is_file():
         model, processor = load_policy_spec(spec)
         name = "policy-tiny" if spec == "tiny" else "policy-merged"
-        return vllm_backend.save_for_vllm(model, processor, Path(out_dir) / name), processor
+        return str(save_policy(model, processor, Path(out_dir) / name)), processor
     return spec, AutoProcessor.from_pretrained(spec, padding_side="left")
 
 

