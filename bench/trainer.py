@@ -126,6 +126,7 @@ def run_qwen_3b(steps: int = 3, shrink: int = 1) -> int:
     from envs.base import rows_to_dataset
     from rl import train
     from rl.config import load_recipe
+    from rl.demo import LogCollector  # keeps each step's logged scalars (reward, completions/mean_length, ...)
     from rl.trainer import shapes_rows
 
     tmp = Path(tempfile.mkdtemp())
@@ -140,7 +141,7 @@ def run_qwen_3b(steps: int = 3, shrink: int = 1) -> int:
     ])  # fmt: skip
     if not cuda:
         recipe.grpo.update(bf16=False, max_completion_length=16)
-    timer, logs = StepTimer(), LogKeeper()
+    timer, logs = StepTimer(), LogCollector()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     train.run(recipe, callbacks=[timer, logs])
@@ -154,15 +155,6 @@ def run_qwen_3b(steps: int = 3, shrink: int = 1) -> int:
     if cuda:
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     return 0
-
-
-class LogKeeper(TrainerCallback):
-    def __init__(self):
-        self.rows = []
-
-    def on_log(self, args, state, control, logs=None, **kw):
-        if logs and "completions/mean_length" in logs:
-            self.rows.append({"step": state.global_step, **logs})
 
 
 def main(argv=None) -> int:

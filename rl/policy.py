@@ -224,6 +224,15 @@ def mask_token_ids(tokenizer) -> list[int]:
     return sorted(vocab[t] for t in MASK_TOKENS)
 
 
+def embedding_weights(model) -> list:
+    """The input embedding matrix, plus the output one when it is not tied to it (the order of the rows file)."""
+    weights = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not weights[0]:
+        weights.append(out.weight)
+    return weights
+
+
 def load_policy(path, dtype=None, device=None):
     """``(model, processor)`` from a local folder or a hub id of a QwenVL-SAMTok checkpoint.
 
@@ -265,11 +274,7 @@ def _load_adapter_checkpoint(path: Path, dtype, device):
         from safetensors.torch import load_file
 
         saved, ids = load_file(path / ROWS_FILE), mask_token_ids(processor.tokenizer)
-        weights = [model.get_input_embeddings().weight]  # the order rl.trainer saved them in
-        out = model.get_output_embeddings()
-        if out is not None and out.weight is not weights[0]:
-            weights.append(out.weight)
         with torch.no_grad():
-            for i, w in enumerate(weights):
+            for i, w in enumerate(embedding_weights(model)):
                 w[ids] = saved[f"rows_{i}"].to(device=w.device, dtype=w.dtype)
     return model, processor

@@ -32,7 +32,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from rl import checkpoint, vllm_backend
 from rl.config import TINY, Recipe
-from rl.policy import ROWS_FILE, mask_token_ids
+from rl.policy import ROWS_FILE, embedding_weights, mask_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +123,8 @@ def apply_lora(model, tokenizer, lora_cfg):
     )  # fmt: skip
     model = get_peft_model(model, config)
     if lora_cfg.train_mask_tokens:
-        train_only_rows(model.get_input_embeddings().weight, mask_token_ids(tokenizer))
-        out = model.get_output_embeddings()
-        if out is not None and out.weight is not model.get_input_embeddings().weight:
-            train_only_rows(out.weight, mask_token_ids(tokenizer))
+        for weight in embedding_weights(model):
+            train_only_rows(weight, mask_token_ids(tokenizer))
     return model
 
 

@@ -57,6 +57,29 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def before_after(run: Path):
+    """``(policy-init, final, tokenizer)`` of a run. Loaded here, in the test process: inside a training
+    process a live ZeRO-3 config would load them partitioned."""
+    (m0, proc), (m1, _) = load_policy(run / "policy-init"), load_policy(run / "final")
+    return m0, m1, proc.tokenizer
+
+
+def changed_params(m0, m1) -> list[str]:
+    before, after = dict(m0.named_parameters()), dict(m1.named_parameters())
+    return [k for k in before if not torch.equal(before[k], after[k])]
+
+
+def assert_mask_rows_trained(run: Path, m0, m1, tokenizer) -> None:
+    """Only the mask-token rows of the embedding moved in ``run/final``, and ``checkpoint-2`` carries them."""
+    rows = mask_token_ids(tokenizer)
+    e0, e1 = m0.get_input_embeddings().weight, m1.get_input_embeddings().weight
+    others = torch.ones(len(e0), dtype=torch.bool)
+    others[rows] = False
+    assert not torch.equal(e0[rows], e1[rows]) and torch.equal(e0[others], e1[others])
+    saved = load_file(run / "checkpoint-2" / "mask_token_rows.safetensors")
+    assert torch.allclose(saved["rows_0"], e1[rows])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="DeepSpeed's CPU backend is tested on Linux")
 def test_grpo_under_zero2_zero3_and_zero3_lora(tmp_path):
     env = {
@@ -70,23 +93,15 @@ def test_grpo_under_zero2_zero3_and_zero3_lora(tmp_path):
     for name in ("ZERO2 full OK", "ZERO3 full OK", "ZERO3 lora OK"):
         assert name in done.stdout, name
     for stage, finetune in ((2, "full"), (3, "full"), (3, "lora")):
-        # Compared here: inside the subprocess a live ZeRO-3 config would load them partitioned.
         run = tmp_path / f"zero{stage}-{finetune}"
-        (m0, proc), (m1, _) = load_policy(run / "policy-init"), load_policy(run / "final")
-        before, after = dict(m0.named_parameters()), dict(m1.named_parameters())
-        changed = [k for k in before if not torch.equal(before[k], after[k])]
+        m0, m1, tokenizer = before_after(run)
+        changed = changed_params(m0, m1)
         assert any("language_model.layers" in k for k in changed), f"ZeRO-{stage} {finetune}: weights did not change"
         assert not any("visual" in k for k in changed), f"ZeRO-{stage} {finetune}: the frozen vision tower moved"
         assert (run / "checkpoint-2" / "COMPLETE").is_file()
     # LoRA under ZeRO-3: final/ is the merged policy (adapters folded into the projections) with the trained
     # mask-token rows, which the checkpoint also carries, gathered from the partitions.
-    rows = mask_token_ids(proc.tokenizer)
-    e0, e1 = m0.get_input_embeddings().weight, m1.get_input_embeddings().weight
-    others = torch.ones(len(e0), dtype=torch.bool)
-    others[rows] = False
-    assert not torch.equal(e0[rows], e1[rows]) and torch.equal(e0[others], e1[others])
-    saved = load_file(run / "checkpoint-2" / "mask_token_rows.safetensors")
-    assert torch.allclose(saved["rows_0"], e1[rows])
+    assert_mask_rows_trained(run, m0, m1, tokenizer)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="DeepSpeed's CPU backend is tested on Linux")
@@ -113,14 +128,7 @@ def test_two_ranks_zero3_lora_launched_as_the_readme_says(tmp_path):
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    (m0, proc), (m1, _) = load_policy(run / "policy-init"), load_policy(run / "final")
-    before, after = dict(m0.named_parameters()), dict(m1.named_parameters())
-    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    m0, m1, tokenizer = before_after(run)
+    changed = changed_params(m0, m1)
     assert any("self_attn.q_proj" in k for k in changed) and not any("visual" in k for k in changed)
-    rows = mask_token_ids(proc.tokenizer)
-    e0, e1 = m0.get_input_embeddings().weight, m1.get_input_embeddings().weight
-    others = torch.ones(len(e0), dtype=torch.bool)
-    others[rows] = False
-    assert not torch.equal(e0[rows], e1[rows]) and torch.equal(e0[others], e1[others])
-    saved = load_file(run / "checkpoint-2" / "mask_token_rows.safetensors")
-    assert torch.allclose(saved["rows_0"], e1[rows])
+    assert_mask_rows_trained(run, m0, m1, tokenizer)
