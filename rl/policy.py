@@ -31,7 +31,7 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
-from tokenizer.codec import MASK_TOKENS, add_mask_tokens
+from tokenizer.codec import MASK_TOKENS, add_mask_tokens, embedding_weights
 
 QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -222,15 +222,6 @@ ROWS_FILE = "mask_token_rows.safetensors"  # trained mask-token rows next to a L
 def mask_token_ids(tokenizer) -> list[int]:
     vocab = tokenizer.get_vocab()
     return sorted(vocab[t] for t in MASK_TOKENS)
-
-
-def embedding_weights(model) -> list:
-    """The input embedding matrix, plus the output one when it is not tied to it (the order of the rows file)."""
-    weights = [model.get_input_embeddings().weight]
-    out = model.get_output_embeddings()
-    if out is not None and out.weight is not weights[0]:
-        weights.append(out.weight)
-    return weights
 
 
 def load_policy(path, dtype=None, device=None):

@@ -32,7 +32,8 @@ from trl import GRPOConfig, GRPOTrainer
 
 from rl import checkpoint, vllm_backend
 from rl.config import TINY, Recipe
-from rl.policy import ROWS_FILE, embedding_weights, mask_token_ids
+from rl.policy import ROWS_FILE, mask_token_ids
+from tokenizer.codec import embedding_weights
 
 log = logging.getLogger(__name__)
 

@@ -119,6 +119,16 @@ def add_mask_tokens(tokenizer, model=None, seed: int = 0) -> int:
     return len(missing)
 
 
+def embedding_weights(model) -> list:
+    """The input embedding matrix, plus the output one when it is not tied to it (rl.trainer saves trained
+    mask-token rows in this order)."""
+    weights = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not weights[0]:
+        weights.append(out.weight)
+    return weights
+
+
 def _grow_embeddings(model, vocab_size: int, n_before: int, new_ids: list[int], seed: int) -> None:
     import torch
 
@@ -130,12 +140,8 @@ def _grow_embeddings(model, vocab_size: int, n_before: int, new_ids: list[int], 
         return
     gen = torch.Generator().manual_seed(seed)
     ids = torch.tensor(new_ids)
-    weights = [model.get_input_embeddings().weight]
-    out = model.get_output_embeddings()
-    if out is not None and out.weight.data_ptr() != weights[0].data_ptr():
-        weights.append(out.weight)
     with torch.no_grad():
-        for w in weights:
+        for w in embedding_weights(model):
             old = w[: min(n_before, w.shape[0])].float()
             mean, std = old.mean(0), old.std(0).clamp_min(1e-3)
             noise = torch.randn(len(new_ids), w.shape[1], generator=gen)
