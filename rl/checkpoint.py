@@ -59,3 +59,65 @@ def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 def clear_staging(run_dir: str | os.PathLike) -> None:
     """Drop what a crashed save left behind; called when a run starts."""
     shutil.rmtree(staging_dir(run_dir), ignore_errors=True)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be restored completely (resuming from part of it would lose training)."""
+
+
+def has_full_weights(ckpt: str | os.PathLike) -> bool:
+    """Whether ``ckpt`` holds a whole model saved by ``save_pretrained`` (not an adapter, not DeepSpeed's files)."""
+    return any((Path(ckpt) / f).is_file() for f in (
+        "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"))  # fmt: skip
+
+
+def load_full_weights(model, ckpt: str | os.PathLike) -> None:
+    """Copy the weights of ``ckpt`` into ``model`` in place, every parameter and buffer, or raise.
+
+    ``from_pretrained`` is the one loader that knows how the checkpoint-format names map to the module names
+    of this transformers version, so the checkpoint is read through it; then every tensor must fit.
+    """
+    import torch
+
+    dtype = next(model.parameters()).dtype
+    loaded, info = type(model).from_pretrained(str(ckpt), dtype=dtype, output_loading_info=True)
+    problems = [f"{kind.replace('_', ' ')}: {sorted(map(str, info[kind]))}"
+                for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(kind)]  # fmt: skip
+    state = loaded.state_dict()
+    ours = model.state_dict()
+    if not problems:
+        missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
+        problems += [f"missing keys: {missing}"] if missing else []
+        problems += [f"unexpected keys: {unexpected}"] if unexpected else []
+    if problems:
+        raise CheckpointError(f"{ckpt}: its weights do not fit the policy being trained, refusing to resume from "
+                              f"part of them; " + "; ".join(problems))  # fmt: skip
+    wrong = [f"{k}: {tuple(state[k].shape)} in the checkpoint, {tuple(t.shape)} here" for k, t in ours.items()
+             if state[k].shape != t.shape]  # fmt: skip
+    if wrong:
+        raise CheckpointError(f"{ckpt}: its weights do not fit the policy being trained; mismatched shapes: {wrong}")
+    with torch.no_grad():
+        for name, tensor in ours.items():
+            tensor.copy_(state[name])
+
+
+def check_adapter_loaded(peft_model, ckpt: str | os.PathLike) -> None:
+    """Raise unless the adapter file of ``ckpt`` holds exactly the trainable adapter's tensors, and they are loaded.
+
+    The Trainer's PEFT path logs a warning for keys it could not place and carries on with fresh adapters.
+    """
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(ckpt) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt}: no adapter_model.safetensors for this LoRA policy")
+    saved = load_file(path)
+    ours = get_peft_model_state_dict(peft_model, adapter_name="default")
+    missing, unexpected = sorted(set(ours) - set(saved)), sorted(set(saved) - set(ours))
+    differ = [k for k in set(ours) & set(saved) if not torch.equal(ours[k].cpu(), saved[k].to(ours[k].dtype))]
+    if missing or unexpected or differ:
+        raise CheckpointError(f"{ckpt}: the adapter was not restored completely; missing keys: {missing}; "
+                              f"unexpected keys: {unexpected}; not loaded: {sorted(differ)}")  # fmt: skip
+

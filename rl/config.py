@@ -325,6 +325,7 @@ def _check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
         problems.append("reward_runtime.timeout_s: must be > 0 or null")
     if not 0 < r.reward_runtime.max_failure_rate <= 1:
         problems.append("reward_runtime.max_failure_rate: must be in (0, 1]")
+    _check_resumable(r.grpo, problems)
     weights = r.grpo.get("reward_weights")
     if weights is not None:
         problems.append("grpo.reward_weights: set each reward's weight under rewards[] instead")
@@ -338,6 +339,19 @@ def _check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
             value = getattr(r.data, key)
             if value is not None and not Path(value).exists():
                 problems.append(f"data.{key}: {value!r} does not exist")
+
+
+def _check_resumable(grpo: dict, problems: list[str]) -> None:
+    """Checkpoints must fall between generation blocks: TRL keeps a block's rollouts in memory only, so a
+    checkpoint saved inside one cannot be resumed exactly (the resumed run would generate anew)."""
+    accum = grpo.get("gradient_accumulation_steps", 1)
+    block = (grpo.get("steps_per_generation") or accum) * grpo.get("num_iterations", 1)
+    save = grpo.get("save_steps", 500)
+    if grpo.get("save_strategy", "steps") == "steps" and isinstance(save, int) and isinstance(block, int) and block > 1:
+        if (save * accum) % block:
+            problems.append(f"grpo.save_steps: {save} x gradient_accumulation_steps {accum} must be a multiple of "
+                            f"steps_per_generation x num_iterations ({block}), or a checkpoint would fall inside a "
+                            "generation block and could not be resumed exactly")  # fmt: skip
 
 
 def _one_of(value, allowed, where, problems):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
 from rl import checkpoint, vllm_backend
 from rl.config import TINY, Recipe
@@ -317,6 +318,25 @@ class SamtokGRPOTrainer(GRPOTrainer):
             pad = self.processing_class.tokenizer.convert_tokens_to_ids("<|image_pad|>")
             self.vllm_generation.generate = vllm_backend.one_placeholder_per_image(self.vllm_generation.generate, pad)
 
+    def _get_train_sampler(self, dataset=None):
+        s = super()._get_train_sampler(dataset)
+        return EpochSeededRepeatSampler(s.data_source, s.mini_repeat_count, s.batch_size, s.repeat_count, s.shuffle, s.seed)
+
+    def _load_rng_state(self, checkpoint_dir):
+        # Called once, at the resumed step, just before the first batch. TRL counts micro-steps in ``_step``
+        # to know when to generate; it starts from 0 in a new process, so a run resumed inside a generation
+        # block would generate where the straight run reused its buffer. Restart the count where it was.
+        micro = self.state.global_step * self.args.gradient_accumulation_steps
+        block = self.args.steps_per_generation * self.num_iterations
+        if micro % block:
+            raise checkpoint.CheckpointError(
+                f"{checkpoint_dir}: saved inside a generation block (step {self.state.global_step}, "
+                f"{block} micro-steps per block), whose rollouts are not checkpointed; it cannot be resumed "
+                "exactly. Save at steps where grpo.save_steps x gradient_accumulation_steps is a multiple of "
+                "steps_per_generation x num_iterations.")  # fmt: skip
+        self._step = micro
+        super()._load_rng_state(checkpoint_dir)
+
     def _get_output_dir(self, trial):
         return self._staging_root or super()._get_output_dir(trial)
 
@@ -337,15 +357,30 @@ class SamtokGRPOTrainer(GRPOTrainer):
         _barrier()
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        # The Trainer loads a full checkpoint with a plain load_state_dict(strict=False), but save_pretrained
+        # writes the checkpoint-format names (Qwen-VL: ``visual.*``, ``model.layers.*``), which differ from the
+        # module names transformers 5 builds (``model.visual.*``, ``model.language_model.*``): every key
+        # missed, a warning was logged, and training went on from the initial weights.
+        target = model if model is not None else self.model
+        if checkpoint.has_full_weights(resume_from_checkpoint) and not hasattr(target, "peft_config"):
+            checkpoint.load_full_weights(target, resume_from_checkpoint)
+        else:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            if hasattr(target, "peft_config"):
+                checkpoint.check_adapter_loaded(target, resume_from_checkpoint)
+        params = _row_params(self.model)
+        if not params:
+            return
         path = os.path.join(resume_from_checkpoint, ROWS_FILE)
-        if os.path.isfile(path):
-            from safetensors.torch import load_file
+        if not os.path.isfile(path):
+            raise checkpoint.CheckpointError(f"{resume_from_checkpoint}: no {ROWS_FILE}; the trained mask-token rows "
+                                             "of this LoRA run would be lost")  # fmt: skip
+        from safetensors.torch import load_file
 
-            saved = load_file(path)
-            with torch.no_grad():
-                for i, p in enumerate(_row_params(self.model)):
-                    p[p._samtok_rows] = saved[f"rows_{i}"].to(p.dtype)
+        saved = load_file(path)
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p[p._samtok_rows] = saved[f"rows_{i}"].to(p.dtype)
 
     def _save_rows(self, ckpt_dir: str) -> None:
         params = _row_params(self.model)
@@ -374,6 +409,26 @@ class SamtokGRPOTrainer(GRPOTrainer):
         rows = {id(p) for p in _row_params(model)}
         names = super().get_decay_parameter_names(model)
         return [n for n, p in model.named_parameters() if n in set(names) and id(p) not in rows]
+
+
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's ``RepeatSampler`` with each epoch's order drawn from ``seed + epoch``.
+
+    TRL's draws every epoch from one generator seeded once, so a process resumed in epoch 2 starts that
+    generator afresh and replays epoch 1's order. The Trainer calls ``set_epoch`` before every epoch
+    (through accelerate's loader, also after ``skip_first_batches``), so the order is a function of the
+    epoch alone, the same for a straight and a resumed run, and for every rank.
+    """
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            self.generator.manual_seed((self.seed or 0) + self.epoch)
+        return super().__iter__()
 
 
 def messages_text(messages) -> str:

@@ -1,4 +1,11 @@
-"""A run killed mid-training (SIGKILL) resumes from its last complete checkpoint with run.resume=true."""
+"""Resume is exact: N steps straight and the same run stopped and resumed in new processes agree bit for bit.
+
+Compared at the last checkpoint (``resume_run.checkpoint_state``): the weights (whole model, or LoRA adapter
+plus the mask-token rows), the optimizer's moments, the scheduler, every rank's RNG streams and the logged
+history (losses, rewards, KL, ...); and per logged step the prompts, sampled completions and rewards. The
+data have 8 prompts and each step takes 2, so an epoch is 4 steps and a resume at step 5 is in the second
+epoch. A run killed with SIGKILL resumes from its last complete checkpoint with exactly its weights.
+"""
 
 import json
 import os
@@ -7,37 +14,124 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+import torch
+
+from resume_run import assert_same_state, checkpoint_state, completions
 from rl import checkpoint
 from test_rl_trainer import write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
+DRIVER = str(ROOT / "tests" / "resume_run.py")
+REWARDS = "rewards=[{name: answer_match, params: {grading: coarse}}, {name: 'test_rl_trainer:varied_reward'}]"
 
 
-def _cmd(tmp_path, *extra):
+def _overrides(data: Path, run: Path, *extra) -> list[str]:
     return [
-        sys.executable, "-m", "rl.train", str(ROOT / "recipes" / "shapes_gres.yaml"),
-        "data.env=gres", f"data.train={tmp_path / 'data'}", "sft.enabled=false", f"run.output_dir={tmp_path / 'run'}",
-        "run.report_to=[none]", "run.keep_checkpoints=2", "grpo.save_strategy=steps", "grpo.save_steps=2",
+        "data.env=gres", f"data.train={data}", "sft.enabled=false", f"run.output_dir={run}", "run.report_to=[none]",
+        "run.keep_checkpoints=2", "grpo.save_strategy=steps", "grpo.save_steps=1", "grpo.logging_steps=1",
         "grpo.per_device_train_batch_size=8", "grpo.num_generations=4", "grpo.max_completion_length=8",
-        "grpo.logging_steps=1", *extra,
+        "grpo.learning_rate=0.01", "grpo.temperature=1.5", "grpo.log_completions=true", REWARDS, *extra,
     ]  # fmt: skip
 
 
-def _step(path: Path) -> int:
-    return int(path.name.split("-")[1])
+def _env(**extra) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return {**env, **extra}
 
 
-def test_killed_run_resumes_from_last_complete_checkpoint(tmp_path):
-    write_prepared(tmp_path / "data", n=16)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+def _train(stop_at: int, overrides: list[str], launcher=(), **env) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, *launcher, DRIVER, str(stop_at), *overrides], cwd=ROOT, env=_env(**env),
+                          capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done
+
+
+def _straight_and_resumed(tmp_path, stops, *extra, launcher=()):
+    """Train 6 steps straight, and again stopped after each step in ``stops`` and resumed in a new process."""
+    data = write_prepared(tmp_path / "data", n=8)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _train(0, _overrides(data, straight, "grpo.max_steps=6", *extra), launcher)
+    for i, stop in enumerate([*stops, 0]):
+        resume = ["run.resume=true"] if i else []
+        done = _train(stop, _overrides(data, resumed, "grpo.max_steps=6", *extra, *resume), launcher)
+        if i:
+            assert f"resuming from {resumed / f'checkpoint-{stops[i - 1]}'}" in done.stderr
+    return straight, resumed
+
+
+def test_full_finetune_resumed_twice_and_after_an_epoch_equals_straight(tmp_path):
+    straight, resumed = _straight_and_resumed(tmp_path, [3, 5])
+    a, b = checkpoint_state(straight / "checkpoint-6"), checkpoint_state(resumed / "checkpoint-6")
+    assert "model.safetensors" in a and "optimizer.pt" in a and "rng_state.pth" in a
+    assert [h["step"] for h in a["log_history"] if "loss" in h] == list(range(1, 7))
+    assert_same_state(a, b)
+    assert completions(straight).keys() == {f"completions_{s:05d}.parquet" for s in range(1, 7)}
+    assert completions(straight) == completions(resumed)
+    # The weights did move: a resume that fell back to the initial policy would not pass the comparison.
+    init = checkpoint_state(resumed / "checkpoint-5")["model.safetensors"]
+    assert any(not torch.equal(init[k], v) for k, v in b["model.safetensors"].items())
+
+    # `samtok-rl eval --policy <run>/checkpoint-N` loads that checkpoint's trained weights: the same as final/.
+    from rl.policy import load_policy
+
+    (ckpt, _), (final, _) = load_policy(resumed / "checkpoint-6"), load_policy(resumed / "final")
+    assert ckpt.state_dict().keys() == final.state_dict().keys()
+    assert all(torch.equal(v, final.state_dict()[k]) for k, v in ckpt.state_dict().items())
+
+
+def test_lora_resume_equals_straight(tmp_path):
+    lora = ("model.finetune=lora", "model.lora.r=4", "grpo.learning_rate=0.05")
+    straight, resumed = _straight_and_resumed(tmp_path, [3], *lora)
+    a, b = checkpoint_state(straight / "checkpoint-6"), checkpoint_state(resumed / "checkpoint-6")
+    assert {"adapter_model.safetensors", "mask_token_rows.safetensors", "optimizer.pt"} <= a.keys()
+    assert_same_state(a, b)
+    assert completions(straight) == completions(resumed)
+
+    from rl.policy import load_policy
+
+    (ckpt, _), (final, _) = load_policy(resumed / "checkpoint-6"), load_policy(resumed / "final")
+    assert all(torch.allclose(v, final.state_dict()[k], atol=1e-6) for k, v in ckpt.state_dict().items())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="DeepSpeed's CPU backend is tested on Linux")
+def test_two_ranks_zero3_lora_resume_equals_straight(tmp_path):
+    """Launched as the README says (accelerate launch, ZeRO-3, 2 gloo ranks): the partitioned optimizer state
+    of every rank, the gathered mask-token rows and both ranks' RNG streams continue exactly. The straight run
+    is also checked as a plain ZeRO-3 LoRA run: final/ is the merged policy with trained mask-token rows."""
+    from test_rl_deepspeed import assert_mask_rows_trained, before_after, changed_params
+
+    launcher = ["-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/zero3.yaml",
+                "--num_processes", "2", "--main_process_port", str(30500 + os.getpid() % 1000)]  # fmt: skip
+    lora = ("model.finetune=lora", "grpo.learning_rate=0.05", "grpo.per_device_train_batch_size=4",
+            "grpo.max_completion_length=6", "grpo.save_steps=2")  # fmt: skip
+    straight, resumed = _straight_and_resumed(tmp_path, [2], *lora, launcher=launcher)
+    a, b = checkpoint_state(straight / "checkpoint-6"), checkpoint_state(resumed / "checkpoint-6")
+    ranks = [k for k in a if k.endswith("optim_states.pt")]
+    assert len(ranks) == 2 and {"rng_state_0.pth", "rng_state_1.pth", "mask_token_rows.safetensors"} <= a.keys()
+    assert_same_state(a, b)
+    assert completions(straight) == completions(resumed)
+
+    m0, m1, tokenizer = before_after(straight)
+    changed = changed_params(m0, m1)
+    assert any("self_attn.q_proj" in k for k in changed) and not any("visual" in k for k in changed)
+    assert_mask_rows_trained(straight, m0, m1, tokenizer, step=6)
+
+
+def test_killed_run_resumes_from_last_complete_checkpoint_with_its_weights(tmp_path):
+    data = write_prepared(tmp_path / "data", n=16)
     run = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(tmp_path, "grpo.max_steps=1000"), cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = _overrides(data, run, "grpo.save_steps=2", "grpo.log_completions=false")
+    proc = subprocess.Popen([sys.executable, "-m", "rl.train", str(ROOT / "recipes" / "shapes_gres.yaml"), *base,
+                             "grpo.max_steps=1000"], cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
             last = checkpoint.last_checkpoint(run)
-            if last is not None and _step(last) >= 4:
+            if last is not None and int(last.name.split("-")[1]) >= 4:
                 break
             time.sleep(0.05)
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
@@ -48,16 +142,74 @@ def test_killed_run_resumes_from_last_complete_checkpoint(tmp_path):
             proc.kill()
             proc.wait(30)
     assert not (run / "final").exists()
-    killed_at = _step(checkpoint.last_checkpoint(run))
+    last = checkpoint.last_checkpoint(run)
+    killed_at = int(last.name.split("-")[1])
     target = killed_at + 2
 
-    done = subprocess.run(_cmd(tmp_path, f"grpo.max_steps={target}", "run.resume=true"), cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"resuming from {run / f'checkpoint-{killed_at}'}" in done.stderr
+    dump = tmp_path / "resumed_weights.safetensors"
+    done = _train(0, [*base, f"grpo.max_steps={target}", "run.resume=true"], RESUME_RUN_DUMP=str(dump))
+    assert f"resuming from {last}" in done.stderr
     state = json.loads((run / f"checkpoint-{target}" / "trainer_state.json").read_text())
     assert state["global_step"] == target
     steps = [h["step"] for h in state["log_history"] if "reward" in h]
     assert steps == list(range(1, target + 1))  # the first run's history continued, no step redone
     assert (run / "final" / "config.json").is_file()
     assert not any((run / checkpoint.STAGING).glob("checkpoint-*"))
+
+    # The resumed process trained on from exactly the checkpoint's weights (read through the eval loader).
+    from safetensors.torch import load_file
+
+    from rl.policy import load_policy
+
+    started, (saved, _) = load_file(dump), load_policy(last)
+    assert started.keys() == saved.state_dict().keys()
+    assert all(torch.equal(started[k], v) for k, v in saved.state_dict().items())
+    init, _ = load_policy(run / "policy-init")
+    assert any(not torch.equal(started[k], v) for k, v in init.state_dict().items())
+
+
+# ---------------------------------------------------------------- refusals: never resume from part of a state
+
+
+def test_a_checkpoint_that_does_not_fit_is_an_error_naming_the_keys(tmp_path):
+    from rl.policy import build_tiny_policy, save_policy
+
+    save_policy(*build_tiny_policy(num_layers=2), tmp_path / "ckpt")
+    three_layers, _ = build_tiny_policy(num_layers=3)
+    before = {k: v.clone() for k, v in three_layers.state_dict().items()}
+    with pytest.raises(checkpoint.CheckpointError, match=r"missing keys: \[.*layers\.2\."):
+        checkpoint.load_full_weights(three_layers, tmp_path / "ckpt")
+    assert all(torch.equal(before[k], v) for k, v in three_layers.state_dict().items())  # nothing half-loaded
+
+    two_layers, _ = build_tiny_policy(num_layers=2, seed=1)
+    checkpoint.load_full_weights(two_layers, tmp_path / "ckpt")  # the checkpoint-format names map onto it
+    saved, _ = build_tiny_policy(num_layers=2)
+    assert all(torch.equal(saved.state_dict()[k], v) for k, v in two_layers.state_dict().items())
+
+
+def test_an_adapter_checkpoint_missing_tensors_is_an_error(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+
+    from rl.policy import build_tiny_policy
+
+    model = get_peft_model(build_tiny_policy()[0], LoraConfig(r=2, target_modules=["q_proj"]))
+    model.save_pretrained(tmp_path / "ckpt")
+    checkpoint.check_adapter_loaded(model, tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "adapter_model.safetensors"
+    saved = load_file(path)
+    dropped = sorted(saved)[0]
+    save_file({k: v for k, v in saved.items() if k != dropped}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="missing keys"):
+        checkpoint.check_adapter_loaded(model, tmp_path / "ckpt")
+
+
+def test_checkpoints_inside_a_generation_block_are_refused():
+    from rl.config import RecipeError, load_recipe
+
+    recipe = ROOT / "recipes" / "shapes_gres.yaml"
+    with pytest.raises(RecipeError, match="grpo.save_steps: 3 x gradient_accumulation_steps 1 must be a multiple"):
+        load_recipe(recipe, ["grpo.steps_per_generation=2", "grpo.save_steps=3"])
+    load_recipe(recipe, ["grpo.steps_per_generation=2", "grpo.save_steps=4"])
+    with pytest.raises(RecipeError, match="num_iterations"):
+        load_recipe(recipe, ["grpo.num_iterations=2", "grpo.save_steps=5"])

@@ -1,0 +1,110 @@
+"""Support for the resume tests: a training process, and the checkpoint state two runs are compared by.
+
+``python tests/resume_run.py STOP_AT key=value ...`` runs ``rl.train.run`` on ``recipes/shapes_gres.yaml``
+with the overrides given and, when STOP_AT > 0, stops after that step as a preempted job would (after its
+checkpoint is written), so that a second process can resume it. It works under ``accelerate launch`` too.
+With ``RESUME_RUN_DUMP=FILE`` it writes the policy's weights as the first step begins (after any resume
+has loaded them) to FILE.
+"""
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+ROOT = Path(__file__).resolve().parents[1]
+# Logged values that measure time, not training.
+TIMING = ("step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second", "seconds_per_call")
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.step and state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+class DumpWeights(TrainerCallback):
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if self.path and not os.path.exists(self.path):
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, self.path)
+
+
+def main(argv):
+    from rl import train
+    from rl.config import load_recipe
+
+    logging.basicConfig(level=logging.INFO)
+    stop_at, overrides = int(argv[0]), argv[1:]
+    recipe = load_recipe(ROOT / "recipes" / "shapes_gres.yaml", overrides)
+    train.run(recipe, callbacks=[StopAt(stop_at), DumpWeights(os.environ.get("RESUME_RUN_DUMP", ""))])
+
+
+# ---------------------------------------------------------------- the state compared
+
+
+def tensors(obj, prefix: str = "") -> dict:
+    """Every tensor inside a (nested) checkpoint object, keyed by its path."""
+    if torch.is_tensor(obj):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    out = {}
+    for k, v in items:
+        out.update(tensors(v, f"{prefix}/{k}"))
+    return out
+
+
+def checkpoint_state(ckpt: Path) -> dict:
+    """What a run's ``checkpoint-N`` holds, as comparable values: weights (whole model or adapter + mask-token
+    rows), optimizer moments (the Trainer's file or DeepSpeed's partitions), scheduler, every rank's RNG
+    streams, and the logged history without timings."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for name in ("model.safetensors", "adapter_model.safetensors", "mask_token_rows.safetensors"):
+        if (ckpt / name).is_file():
+            state[name] = load_file(ckpt / name)
+    blobs = sorted(ckpt.glob("optimizer.pt")) + sorted(ckpt.glob("global_step*/*optim_states.pt"))
+    blobs += sorted(ckpt.glob("scheduler.pt")) + sorted(ckpt.glob("rng_state*.pth"))
+    for f in blobs:
+        state[str(f.relative_to(ckpt))] = tensors(torch.load(f, map_location="cpu", weights_only=False))
+    history = json.loads((ckpt / "trainer_state.json").read_text())["log_history"]
+    state["log_history"] = [{k: v for k, v in h.items() if not k.endswith(TIMING)} for h in history]
+    return state
+
+
+def completions(run: Path) -> dict:
+    """Per logged step: the prompts, sampled completions and rewards (TRL's completion parquet files)."""
+    import pandas as pd
+
+    out = {}
+    for f in sorted((run / "completions").glob("*.parquet")):
+        frame = pd.read_parquet(f)
+        out[f.name] = frame[[c for c in frame.columns if c not in ("step",)]].to_dict("list")
+    return out
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys(), (sorted(a), sorted(b))
+    for part in a:
+        if part == "log_history":
+            assert a[part] == b[part]
+            continue
+        assert a[part].keys() == b[part].keys(), part
+        differ = [k for k in a[part] if not torch.equal(a[part][k], b[part][k])]
+        assert not differ, f"{part}: {len(differ)} of {len(a[part])} tensors differ, e.g. {differ[:3]}"
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
