@@ -4,10 +4,12 @@
 2. generate the shapes world and encode its GT masks into answers;
 3. warm-start the policy with a short SFT stage (stopped short of saturation on purpose);
 4. run GRPO with the answer-matching reward;
-5. evaluate the SFT and the RL policies on the held-out test split with the GRES metrics;
+5. evaluate the SFT and the RL policies on the held-out test split with the official metrics (GRES:
+   gIoU/cIoU/N-acc/T-acc; GCG with ``--task gcg``: AP50/mIoU/recall), greedy decoding;
 6. print and save a report: SFT-vs-RL table, reward curve, rollout grids with predicted and GT masks.
 
-The report states the measured gain, whatever it is. Everything comes from ``recipes/shapes_gres.yaml``;
+The report states the measured gain, whatever it is, with the honest-report flags of ``rl.report``.
+Everything comes from ``recipes/shapes_gres.yaml`` (``--task gcg``: ``recipes/shapes_gcg.yaml``);
 ``key=value`` arguments override it (e.g. ``grpo.max_steps=20`` for a quicker look).
 """
 
@@ -21,8 +23,13 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "shapes_gres.yaml"
-METRICS = ("gIoU", "cIoU", "N-acc", "T-acc")
+from rl.report import HEADLINE, TASK_METRICS, delta, gain_source, pair_flags, spread_flags
+
+RECIPES = {task: Path(__file__).resolve().parents[1] / "recipes" / f"shapes_{task}.yaml" for task in ("gres", "gcg")}
+RECIPE = RECIPES["gres"]
+METRICS = TASK_METRICS["gres"]
+# GCG answers caption the whole image, so they run longer than GRES's one mask group per expression.
+MAX_NEW_TOKENS = {"gres": 96, "gcg": 128}
 
 
 class LogCollector(TrainerCallback):
@@ -39,7 +46,8 @@ class LogCollector(TrainerCallback):
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="samtok-rl demo", description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides")
-    p.add_argument("--recipe", default=str(RECIPE))
+    p.add_argument("--task", choices=tuple(RECIPES), default="gres", help="gres (default) or gcg")
+    p.add_argument("--recipe", default=None, help="recipe YAML (default: recipes/shapes_<task>.yaml)")
     p.add_argument("--out", default="runs/demo", help="run directory (replaced)")
     p.add_argument("--test-samples", type=int, default=200, help="held-out test samples to evaluate")
     return p.parse_args(argv)
@@ -55,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     try:
-        recipe = load_recipe(args.recipe, [*args.overrides, f"run.output_dir={args.out}", "run.resume=false"])
+        overrides = [*args.overrides, f"run.output_dir={args.out}", "run.resume=false"]
+        recipe = load_recipe(args.recipe or RECIPES[args.task], overrides)
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -65,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     try:
-        report = run_demo(recipe, out, args.test_samples, start)
+        report = run_demo(recipe, out, args.test_samples, start, args.task)
     except FileNotFoundError as e:  # e.g. the committed tiny mask-tokenizer weights are missing
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -73,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_demo(recipe, out: Path, test_samples: int, start: float) -> str:
+def run_demo(recipe, out: Path, test_samples: int, start: float, task: str = "gres") -> str:
     from envs.prepare import load_mask_tokenizer
     from rl import train as train_mod
     from rl.policy import load_policy
@@ -93,26 +102,61 @@ def run_demo(recipe, out: Path, test_samples: int, start: float) -> str:
     for name, path in (("SFT", out / "sft"), ("RL", final)):
         _say(start, f"evaluating the {name} policy on the test split")
         model, processor = load_policy(path)
-        results[name] = evaluate_policy(model, processor, mask_tok, test, out / f"eval_{name.lower()}", grading)
+        results[name] = evaluate_policy(model, processor, mask_tok, test, out / f"eval_{name.lower()}", grading, task,
+                                        reward_params=answer_params(recipe))
     curve = plot_reward_curve(collector.rows, out / "reward_curve.png", reward_summary(recipe))
     wall = time.perf_counter() - start
-    report = write_report(results, recipe, out, wall, len(test), curve)
+    report = write_report(results, recipe, out, wall, len(test), curve, task)
     return report
 
 
-def evaluate_policy(model, processor, mask_tok, rows, out_dir: Path, grading: str = "binary") -> dict:
-    """GRES metrics + mean answer_match reward (x100) of greedy completions, predictions and a rollout grid."""
-    from rewards.answer_match import score
-    from rl.evaluate import decode_predictions, generate, render_grid, score_gres
+def evaluate_policy(model, processor, mask_tok, rows, out_dir: Path, grading: str = "binary", task: str = "gres",
+                    max_new_tokens: int | None = None, reward_params: dict | None = None) -> dict:
+    """The task's official metrics + mean answer_match reward (x100) of greedy completions, predictions and a
+    rollout grid. ``reward_params``: the recipe's answer_match parameters (GCG's phrase/no-repeat terms)."""
+    from rl.evaluate import decode_predictions, generate, render_grid
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    texts = generate(model, processor, rows, max_new_tokens=96, batch_size=16)
-    metrics = score_gres(rows, texts, mask_tok, out_dir)
-    metrics["mean reward"] = 100 * sum(score(t, r["answer"], grading) for t, r in zip(texts, rows)) / len(rows)
+    texts = generate(model, processor, rows, max_new_tokens=max_new_tokens or MAX_NEW_TOKENS[task], batch_size=16)
+    metrics = score_task(task, rows, texts, mask_tok, out_dir)
+    metrics["mean reward"] = 100 * sum(answer_scores(task, texts, rows, grading, reward_params)) / len(rows)
     n = min(12, len(rows))
     render_grid(rows[:n], decode_predictions(texts[:n], rows[:n], mask_tok), texts[:n], out_dir / "grid.png", n)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def score_task(task: str, rows, texts, mask_tok, out_dir: Path) -> dict:
+    """GRES: ReLA's metrics. GCG: GLaMM's AP50/mIoU/recall; METEOR/CIDEr are skipped (they need Java), and
+    the recall's phrase similarity is BERT's only where ``SAMTOK_RL_BERT`` names a local checkpoint."""
+    from rl.evaluate import score_gcg, score_gres
+
+    if task == "gres":
+        return score_gres(rows, texts, mask_tok, out_dir)
+    return score_gcg(rows, texts, mask_tok, out_dir, with_captions=False)
+
+
+def recall_note() -> str:
+    """Which phrase similarity GCG recall used: it decides whether recall compares with published numbers."""
+    import os
+
+    bert = os.environ.get("SAMTOK_RL_BERT")
+    if bert:
+        return f"GCG recall's phrase similarity: BERT from {bert}."
+    return ("GCG recall's phrase similarity: a character n-gram stand-in (SAMTOK_RL_BERT is not set), so recall is "
+            "not comparable to published numbers; METEOR/CIDEr are not computed (they need Java).")
+
+
+def answer_scores(task: str, texts, rows, grading: str, params: dict | None = None) -> list[float]:
+    """answer_match of each greedy completion, in [0, 1]."""
+    if task == "gres":  # the paper's plain mask-group matching, as the GRES demo has always reported it
+        from rewards.answer_match import score
+
+        return [score(t, r["answer"], grading) for t, r in zip(texts, rows)]
+    from rewards.answer_match import answer_match
+
+    keep = {k: v for k, v in (params or {}).items() if k in ("phrase_weight", "no_repeat_weight", "normalize")}
+    return answer_match(grading=grading, task="gcg", **keep)(completions=texts, answer=[r["answer"] for r in rows])
 
 
 def plot_reward_curve(rows: list[dict], path: Path, label: str = "answer_match") -> Path:
@@ -140,6 +184,11 @@ def answer_grading(recipe) -> str:
     return next((r.params.get("grading", "binary") for r in recipe.rewards if r.name == "answer_match"), "binary")
 
 
+def answer_params(recipe) -> dict:
+    """The parameters of the recipe's answer_match reward ({} if it has none)."""
+    return next((dict(r.params) for r in recipe.rewards if r.name == "answer_match"), {})
+
+
 def reward_summary(recipe) -> str:
     """E.g. ``answer_match (coarse) x1 + mask_iou x1``: what GRPO optimised, as the recipe says."""
     parts = []
@@ -149,32 +198,34 @@ def reward_summary(recipe) -> str:
     return " + ".join(parts)
 
 
-def write_report(results: dict, recipe, out: Path, wall: float, n_test: int, curve: Path) -> str:
-    cols = [*METRICS, "mean reward"]
+def write_report(results: dict, recipe, out: Path, wall: float, n_test: int, curve: Path, task: str = "gres") -> str:
+    cols = [*TASK_METRICS[task], "mean reward"]
+    terms = ", with the recipe's phrase and no-repeat terms" if task == "gcg" else ""
     lines = [
-        "# samtok-rl demo: SFT vs RL on the shapes world (GRES)",
+        f"# samtok-rl demo: SFT vs RL on the shapes world ({task.upper()})",
         "",
         f"Held-out test split: {n_test} samples. Tiny policy: {recipe.model.tiny.arch}, hidden "
         f"{recipe.model.tiny.hidden_size}, {recipe.model.tiny.num_layers} layers. SFT {recipe.sft.args.get('max_steps')} "
         f"steps, GRPO {recipe.grpo.get('max_steps')} steps with {reward_summary(recipe)}. The mean-reward column is "
-        f"answer_match ({answer_grading(recipe)} grading) x 100 on greedy answers. Seed {recipe.run.seed}.",
+        f"answer_match ({answer_grading(recipe)} grading{terms}) x 100 on greedy answers. Seed {recipe.run.seed}.",
         "",
         "| policy | " + " | ".join(cols) + " |",
         "|---|" + "---|" * len(cols),
     ]
     for name, m in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{m.get(c, float('nan')):.2f}" for c in cols) + " |")
-    gain = results["RL"]["gIoU"] - results["SFT"]["gIoU"]
-    delta = {k: results["RL"][k] - results["SFT"][k] for k in ("cIoU", "N-acc", "T-acc")}
+    head = HEADLINE[task]
+    d = delta(results["SFT"], results["RL"])
+    target = " (target: >= +3)" if task == "gres" else ""
     lines += [
         "",
-        f"Measured gIoU gain of RL over SFT: {gain:+.2f} points (target: >= +3).",
-        f"Where it comes from: cIoU {delta['cIoU']:+.2f}, N-acc {delta['N-acc']:+.2f}, T-acc {delta['T-acc']:+.2f} points.",
+        f"Measured {head} gain of RL over SFT: {d[head]:+.2f} points{target}.",
+        "Where it comes from: " + ", ".join(f"{k} {d[k]:+.2f}" for k in TASK_METRICS[task] if k != head) + " points."
+        + (f" {gain_source(task, d)}" if d[head] > 0 else ""),
     ]
-    if gain > 0 and delta["cIoU"] <= 0:
-        lines.append("Note: the gain comes from the no-target decisions (N-acc), not from better masks (cIoU).")
-    if gain > 0 and delta["N-acc"] > 0 and -delta["T-acc"] >= delta["N-acc"]:
-        lines.append("Note: T-acc fell as much as N-acc rose: RL traded targets for 'No target.', no skill was gained.")
+    lines += [f"Note: {flag}" for flag in pair_flags(task, d) + spread_flags(task, [d])]
+    if task == "gcg":
+        lines.append(recall_note())
     lines += [
         f"Wall time: {wall / 60:.1f} min.",
         "",

@@ -1,0 +1,654 @@
+"""``samtok-rl experiment PLAN.yaml --seeds 0 1 2 --out DIR [key=value ...]``: variants x seeds of SFT then GRPO,
+every policy evaluated on one held-out split, reported as mean ± std with the honest-report flags.
+
+A plan (``recipes/experiments/*.yaml``) names a task, a base recipe, evaluation settings and variants (lists
+of recipe overrides). The plan and every variant's recipe are validated before anything runs; problems are
+raised together as one ``PlanError``. Command-line overrides apply to every variant, last (they win).
+
+The work is split into cells, each one finished unit with its result in ``cell.json`` (written atomically),
+so a re-run with the same ``--out`` skips what is done and a changed plan is refused instead of mixed in::
+
+    DIR/seed<k>/sft_run/<sft key>/         SFT of seed k (run dir: sft/, sft-work/, recipe.yaml, cell.json)
+    DIR/seed<k>/sft_run/<sft key>/eval/    its evaluation (metrics, predictions, grid.png, cell.json)
+    DIR/seed<k>/<variant>/                 GRPO of the variant (an rl.train run dir; sft -> the shared SFT)
+    DIR/seed<k>/<variant>/eval/            its evaluation
+    DIR/summary.json, DIR/report.md, DIR/deltas.png
+
+The SFT of a seed is shared by the variants whose SFT-relevant sections (model, data, sft) resolve to the
+same values: the ``<sft key>`` is a hash of them and the seed, so a variant that changes ``sft.*`` gets its
+own SFT instead of silently reusing another. In ``summary.json`` an SFT row's variant is ``sft`` when one
+SFT serves every variant, else ``sft:<variants it serves, joined by +>``; ``sft_of`` maps each variant to
+the SFT row it is compared with (same seed). ``wall_s`` is the training time of the stage that made the
+policy (SFT or GRPO), measured in the run that finished it.
+
+Only the generated shapes worlds are supported (``data.env`` shapes / shapes_gcg): the held-out split is
+generated from the base recipe, so every policy is scored on the same samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import gc
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rl import report as flags_mod
+from rl.config import RecipeError, load_recipe, to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK_RECIPES = {"gres": "recipes/shapes_gres.yaml", "gcg": "recipes/shapes_gcg.yaml"}
+TASK_ENVS = {"gres": "shapes", "gcg": "shapes_gcg"}
+PLAN_KEYS = ("task", "recipe", "eval", "variants")
+EVAL_DEFAULTS = {"split": "test", "samples": 200, "max_new_tokens": None}  # None: the demo's length for the task
+EVAL_SPLITS = ("val", "test")
+SFT_SECTIONS = ("model", "data", "sft")
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+CELL_FILE = "cell.json"
+
+
+class PlanError(ValueError):
+    """Everything wrong with an experiment plan, one problem per line."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s) in the experiment plan:\n{lines}")
+
+
+class ExperimentError(RuntimeError):
+    """An output directory that does not fit this plan (cells finished with other recipes)."""
+
+
+@dataclass
+class Plan:
+    source: str
+    task: str
+    recipe: Path
+    eval: dict
+    variants: dict[str, list[str]]
+    overrides: list[str] = field(default_factory=list)  # command line, applied to every variant
+    warnings: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- plan
+
+
+def load_plan(path: str | os.PathLike, overrides: list[str] = ()) -> Plan:
+    """Read and validate a plan and every variant's recipe; raises ``PlanError`` listing every problem."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise PlanError(str(path), ["plan file not found"])
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise PlanError(str(path), [f"not valid YAML (quote overrides that hold ': '): {e}"]) from None
+    if not isinstance(raw, dict):
+        raise PlanError(str(path), [f"expected a mapping, got {type(raw).__name__}"])
+    problems = [f"{k}: unknown key{_suggest(k, PLAN_KEYS)}" for k in raw if k not in PLAN_KEYS]
+    task = _plan_task(raw, problems)
+    recipe = _plan_recipe(raw, task, path, problems)
+    evals = _plan_eval(raw.get("eval") or {}, task, problems)
+    variants = _plan_variants(raw.get("variants"), problems)
+    plan = Plan(str(path), task, recipe, evals, variants, list(overrides))
+    if recipe is not None and task is not None:  # a bad eval: or variant name need not hide recipe problems
+        problems += _recipe_problems(plan)
+    if problems:
+        raise PlanError(str(path), problems)
+    plan.warnings = _shadowed(plan)
+    return plan
+
+
+def _plan_task(raw: dict, problems: list[str]) -> str | None:
+    task = raw.get("task")
+    if task not in TASK_ENVS:
+        problems.append(f"task: {task!r} is not one of {', '.join(TASK_ENVS)}")
+        return None
+    return task
+
+
+def _plan_recipe(raw: dict, task: str | None, plan_path: Path, problems: list[str]) -> Path | None:
+    name = raw.get("recipe", TASK_RECIPES.get(task))
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        problems.append(f"recipe: expected a path, got {name!r}")
+        return None
+    # The plan's folder first (a plan next to its recipe), then the repository root (shipped plans).
+    for base in (plan_path.parent, ROOT):
+        if (base / name).is_file():
+            return (base / name).resolve()
+    problems.append(f"recipe: {name!r} found neither next to the plan nor in {ROOT}")
+    return None
+
+
+def _plan_eval(raw, task: str | None, problems: list[str]) -> dict:
+    from rl.demo import MAX_NEW_TOKENS
+
+    if not isinstance(raw, dict):
+        problems.append(f"eval: expected a mapping, got {type(raw).__name__}")
+        return dict(EVAL_DEFAULTS)
+    problems += [f"eval.{k}: unknown key{_suggest(k, EVAL_DEFAULTS)}" for k in raw if k not in EVAL_DEFAULTS]
+    out = {**EVAL_DEFAULTS, **{k: v for k, v in raw.items() if k in EVAL_DEFAULTS}}
+    if out["max_new_tokens"] is None:  # so that the demo and the experiment report the same thing
+        out["max_new_tokens"] = MAX_NEW_TOKENS.get(task, 96)
+    if out["split"] not in EVAL_SPLITS:
+        problems.append(f"eval.split: {out['split']!r} is not one of {', '.join(EVAL_SPLITS)} (held-out splits)")
+    for key in ("samples", "max_new_tokens"):
+        value = out[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(f"eval.{key}: expected an integer >= 1, got {value!r}")
+    return out
+
+
+def _plan_variants(raw, problems: list[str]) -> dict[str, list[str]]:
+    if not isinstance(raw, dict) or not raw:
+        problems.append("variants: expected a non-empty mapping of name -> list of key=value overrides")
+        return {}
+    out = {}
+    for name, overrides in raw.items():
+        name = str(name)
+        if not VARIANT_NAME.match(name) or name.lower().startswith("sft"):
+            problems.append(f"variants.{name}: a variant name is a folder name ([A-Za-z0-9_.-]) not starting with 'sft'")
+        overrides = [] if overrides is None else overrides
+        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+            problems.append(f"variants.{name}: expected a list of key=value strings, got {overrides!r}")
+            continue
+        out[name] = overrides
+    return out
+
+
+def _recipe_problems(plan: Plan) -> list[str]:
+    """Every variant's resolved recipe, checked the way ``samtok-rl train`` checks one, plus the experiment's
+    own rules. Problems of the base recipe or the command line are reported once, not once per variant."""
+    common = _recipe_errors(plan, [])
+    where = "recipe + command line" if plan.overrides else "recipe"
+    problems = [f"{where}: {p}" for p in common]
+    for name, overrides in plan.variants.items():
+        problems += [f"variants.{name}: {p}" for p in _recipe_errors(plan, overrides) if p not in common]
+    return problems
+
+
+def _recipe_errors(plan: Plan, variant_overrides: list[str]) -> list[str]:
+    from rl.train import preflight
+
+    try:
+        recipe = load_recipe(plan.recipe, [*variant_overrides, *plan.overrides])
+    except RecipeError as e:
+        return e.problems
+    problems = [p for p in [preflight(recipe)] if p]
+    if recipe.data.env != TASK_ENVS[plan.task]:
+        problems.append(f"data.env: {recipe.data.env!r}; a {plan.task} experiment evaluates on the generated "
+                        f"{TASK_ENVS[plan.task]!r} world")  # fmt: skip
+    if not recipe.sft.enabled:
+        problems.append("sft.enabled: must be true; every RL policy is compared with the SFT policy it starts from")
+    return problems
+
+
+def _shadowed(plan: Plan) -> list[str]:
+    """Command-line overrides that replace a variant's own setting: that variant no longer differs there."""
+    cli = {o.partition("=")[0] for o in plan.overrides}
+    out = []
+    for name, overrides in plan.variants.items():
+        for o in overrides:
+            key = o.partition("=")[0]
+            if any(key == c or key.startswith(c + ".") or c.startswith(key + ".") for c in cli):
+                out.append(f"variant {name!r}: {key} is overridden by the command line")
+    return out
+
+
+def _suggest(key, names) -> str:
+    close = difflib.get_close_matches(str(key), list(names), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(names)})"
+
+
+# ---------------------------------------------------------------- cells
+
+
+@dataclass
+class Cell:
+    """One finished-or-not unit of work: an SFT of a seed, a GRPO run of a (variant, seed), or an evaluation."""
+
+    kind: str  # "sft" | "rl" | "eval"
+    label: str
+    dir: Path
+    key: str  # hash of every input: a finished cell with another key belongs to another plan
+    recipe: object = None
+    seed: int = 0
+    variant: str = ""  # the summary row's variant (an SFT row's name for SFT cells and their evals)
+    policy: str = ""  # "SFT" | "RL" for eval cells
+    needs: Cell | None = None  # SFT cell of an RL cell; trained cell of an eval cell
+
+    @property
+    def file(self) -> Path:
+        return self.dir / CELL_FILE
+
+    def state(self) -> dict | None:
+        return json.loads(self.file.read_text()) if self.file.is_file() else None
+
+    def upstream(self):
+        """When the cell this one builds on finished: a redone SFT (or RL) makes this cell's result stale."""
+        state = self.needs.state() if self.needs else None
+        return state.get("finished_at") if state else None
+
+    def done(self) -> bool:
+        state = self.state()
+        if not (state and state.get("done")):
+            return False
+        return state.get("key") == self.key and state.get("upstream") == self.upstream()
+
+
+def build_cells(plan: Plan, seeds: list[int], out: Path) -> list[Cell]:
+    """Every cell of the experiment in run order: per seed, its SFT(s), the variants' GRPO, then evaluations."""
+    data = to_dict(_base_recipe(plan))["data"]
+    split = {"eval": plan.eval, **{k: data[k] for k in ("env", "shapes", "mask_tokenizer")}}
+    cells = []
+    for seed in seeds:
+        recipes = {v: _variant_recipe(plan, v, seed) for v in plan.variants}
+        groups: dict[str, list[str]] = {}
+        for v, r in recipes.items():
+            groups.setdefault(sft_key(r), []).append(v)
+        seed_dir = out / f"seed{seed}"
+        # Any member's recipe trains the group's SFT: they agree on every section the SFT reads.
+        sfts = {k: _sft_cell(recipes[vs[0]], seed_dir / "sft_run" / k, k, _sft_name(groups, k), seed)
+                for k, vs in groups.items()}  # fmt: skip
+        rls = {v: _rl_cell(r, seed_dir / v, sfts[sft_key(r)], v, seed) for v, r in recipes.items()}
+        cells += [*sfts.values(), *rls.values()]
+        cells += [_eval_cell(split, c, "SFT") for c in sfts.values()]
+        cells += [_eval_cell(split, c, "RL") for c in rls.values()]
+    return cells
+
+
+def _sft_name(groups: dict[str, list[str]], key: str) -> str:
+    return "sft" if len(groups) == 1 else "sft:" + "+".join(groups[key])
+
+
+def sft_of(cells: list[Cell]) -> dict[str, str]:
+    """Each variant's SFT row name (the same for every seed: the seed enters every SFT key alike)."""
+    return {c.variant: c.needs.variant for c in cells if c.kind == "rl"}
+
+
+def _variant_recipe(plan: Plan, variant: str, seed: int):
+    return load_recipe(plan.recipe, [*plan.variants[variant], *plan.overrides, f"run.seed={seed}"])
+
+
+def sft_key(recipe) -> str:
+    """Hash of what the SFT policy depends on: model, data, sft sections and the seed."""
+    d = to_dict(recipe)
+    return _hash({**{k: d[k] for k in SFT_SECTIONS}, "seed": recipe.run.seed})
+
+
+def _recipe_key(recipe) -> str:
+    d = to_dict(recipe)
+    d["run"] = {k: v for k, v in d["run"].items() if k not in ("output_dir", "resume")}  # set by the harness
+    return _hash(d)
+
+
+def _sft_cell(recipe, run_dir: Path, key: str, name: str, seed: int) -> Cell:
+    recipe = _with_run(recipe, run_dir, resume=False)
+    return Cell("sft", f"SFT seed={seed}" + ("" if name == "sft" else f" ({name})"), run_dir, key, recipe, seed, name)
+
+
+def _rl_cell(recipe, run_dir: Path, sft: Cell, variant: str, seed: int) -> Cell:
+    # resume=true: a GRPO run stopped mid-way continues from its last complete checkpoint on the next try.
+    recipe = _with_run(recipe, run_dir, resume=True)
+    key = _hash({"recipe": _recipe_key(recipe), "sft": sft.key})
+    return Cell("rl", f"RL variant={variant} seed={seed}", run_dir, key, recipe, seed, variant, needs=sft)
+
+
+def _eval_cell(split: dict, trained: Cell, policy: str) -> Cell:
+    key = _hash({"policy": trained.key, "split": split, "tokenizer": trained.recipe.data.mask_tokenizer})
+    label = f"eval {policy} variant={trained.variant} seed={trained.seed}"
+    return Cell("eval", label, trained.dir / "eval", key, trained.recipe, trained.seed, trained.variant, policy, trained)
+
+
+def _with_run(recipe, run_dir: Path, resume: bool):
+    import copy
+
+    recipe = copy.deepcopy(recipe)
+    recipe.run.output_dir, recipe.run.resume = str(run_dir), resume
+    return recipe
+
+
+def _base_recipe(plan: Plan):
+    return load_recipe(plan.recipe, plan.overrides)
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def check_cells(cells: list[Cell]) -> None:
+    """Refuse an output directory whose cells were started or finished with other inputs."""
+    stale = [str(c.file) for c in cells if (s := c.state()) is not None and s.get("key") != c.key]
+    if stale:
+        raise ExperimentError("these cells were run with a different plan, recipe or override (their inputs' hash "
+                              "differs); use another --out, or delete them to redo them:\n"
+                              + "\n".join(f"  - {s}" for s in stale))  # fmt: skip
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic: a reader (or a re-run after a kill) sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- running cells
+
+
+class Evaluator:
+    """The held-out rows (generated once from the base recipe) and mask tokenizers, shared by eval cells."""
+
+    def __init__(self, plan: Plan):
+        self.plan, self._rows, self._tokenizers = plan, None, {}
+
+    def tokenizer(self, name: str):
+        from envs.prepare import load_mask_tokenizer
+
+        if name not in self._tokenizers:
+            self._tokenizers[name] = load_mask_tokenizer(name)
+        return self._tokenizers[name]
+
+    def rows(self) -> list[dict]:
+        from rl.trainer import shapes_rows
+
+        if self._rows is None:
+            base = _base_recipe(self.plan)
+            e = self.plan.eval
+            self._rows = shapes_rows(base, e["split"], e["samples"], self.tokenizer(base.data.mask_tokenizer))
+        return self._rows
+
+
+def run_sft_cell(cell: Cell) -> dict:
+    """Train the seed's SFT policy with rl.train's own stage (the same data and seeding as ``samtok-rl train``)."""
+    import shutil
+
+    from transformers import set_seed
+
+    from rl import train as train_mod
+    from rl.config import save_resolved
+    from rl.trainer import load_datasets
+
+    # An unfinished cell's sft/ may be half written; rl.train would take any config.json as a finished SFT.
+    shutil.rmtree(cell.dir / "sft", ignore_errors=True)
+    save_resolved(cell.recipe, cell.dir / "recipe.yaml")
+    set_seed(cell.recipe.run.seed)
+    train_ds, _ = load_datasets(cell.recipe)
+    train_mod.run_sft_stage(cell.recipe, cell.dir, train_ds)
+    return {}
+
+
+def run_rl_cell(cell: Cell) -> dict:
+    """GRPO with rl.train.run, starting from the shared SFT policy linked in as the run's ``sft/``."""
+    from rl import train as train_mod
+
+    link_sft(cell.dir / "sft", policy_dir(cell.needs))
+    train_mod.run(cell.recipe)
+    return {}
+
+
+def link_sft(link: Path, target: Path) -> None:
+    """``<run>/sft`` -> the shared SFT: rl.train skips its SFT stage when that folder holds a policy.
+    A relative symlink keeps DIR movable; a copy where symlinks are not allowed."""
+    import shutil
+
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.is_dir():
+        shutil.rmtree(link)
+    try:
+        link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
+    except OSError:
+        shutil.copytree(target, link)
+
+
+def run_eval_cell(cell: Cell, evaluator: Evaluator) -> dict:
+    """Greedy completions of the trained policy on the held-out rows, scored by the demo's evaluation."""
+    import torch
+
+    from rl import demo
+    from rl.policy import load_policy
+
+    trained = policy_dir(cell.needs)
+    device = "cuda" if torch.cuda.is_available() else None
+    model, processor = load_policy(trained, device=device)
+    recipe, e = cell.recipe, evaluator.plan.eval
+    try:
+        metrics = demo.evaluate_policy(
+            model, processor, evaluator.tokenizer(recipe.data.mask_tokenizer), evaluator.rows(), cell.dir,
+            demo.answer_grading(recipe), evaluator.plan.task, e["max_new_tokens"], demo.answer_params(recipe),
+        )  # fmt: skip
+    finally:
+        del model
+        gc.collect()
+    return {"metrics": metrics}
+
+
+def policy_dir(trained: Cell) -> Path:
+    """Derived from the cell's folder, not read from its JSON, so that DIR can be moved between runs."""
+    return trained.dir / ("sft" if trained.kind == "sft" else "final")
+
+
+def run_cells(plan: Plan, cells: list[Cell], say=print) -> None:
+    """Run every unfinished cell in order, with a progress line per cell; finished ones are skipped."""
+    evaluator = Evaluator(plan)
+    start = time.perf_counter()
+    for i, cell in enumerate(cells, 1):
+        prefix = f"[cell {i}/{len(cells)}] {cell.label}"
+        if cell.done():
+            say(f"{prefix}: done earlier, skipped")
+            continue
+        say(f"{prefix} ... (elapsed {_clock(time.perf_counter() - start)})")
+        began = {"kind": cell.kind, "key": cell.key, "upstream": cell.upstream()}
+        _start_over_if_upstream_changed(cell)
+        write_json(cell.file, {**began, "done": False})
+        t0 = time.perf_counter()
+        result = run_eval_cell(cell, evaluator) if cell.kind == "eval" else RUNNERS[cell.kind](cell)
+        wall = time.perf_counter() - t0
+        write_json(cell.file, {**began, "done": True, "wall_s": wall, "finished_at": time.time(), "result": result})
+        say(f"{prefix}: done in {wall:.1f} s (elapsed {_clock(time.perf_counter() - start)})")
+
+
+RUNNERS = {"sft": run_sft_cell, "rl": run_rl_cell}
+
+
+def _start_over_if_upstream_changed(cell: Cell) -> None:
+    # A GRPO run started from an SFT policy that has since been redone would resume from checkpoints (and a
+    # policy-init) of the old one; only a cleared folder starts from the new one.
+    import shutil
+
+    state = cell.state()
+    if state is not None and state.get("upstream") != cell.upstream():
+        shutil.rmtree(cell.dir)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
+
+
+# ---------------------------------------------------------------- summary, report, plot
+
+
+def summarize(plan: Plan, cells: list[Cell], seeds: list[int]) -> dict:
+    """The ``summary.json`` object: one row per evaluated policy, in percent."""
+    keep = flags_mod.TASK_METRICS[plan.task]
+    runs = []
+    for c in cells:
+        if c.kind != "eval":
+            continue
+        metrics = c.state()["result"]["metrics"]
+        ordered = {**{k: float(metrics[k]) for k in keep}, **{k: float(v) for k, v in metrics.items() if k not in keep}}
+        runs.append({"variant": c.variant, "seed": c.seed, "policy": c.policy, "metrics": ordered,
+                     "wall_s": float(c.needs.state()["wall_s"])})  # fmt: skip
+    return {"task": plan.task, "runs": runs, "sft_of": sft_of(cells), "seeds": list(seeds),
+            "eval": {**plan.eval, "decoding": "greedy"}}  # fmt: skip
+
+
+def variant_deltas(summary: dict) -> dict[str, list[dict]]:
+    """Per variant, the per-seed RL - SFT deltas (each RL row against its seed's SFT row)."""
+    rows = {(r["variant"], r["seed"], r["policy"]): r["metrics"] for r in summary["runs"]}
+    out: dict[str, list[dict]] = {}
+    for r in summary["runs"]:
+        if r["policy"] == "RL":
+            sft = rows[(summary["sft_of"][r["variant"]], r["seed"], "SFT")]
+            out.setdefault(r["variant"], []).append({"seed": r["seed"], **flags_mod.delta(sft, r["metrics"])})
+    return out
+
+
+def write_report(plan: Plan, summary: dict, out: Path) -> str:
+    from rl import demo as demo_mod
+
+    task, cols = summary["task"], flags_mod.TASK_METRICS[summary["task"]]
+    deltas = variant_deltas(summary)
+    e = summary["eval"]
+    lines = [
+        f"# samtok-rl experiment: {Path(plan.source).name} ({task.upper()})",
+        "",
+        f"Plan `{plan.source}`, base recipe `{plan.recipe}`, seeds {', '.join(map(str, summary['seeds']))}; "
+        f"command-line overrides: {' '.join(plan.overrides) or 'none'}. Every policy is evaluated on the same "
+        f"{e['samples']}-sample {e['split']} split, greedy decoding. Each RL policy is compared with the SFT "
+        f"policy it started from (same seed); metrics in percent, mean ± sample std over seeds.",
+        "",
+        "## Variants",
+        "",
+        *[f"- `{v}`: {' '.join(o) or 'the base recipe'}; compared with `{summary['sft_of'][v]}`"
+          for v, o in plan.variants.items()],
+        *[f"- warning: {w}" for w in plan.warnings],
+        *([f"", demo_mod.recall_note()] if task == "gcg" else []),
+        "",
+        "## Per seed",
+        "",
+        "| variant | seed | policy | " + " | ".join(cols) + " | wall (s) |",
+        "|---|---|---|" + "---|" * (len(cols) + 1),
+        *[f"| {r['variant']} | {r['seed']} | {r['policy']} | " + " | ".join(f"{r['metrics'][c]:.2f}" for c in cols)
+          + f" | {r['wall_s']:.1f} |" for r in summary["runs"]],  # fmt: skip
+        "",
+        "## Mean ± std over seeds",
+        "",
+        "| variant | policy | " + " | ".join(cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+        *_mean_rows(summary, cols),
+        "",
+        "## RL − SFT per variant",
+        "",
+        "| variant | seeds | " + " | ".join(f"Δ{c}" for c in cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+        *[f"| {v} | {len(ds)} | " + " | ".join(_pm([d[c] for d in ds], signed=True) for c in cols) + " |"
+          for v, ds in deltas.items()],
+        "",
+        "## Where each variant's gain comes from",
+        "",
+    ]
+    for v, ds in deltas.items():
+        lines.append(f"- **{v}**: {flags_mod.gain_source(task, flags_mod.mean_delta(ds))}")
+        lines += [f"  - Note: {f}" for f in flags_mod.variant_flags(task, ds)]
+    lines += ["", "Deltas per variant with each seed's point: `deltas.png`."]
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    return text
+
+
+def _mean_rows(summary: dict, cols) -> list[str]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in summary["runs"]:
+        groups.setdefault((r["variant"], r["policy"]), []).append(r["metrics"])
+    return [f"| {v} | {p} | " + " | ".join(_pm([m[c] for m in ms]) for c in cols) + " |"
+            for (v, p), ms in groups.items()]
+
+
+def _pm(values, signed: bool = False) -> str:
+    mean, std = flags_mod.mean_std(values)
+    spread = f"{std:.2f}" if std == std else "n/a"  # nan: a single seed has no spread
+    return f"{mean:{'+' if signed else ''}.2f} ± {spread}"
+
+
+def plot_deltas(summary: dict, path: Path) -> Path:
+    """Mean RL - SFT delta per variant and metric (bars, sample-std error bars) with every seed's point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = flags_mod.TASK_METRICS[summary["task"]]
+    deltas = variant_deltas(summary)
+    names = list(deltas)
+    fig, axes = plt.subplots(1, len(cols), figsize=(2.6 * len(cols), 3), squeeze=False)
+    for ax, c in zip(axes[0], cols):
+        stats = [flags_mod.mean_std([d[c] for d in deltas[v]]) for v in names]
+        ax.bar(range(len(names)), [m for m, _ in stats], yerr=[s if s == s else 0 for _, s in stats], capsize=4,
+               color="tab:blue", alpha=0.5)  # fmt: skip
+        for i, v in enumerate(names):
+            ax.plot([i] * len(deltas[v]), [d[c] for d in deltas[v]], "k.", ms=5)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(range(len(names)), names, rotation=30, fontsize=7)
+        ax.set_title(f"Δ{c} (RL − SFT)", fontsize=8)
+    fig.suptitle(f"{summary['task'].upper()}: mean ± std over seeds, dots = seeds", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def run_experiment(plan: Plan, seeds: list[int], out: str | os.PathLike, say=print) -> dict:
+    """Run (or finish) every cell, then write summary.json, report.md and deltas.png; returns the summary."""
+    out = Path(out)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ExperimentError(f"seeds must be distinct and at least one, got {seeds}")
+    cells = build_cells(plan, seeds, out)
+    check_cells(cells)
+    for w in plan.warnings:
+        say(f"warning: {w}")
+    run_cells(plan, cells, say)
+    summary = summarize(plan, cells, seeds)
+    write_json(out / "summary.json", summary)
+    write_report(plan, summary, out)
+    plot_deltas(summary, out / "deltas.png")
+    return summary
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="samtok-rl experiment", description=__doc__.split("\n\n")[0])
+    p.add_argument("plan", help="experiment plan YAML (see recipes/experiments/)")
+    p.add_argument("overrides", nargs="*", help="key=value recipe overrides applied to every variant")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="run.seed values (default: 0 1 2)")
+    p.add_argument("--out", required=True, help="output directory; a re-run with the same one skips finished cells")
+    return p.parse_intermixed_args(argv)  # overrides may follow --out, as the usage line shows
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        plan = load_plan(args.plan, args.overrides)
+    except PlanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)  # as the demo: tiny matrices on a small CPU gain nothing from more threads
+    try:
+        run_experiment(plan, args.seeds, args.out)
+    except (ExperimentError, FileNotFoundError) as e:  # FileNotFoundError: e.g. the tiny tokenizer's weights
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "report.md").read_text(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

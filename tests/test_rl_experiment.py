@@ -1,0 +1,224 @@
+"""``samtok-rl experiment`` at toy size: the plan is validated before anything trains, SFT is shared only
+where it may be, summary.json/report.md/deltas.png are written, and a re-run skips every finished cell."""
+
+import json
+
+import pytest
+import torch
+
+from rl import demo, experiment
+from rl import train as train_mod
+
+TOY = [
+    "data.mask_tokenizer=random", "data.shapes.n_train=16", "data.shapes.n_eval=0", "sft.args.max_steps=2",
+    "grpo.max_steps=2", "grpo.per_device_train_batch_size=8", "grpo.num_generations=4",
+    "grpo.max_completion_length=8", "grpo.save_strategy=no", "grpo.log_completions=false", "run.report_to=[none]",
+]  # fmt: skip
+GRES_METRICS = ("gIoU", "cIoU", "N-acc", "T-acc")
+
+
+def _plan(tmp_path, text: str):
+    path = tmp_path / "plan.yaml"
+    path.write_text(text)
+    return path
+
+
+TOY_PLAN = """\
+task: gres
+eval: {split: test, samples: 6, max_new_tokens: 16}
+variants:
+  default: []
+  beta0: [grpo.beta=0.0]
+"""
+
+
+def _forbid(monkeypatch, *names):
+    """Make the named stages raise: a re-run that calls one of them redid a finished cell."""
+    targets = {"run": (train_mod, "run"), "run_sft_stage": (train_mod, "run_sft_stage"),
+               "evaluate_policy": (demo, "evaluate_policy")}  # fmt: skip
+    for name in names:
+        module, attr = targets[name]
+
+        def boom(*args, _name=name, **kwargs):
+            raise AssertionError(f"{_name} called for a finished cell")
+
+        monkeypatch.setattr(module, attr, boom)
+
+
+def _cell_mtimes(out):
+    return {p: p.stat().st_mtime_ns for p in out.rglob(experiment.CELL_FILE)}
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_toy_experiment_writes_summary_report_plot_and_resumes(tmp_path, monkeypatch, capsys, one_thread):
+    plan, out = _plan(tmp_path, TOY_PLAN), tmp_path / "exp"
+    argv = [str(plan), "--seeds", "0", "1", "--out", str(out), *TOY]
+    assert experiment.main(argv) == 0
+    first = capsys.readouterr().out
+    assert "[cell 1/12] SFT seed=0 ..." in first and "[cell 3/12] RL variant=beta0 seed=0 ..." in first
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "gres" and summary["sft_of"] == {"default": "sft", "beta0": "sft"}
+    runs = summary["runs"]
+    assert sorted((r["variant"], r["seed"], r["policy"]) for r in runs) == sorted(
+        [("sft", s, "SFT") for s in (0, 1)] + [(v, s, "RL") for v in ("default", "beta0") for s in (0, 1)])
+    for r in runs:
+        assert set(r) == {"variant", "seed", "policy", "metrics", "wall_s"}
+        assert isinstance(r["variant"], str) and isinstance(r["seed"], int) and isinstance(r["wall_s"], float)
+        assert r["wall_s"] > 0
+        for k in GRES_METRICS:
+            assert isinstance(r["metrics"][k], float) and 0.0 <= r["metrics"][k] <= 100.0, (k, r)
+    # Both variants of a seed started from one SFT policy: their run dirs link the same folder.
+    sft0 = (out / "seed0" / "default" / "sft").resolve()
+    assert sft0 == (out / "seed0" / "beta0" / "sft").resolve() and (sft0 / "config.json").is_file()
+    assert sft0 != (out / "seed1" / "default" / "sft").resolve()
+
+    text = (out / "report.md").read_text()
+    assert "| sft | 1 | SFT |" in text and "| beta0 | 0 | RL |" in text
+    assert "| default | 2 | " in text and "one seed proves nothing" in text and "- **beta0**: " in text
+    assert (out / "deltas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "deltas.png").stat().st_size > 5000
+
+    # Second run: every cell is finished, so no stage may run and no cell result may be rewritten.
+    before = _cell_mtimes(out)
+    assert len(before) == 12
+    _forbid(monkeypatch, "run", "run_sft_stage", "evaluate_policy")
+    assert experiment.main(argv) == 0
+    assert capsys.readouterr().out.count("done earlier, skipped") == 12
+    assert _cell_mtimes(out) == before
+
+    # One lost evaluation: only it runs again.
+    lost = out / "seed1" / "beta0" / "eval" / experiment.CELL_FILE
+    lost.unlink()
+    monkeypatch.undo()
+    _forbid(monkeypatch, "run", "run_sft_stage")
+    calls = []
+    real_eval = demo.evaluate_policy
+    monkeypatch.setattr(demo, "evaluate_policy", lambda *a, **k: calls.append(1) or real_eval(*a, **k))
+    assert experiment.main(argv) == 0
+    assert len(calls) == 1 and lost.is_file()
+    assert {p: t for p, t in _cell_mtimes(out).items() if p != lost} == {p: t for p, t in before.items() if p != lost}
+    assert json.loads((out / "summary.json").read_text())["runs"] == runs  # greedy: the same metrics again
+
+
+def test_a_changed_recipe_is_refused_instead_of_mixed_into_finished_cells(tmp_path, monkeypatch, capsys):
+    plan = _plan(tmp_path, TOY_PLAN)
+    cells = experiment.build_cells(experiment.load_plan(plan, TOY), [0], tmp_path / "exp")
+    for c in cells:  # finished cells of the TOY recipe, without training them
+        experiment.write_json(c.file, {"kind": c.kind, "key": c.key, "done": True, "upstream": None})
+    _forbid(monkeypatch, "run", "run_sft_stage", "evaluate_policy")
+    rc = experiment.main([str(plan), "--seeds", "0", "--out", str(tmp_path / "exp"), *TOY, "grpo.learning_rate=1e-4"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "different plan, recipe or override" in err
+    assert str(tmp_path / "exp" / "seed0" / "default" / experiment.CELL_FILE) in err
+
+
+def test_unknown_plan_keys_and_bad_overrides_are_refused_before_training(tmp_path, monkeypatch, capsys):
+    plan = _plan(tmp_path, """\
+task: gres
+evals: {samples: 8}
+eval: {split: train, sampels: 3}
+variants:
+  default: []
+  bad: [grpo.learnin_rate=1e-5, sft.args.max_step=3]
+  sft_twice: []
+""")
+    with pytest.raises(experiment.PlanError) as e:
+        experiment.load_plan(plan, ["grpo.bta=0.1"])
+    problems = e.value.problems
+    assert "evals: unknown key (did you mean 'eval'?)" in problems
+    assert "eval.sampels: unknown key (did you mean 'samples'?)" in problems
+    assert any(p.startswith("eval.split: 'train'") for p in problems)
+    assert any(p.startswith("variants.sft_twice: a variant name") for p in problems)
+    assert "variants.bad: grpo.learnin_rate: not a GRPOConfig field (did you mean 'learning_rate'?)" in problems
+    assert "variants.bad: sft.args.max_step: not a SFTConfig field (did you mean 'max_steps'?)" in problems
+    # A command-line problem is named once, not once per variant.
+    assert [p for p in problems if "grpo.bta" in p] == ["recipe + command line: grpo.bta: not a GRPOConfig field (did you mean 'beta'?)"]
+
+    _forbid(monkeypatch, "run", "run_sft_stage", "evaluate_policy")
+    out = tmp_path / "exp"
+    assert experiment.main([str(plan), "--seeds", "0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "evals: unknown key" in err and "variants.bad: grpo.learnin_rate" in err
+    assert not out.exists()
+
+
+def test_a_plan_for_another_world_or_without_sft_is_refused(tmp_path):
+    plan = _plan(tmp_path, "task: gcg\nrecipe: recipes/shapes_gres.yaml\nvariants:\n  a: [sft.enabled=false]\n")
+    with pytest.raises(experiment.PlanError) as e:
+        experiment.load_plan(plan)
+    text = str(e.value)
+    # The base recipe's problem is named once as the recipe's; the variant's own on top of it.
+    assert "- recipe: data.env: 'shapes'; a gcg experiment evaluates on the generated 'shapes_gcg' world" in text
+    assert "- variants.a: sft.enabled: must be true" in text and "variants.a: data.env" not in text
+
+
+def test_sft_is_shared_only_by_variants_with_the_same_sft_sections(tmp_path):
+    plan = experiment.load_plan(_plan(tmp_path, """\
+task: gres
+variants:
+  default: []
+  beta0: [grpo.beta=0.0]
+  slow_sft: [sft.args.learning_rate=1e-4]
+"""), TOY)
+    cells = experiment.build_cells(plan, [0, 1], tmp_path / "exp")
+    sft = [c for c in cells if c.kind == "sft"]
+    rl = {(c.variant, c.seed): c for c in cells if c.kind == "rl"}
+    assert len(sft) == 4 and len({c.dir for c in sft}) == 4  # 2 SFTs per seed, none shared across seeds
+    for seed in (0, 1):
+        assert rl[("default", seed)].needs is rl[("beta0", seed)].needs
+        assert rl[("slow_sft", seed)].needs is not rl[("default", seed)].needs
+        assert rl[("default", seed)].key != rl[("beta0", seed)].key
+    assert {c.variant for c in sft} == {"sft:default+beta0", "sft:slow_sft"}
+    assert experiment.sft_of(cells) == {"default": "sft:default+beta0", "beta0": "sft:default+beta0",
+                                          "slow_sft": "sft:slow_sft"}  # fmt: skip
+    labels = [c.label for c in cells]
+    assert len(labels) == 2 * (2 + 3 + 2 + 3) and labels[0] == "SFT seed=0 (sft:default+beta0)"
+
+
+def test_report_on_a_constructed_summary_pairs_rl_with_its_seeds_sft(tmp_path):
+    plan = experiment.load_plan(_plan(tmp_path, TOY_PLAN))
+    sft = [{"gIoU": 20.0 + s, "cIoU": 18.0, "N-acc": 10.0, "T-acc": 90.0} for s in range(3)]
+    real = [{"gIoU": 25.0 + 2 * s, "cIoU": 21.0 + s, "N-acc": 11.0, "T-acc": 90.0} for s in range(3)]  # +5,+6,+7
+    traded = [{"gIoU": 24.0 + s, "cIoU": 17.0, "N-acc": 40.0, "T-acc": 70.0} for s in range(3)]
+    runs = [{"variant": "sft", "seed": s, "policy": "SFT", "metrics": sft[s], "wall_s": 1.0} for s in range(3)]
+    runs += [{"variant": "default", "seed": s, "policy": "RL", "metrics": real[s], "wall_s": 2.0} for s in range(3)]
+    runs += [{"variant": "beta0", "seed": s, "policy": "RL", "metrics": traded[s], "wall_s": 2.0} for s in range(3)]
+    summary = {"task": "gres", "runs": runs, "sft_of": {"default": "sft", "beta0": "sft"}, "seeds": [0, 1, 2],
+               "eval": {"split": "test", "samples": 6}}  # fmt: skip
+    text = experiment.write_report(plan, summary, tmp_path)
+    assert "| default | 3 | +6.00 ± 1.00 | +4.00 ± 1.00 | +1.00 ± 0.00 | +0.00 ± 0.00 |" in text
+    assert "| sft | SFT | 21.00 ± 1.00 |" in text
+    default, beta0 = text.split("- **default**: ")[1].split("- **beta0**: ")
+    assert "comes from better masks (cIoU +4.00)" in default and "Note:" not in default
+    assert "traded for 'No target.'" in beta0 and "not better masks" in beta0
+    path = experiment.plot_deltas(summary, tmp_path / "deltas.png")
+    assert path.stat().st_size > 5000
+
+
+def test_cli_lists_the_experiment_command(capsys):
+    from rl import cli
+
+    assert cli.main([]) == 0
+    assert "experiment" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["experiment", "--help"])
+    assert e.value.code == 0 and "--seeds" in capsys.readouterr().out
+
+
+def test_shipped_plans_validate():
+    from pathlib import Path
+
+    root = Path(experiment.__file__).resolve().parents[1] / "recipes" / "experiments"
+    for task in ("gres", "gcg"):
+        plan = experiment.load_plan(root / f"{task}.yaml")
+        assert plan.task == task and plan.variants == {"default": []}
+        assert plan.recipe.name == f"shapes_{task}.yaml"
+        assert plan.eval == {"split": "test", "samples": 200, "max_new_tokens": demo.MAX_NEW_TOKENS[task]}
