@@ -136,6 +136,29 @@ class Run:
 
 
 @dataclass
+class Monitor:
+    """Held-out evaluation during GRPO (``rl.monitor.HeldOutEval``): greedy, official metrics, logged with the rewards.
+
+    ``eval_steps``: evaluate ``eval_samples`` held-out rows every N steps, and once at step 0 (0: off);
+    ``image_steps``: a grid of the first ``image_samples`` greedy rollouts every N steps (0: off);
+    ``max_new_tokens``: None is ``rl.demo.MAX_NEW_TOKENS`` for the task (GRES 96, GCG 128). Held-out rows: the
+    shapes world's ``val`` split, or ``data.eval`` (required for prepared data); predicted masks are decoded with
+    ``data.mask_tokenizer``. Refused under ZeRO-3.
+
+    Measured cost, tiny policy (hidden 64, 2 layers), 1 CPU thread, shapes GRES, 32 samples of up to 96 new
+    tokens: 1.3-2.2 s per evaluation (generation 1.2-1.4 s; decoding and scoring 0.02 s when no mask is
+    predicted, 0.8 s for 37 masks), about one GRPO step of ``recipes/shapes_gres.yaml`` (1.4-1.7 s); a grid of
+    6 rollouts adds 0.9-2.7 s (matplotlib). So ``eval_steps: 10`` costs some 10-15% more wall time there.
+    """
+
+    eval_steps: int = 0
+    eval_samples: int = 32
+    image_steps: int = 0
+    image_samples: int = 6
+    max_new_tokens: int | None = None
+
+
+@dataclass
 class Recipe:
     run: Run = field(default_factory=Run)
     model: Model = field(default_factory=Model)
@@ -144,6 +167,7 @@ class Recipe:
     reward_runtime: RewardRuntime = field(default_factory=RewardRuntime)
     sft: Sft = field(default_factory=Sft)
     grpo: dict[str, Any] = field(default_factory=dict)  # GRPOConfig fields
+    monitor: Monitor = field(default_factory=Monitor)
 
 
 # ---------------------------------------------------------------- loading
@@ -331,6 +355,7 @@ def _check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
         problems.append("grpo.reward_weights: set each reward's weight under rewards[] instead")
     if r.data.env in ("gres", "gcg") and not r.data.train:
         problems.append(f"data.train: required for env {r.data.env!r} (a prepared dataset from `samtok-rl prepare`)")
+    _check_monitor(r, problems)
     if check_files:
         _check_local_path(r.model.path, "model.path", problems)
         if r.data.mask_tokenizer not in ("tiny", "random") and not Path(r.data.mask_tokenizer).is_dir():
@@ -339,6 +364,22 @@ def _check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
             value = getattr(r.data, key)
             if value is not None and not Path(value).exists():
                 problems.append(f"data.{key}: {value!r} does not exist")
+
+
+def _check_monitor(r: Recipe, problems: list[str]) -> None:
+    m = r.monitor
+    for key in ("eval_steps", "image_steps"):
+        if getattr(m, key) < 0:
+            problems.append(f"monitor.{key}: {getattr(m, key)} must be >= 0 (0: off)")
+    for key in ("eval_samples", "image_samples", "max_new_tokens"):
+        value = getattr(m, key)
+        if value is not None and value < 1:
+            problems.append(f"monitor.{key}: {value} must be >= 1")
+    if m.eval_steps <= 0 and m.image_steps <= 0:
+        return
+    if r.data.env in ("gres", "gcg") and not r.data.eval:
+        problems.append(f"monitor: env {r.data.env!r} needs held-out rows to evaluate on: set data.eval (a prepared "
+                        "dataset), or monitor.eval_steps=0 monitor.image_steps=0")  # fmt: skip
 
 
 def _check_resumable(grpo: dict, problems: list[str]) -> None:

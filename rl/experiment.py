@@ -289,6 +289,7 @@ def sft_key(recipe) -> str:
 def _recipe_key(recipe) -> str:
     d = to_dict(recipe)
     d["run"] = {k: v for k, v in d["run"].items() if k not in ("output_dir", "resume")}  # set by the harness
+    d.pop("monitor", None)  # held-out logging during GRPO: it leaves the trained policy as it is (RNG kept)
     return _hash(d)
 
 

@@ -11,6 +11,7 @@ Run directory layout (``run.output_dir``)::
     policy-init/         the initial GRPO policy (resized vocabulary saved before training)
     checkpoint-N/        complete checkpoints only (staged in .staging/ and renamed when done)
     runs/                TensorBoard event files
+    monitor/             held-out metrics during GRPO (metrics.jsonl) and rollout grids (step_N.png), when monitor: is on
     final/               the trained policy, LoRA merged
 """
 
@@ -70,16 +71,21 @@ def preflight(recipe: Recipe) -> str | None:
         # TRL's weight sync after the first step fails deep inside vLLM.
         return ("grpo.use_vllm=true needs a GPU: on a CPU, vLLM frees the weights it repacks, so TRL cannot "
                 "sync the trained weights into it; drop grpo.use_vllm (HF generate) on this machine")  # fmt: skip
-    return None
+    from rl import monitor
+
+    return monitor.zero3_problem(recipe)
 
 
 def run(recipe: Recipe, callbacks=()) -> Path:
     """SFT warm start (if enabled), then GRPO; returns the directory of the final policy."""
     from transformers import set_seed
 
-    from rl import checkpoint, trainer as tr
+    from rl import checkpoint, monitor, trainer as tr
 
     from accelerate import PartialState
+
+    if monitor.zero3_problem(recipe):  # before minutes of SFT
+        raise monitor.MonitorError(monitor.zero3_problem(recipe))
 
     # Joins the process group now under a launcher, so that ranks can wait for files that rank 0 writes
     # (policy-init, the SFT policy) before the trainers exist.
@@ -104,6 +110,8 @@ def run(recipe: Recipe, callbacks=()) -> Path:
     args = tr.grpo_config(recipe, run_dir)  # before loading: under ZeRO-3 the model then loads partitioned
     model, processor = tr.load_for_training(recipe, init_dir)
     trainer = tr.build_trainer(recipe, run_dir, train_ds, eval_ds, model, processor, callbacks, args)
+    if monitor.enabled(recipe):  # held-out metrics and rollout images every monitor.eval_steps/image_steps
+        trainer.add_callback(monitor.HeldOutEval(trainer, recipe))
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return tr.save_final(trainer, processor, run_dir / "final")
 
