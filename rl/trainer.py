@@ -202,14 +202,70 @@ def shapes_rows(recipe: Recipe, split: str, n: int, mask_tokenizer=None) -> list
     return [row for group in group_by_image(env.samples(split)) for row in build_rows(group, tok)]
 
 
-def load_datasets(recipe: Recipe, mask_tokenizer=None):
-    """``(train, eval)`` ``datasets.Dataset``s in TRL's conversational format (eval may be None)."""
+def shapes_dataset(recipe: Recipe, split: str, n: int, mask_tokenizer=None):
+    """``shapes_rows`` as a ``datasets.Dataset``, cached on disk when the mask tokenizer is a saved one.
+
+    Encoding thousands of scenes with the mask tokenizer takes minutes on a CPU, and every SFT and GRPO run
+    of an experiment reads the same scenes (``data.shapes.seed`` is not the run's seed). The cache key holds
+    everything the rows depend on: the world's parameters, the tokenizer's files and the source of the code
+    that draws and encodes them, so an edit to any of these rebuilds. ``SAMTOK_RL_CACHE`` (default
+    ``~/.cache/samtok-rl``) says where; ``SAMTOK_RL_CACHE=off`` disables it.
+    """
+    import datasets
+
     from envs.base import rows_to_dataset
 
+    key = _shapes_cache_key(recipe, split, n)
+    root = os.environ.get("SAMTOK_RL_CACHE", str(Path.home() / ".cache" / "samtok-rl"))
+    if key is None or root == "off":
+        return rows_to_dataset(shapes_rows(recipe, split, n, mask_tokenizer))
+    path = Path(root) / "shapes" / key
+    if (path / "dataset_info.json").is_file():
+        return datasets.load_from_disk(str(path))
+    ds = rows_to_dataset(shapes_rows(recipe, split, n, mask_tokenizer))
+    if _is_main_process():
+        import shutil
+        import tempfile
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=path.parent, prefix=".tmp-")
+        ds.save_to_disk(tmp)
+        try:
+            os.replace(tmp, path)  # atomic: a concurrent run sees a whole cache entry or none
+        except OSError:  # another process got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return ds
+
+
+def _shapes_cache_key(recipe: Recipe, split: str, n: int) -> str | None:
+    import hashlib
+
+    import envs.base
+    import envs.shapes
+    import tokenizer.codec
+    import tokenizer.config
+    import tokenizer.masks
+    import tokenizer.model
+    import tokenizer.vq
+
+    d = recipe.data
+    folder = Path(__file__).resolve().parents[1] / "tokenizer" / "weights" / "tiny" if d.mask_tokenizer == "tiny" else Path(d.mask_tokenizer)
+    if not folder.is_dir():
+        return None  # "random": seeded in memory, cheap to rebuild
+    h = hashlib.sha256(repr((d.env, split, n, d.shapes.seed, d.shapes.image_size)).encode())
+    for f in [*sorted(folder.glob("*.json")), *sorted(folder.glob("*.safetensors"))]:
+        h.update(f.read_bytes())
+    for module in (envs.base, envs.shapes, tokenizer.codec, tokenizer.config, tokenizer.masks, tokenizer.model, tokenizer.vq):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:20]
+
+
+def load_datasets(recipe: Recipe, mask_tokenizer=None):
+    """``(train, eval)`` ``datasets.Dataset``s in TRL's conversational format (eval may be None)."""
     d = recipe.data
     if d.env.startswith("shapes"):
-        train = rows_to_dataset(shapes_rows(recipe, "train", d.shapes.n_train, mask_tokenizer))
-        evald = rows_to_dataset(shapes_rows(recipe, "val", d.shapes.n_eval, mask_tokenizer)) if d.shapes.n_eval else None
+        train = shapes_dataset(recipe, "train", d.shapes.n_train, mask_tokenizer)
+        evald = shapes_dataset(recipe, "val", d.shapes.n_eval, mask_tokenizer) if d.shapes.n_eval else None
     else:
         train = load_prepared(d.train, d.image_root)
         evald = load_prepared(d.eval, d.image_root) if d.eval else None

@@ -218,3 +218,19 @@ def test_colocated_vllm_rollouts_see_one_placeholder_per_image(tmp_path, monkeyp
     assert trainer.vllm_generation.calls[-1] == ([[1, pad, 2], [3, pad, 4]], [["a"], ["b"]])
     trainer.vllm_generation.generate(prompts=[[1, pad, pad, 2]], images=None, num_generations=4)
     assert trainer.vllm_generation.calls[-1][0] == [[1, pad, pad, 2]]  # no image: nothing to collapse
+
+
+def test_shapes_rows_are_cached_on_disk_and_identical(tmp_path, monkeypatch):
+    """The encoded shapes world is read back from the cache exactly as built, and any change to what the
+    rows depend on (here the world's seed) misses the cache."""
+    monkeypatch.setenv("SAMTOK_RL_CACHE", str(tmp_path / "cache"))
+    recipe = load_recipe(ROOT / "recipes" / "shapes_gres.yaml", ["data.shapes.n_train=6"])
+    built = tr.shapes_dataset(recipe, "train", 6)
+    assert len(list((tmp_path / "cache" / "shapes").iterdir())) == 1
+    calls, build = [], tr.shapes_rows
+    monkeypatch.setattr(tr, "shapes_rows", lambda *a, **k: calls.append(a) or build(*a, **k))
+    cached = tr.shapes_dataset(recipe, "train", 6)
+    assert not calls and cached.to_list() == built.to_list()
+    other = load_recipe(ROOT / "recipes" / "shapes_gres.yaml", ["data.shapes.n_train=6", "data.shapes.seed=1"])
+    tr.shapes_dataset(other, "train", 6)
+    assert calls  # a different world is built, not read from the cache
