@@ -113,7 +113,11 @@ def safe_image_path(root, relative) -> Path:
 
 # ----------------------------------------------------------------------------------------- answers
 def sort_instances(boxes) -> list[int]:
-    """Instance order of SAMTok's answers: box centre x, then y (``sort_mask_indices(..., "ltr-ttb")``)."""
+    """Instance order of SAMTok's answers: box centre x, then y (``sort_mask_indices(..., "ltr-ttb")``).
+
+    The official sort takes inclusive boxes (``masks_to_boxes``); exclusive ones (COCO's ``x + w``) shift
+    every centre by the same half pixel, so either gives the same order.
+    """
     centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes]
     return sorted(range(len(boxes)), key=lambda i: centres[i])
 
@@ -206,6 +210,7 @@ def build_rows(samples: list[dict], mask_tokenizer, image: Image.Image | None = 
     masks = decode_masks(list(rles.values()), (image.height, image.width))
     texts = dict.fromkeys(rles, "")
     if mask_tokenizer is not None and len(masks):
+        # The box prompt in the official convention (inclusive far corner, torchvision's masks_to_boxes).
         codes = mask_tokenizer.encode(image, masks, [mask_to_box(m) for m in masks])
         codes = np.asarray(codes.cpu() if hasattr(codes, "cpu") else codes).reshape(len(masks), -1)
         texts = dict(zip(rles, (format_mask(c) for c in codes.tolist())))

@@ -36,7 +36,8 @@ _COUNT_PROBS = (0.05, 0.30, 0.25, 0.20, 0.20)
 def make_scenes(n: int, seed: int, image_size: int = 112, split: str = "train") -> list[dict]:
     """``n`` scenes: ``{"image": PIL RGB, "masks": bool [N,H,W], "objects": [{"shape","color","size","box"}]}``.
 
-    ``box`` is ``(x0, y0, x1, y1)`` in pixels with exclusive ``x1, y1`` (the extent of the mask).
+    ``box`` is the mask's tight box ``(x0, y0, x1, y1)`` in pixels with inclusive ``x1, y1`` (its last
+    column and row; ``tokenizer.masks.mask_to_box``, the official convention).
     Objects are listed in drawing order; masks[i] belongs to objects[i].
     """
     rng = _rng(seed, split, "scenes")
@@ -100,6 +101,8 @@ def _rng(seed: int, split: str, stream: str) -> np.random.Generator:
 
 
 def _make_scene(rng: np.random.Generator, size: int, min_objects: int = 0) -> dict:
+    from tokenizer.masks import mask_to_box
+
     probs = np.array(_COUNT_PROBS[min_objects:]) / sum(_COUNT_PROBS[min_objects:])
     count = min_objects + int(rng.choice(len(probs), p=probs))
     placed: list[tuple[int, int, int, int]] = []
@@ -112,8 +115,7 @@ def _make_scene(rng: np.random.Generator, size: int, min_objects: int = 0) -> di
             continue
         placed.append(spot)
         mask = _draw(obj["shape"], spot, size)
-        ys, xs = np.nonzero(mask)
-        obj["box"] = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+        obj["box"] = mask_to_box(mask)
         objects.append(obj)
         masks.append(mask)
     pixels = np.empty((size, size, 3), np.uint8)

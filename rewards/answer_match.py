@@ -3,14 +3,23 @@
 Rules, as in the released reward code:
 
 * A mask group is the well-formed string ``<|mt_start|><|mt_dddd|><|mt_dddd|><|mt_end|>``; anything else
-  (a broken group, a stray code) counts as nothing. This is deliberately stricter than
-  ``tokenizer.codec.parse_masks``, which repairs groups for decoding.
+  (a broken group, a stray code) counts as nothing. This is stricter than ``tokenizer.codec.parse_masks``
+  on purpose: the released reward file (``text2mask.py``) defines the official repair path
+  (``fix_mt_format_comprehensive``, ``extract_mt_token_ids_v2``) but its textual rewards never call it:
+  ``mask_token_accuracy_reward``, the GCG mask reward and ``non_repeat_reward`` all run this strict regex on
+  the raw response. The repair belongs to decoding (``parse_masks``, ``rewards.iou``, the evaluation), so
+  e.g. ``<|mt_start|><|mt_0182|>  <|mt_start|>...`` decodes a coarse mask for its first group but scores
+  nothing here.
 * R = sum over *unique* predicted groups of the best grade against the unique GT groups, divided by
   max(#predicted groups including duplicates, #GT groups). Both empty -> 1.0; one side empty -> 0.0.
 * Grading ``binary`` (the paper): 1 for an identical group. ``coarse`` (the released code): also 0.4 when
   only the level-1 code matches.
 * GCG: only groups that directly follow ``<|object_ref_start|>phrase<|object_ref_end|>`` count for the mask
-  term; the phrase term compares normalised phrases.
+  term; the phrase term compares normalised phrases. Known differences from the released regex
+  (``<|object_ref_start|>(.*?)\s*<|object_ref_end|>\s*(<|mt_start|>(<|mt_\d+|>){2}<|mt_end|>)``, which
+  yields the masks and the phrases together), all on malformed output: it also takes codes of other than
+  four digits; its phrase may run across other object-ref markers but not across a newline; and it
+  counts only phrases followed by a group, where a phrase here counts for the phrase term on its own.
 
 Everything here is pure Python on strings and never raises on any input.
 """
@@ -32,12 +41,15 @@ _OBJ_START = "<|object_ref_start|>"
 # "<s>a <s>b<e>" yields "b" (the unrolled loop keeps the match linear-time). The mask group that directly
 # follows the phrase, after optional whitespace, is captured when present. One C-level pass: measured faster
 # than splitting on the markers in Python.
-_PHRASE_RE = re.compile(
+_PHRASE = (
     r"<\|object_ref_start\|>"
     r"([^<]*(?:<(?!\|object_ref_(?:start|end)\|>)[^<]*)*)"
     r"<\|object_ref_end\|>"
-    r"(?:\s*<\|mt_start\|><\|mt_(\d{4})\|><\|mt_(\d{4})\|><\|mt_end\|>)?"
 )
+_PHRASE_RE = re.compile(_PHRASE + r"(?:\s*<\|mt_start\|><\|mt_(\d{4})\|><\|mt_(\d{4})\|><\|mt_end\|>)?")
+# The same phrases with the whitespace after them: a mask group that directly follows a phrase starts where
+# the match ends (``rewards.iou`` pairs phrases with repaired groups this way).
+_PHRASE_WS_RE = re.compile(_PHRASE + r"\s*")
 
 
 def _text(completion) -> str:

@@ -1,6 +1,9 @@
 """Format rewards: is the completion written the way the task's answers are written?
 
 All three read raw text (mask and object-ref tokens included, see ``rewards.runtime``) and never raise.
+They score the text as written: no group is repaired first (``tokenizer.codec.parse_masks`` repairs for
+decoding only), as the released format reward (``mask_token_format_reward``) runs its strict regex on the
+raw response.
 """
 
 from __future__ import annotations

@@ -11,8 +11,10 @@ Modes:
   mask groups that directly follow ``<|object_ref_start|>phrase<|object_ref_end|>``; GT phrases come from the
   ``answer`` column in order, aligned with ``masks``.
 
-Predicted groups are repaired as the decoder does (``tokenizer.codec.parse_masks``): a one-code group decodes
-coarsely, a group with a bad first code is dropped.
+Predicted groups are repaired as the official decoding path does (``tokenizer.codec.mask_groups``, in every
+mode): e.g. a start and one code that end the output or are followed by text decode as ``(c1, -1)``, a group
+with text between its tokens or a bad first code is dropped. In ``gcg`` mode a phrase predicts the repaired
+group that starts right after it (after optional whitespace).
 
 Cost and memory: one image-encoder pass per distinct image, thanks to the tokenizer's image-feature cache
 (the ``num_generations`` completions of a prompt share the image), then one light decoder pass per
@@ -29,8 +31,8 @@ Measured by ``bench/rewards.py --tokenizer hiera_t`` on an H200: peak 889 MiB of
 
 from __future__ import annotations
 
-from rewards.answer_match import _gt_gcg, _normalize_phrase, _phrases, _text
-from tokenizer.codec import CODEBOOK_SIZE, parse_masks
+from rewards.answer_match import _PHRASE_WS_RE, _gt_gcg, _normalize_phrase, _text
+from tokenizer.codec import mask_groups, parse_masks
 
 MODES = ("gres", "instances", "gcg")
 
@@ -52,13 +54,15 @@ def _load_tokenizer(mask_tokenizer, device):
 
 
 def _gcg_pred(text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """(normalised phrase, codes) of every phrase directly followed by a (repaired, decodable) mask group."""
+    groups = {g.start: g.codes for g in mask_groups(text)}
     phrases, codes = [], []
-    for phrase, c1, c2 in _phrases(text):
-        if not c1 or not 0 <= int(c1) < CODEBOOK_SIZE:
+    for m in _PHRASE_WS_RE.finditer(text):
+        pair = groups.get(m.end())
+        if pair is None:
             continue  # a phrase without a (decodable) mask predicts nothing
-        second = int(c2) - CODEBOOK_SIZE
-        phrases.append(_normalize_phrase(phrase))
-        codes.append((int(c1), second if 0 <= second < CODEBOOK_SIZE else -1))
+        phrases.append(_normalize_phrase(m.group(1)))
+        codes.append(pair)
     return phrases, codes
 
 

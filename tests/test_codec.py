@@ -45,7 +45,7 @@ def test_round_trip_every_code():
     [
         # more than two codes: keep the first two
         (S + tok(1) + tok(257) + tok(258) + tok(3) + E, [(1, 1)]),
-        # exactly one code: the second level is skipped
+        # exactly one code: a filler second code, -1 (which the decoder embeds as code 0)
         (S + tok(9) + E, [(9, -1)]),
         # first code out of level 1's range: the group is dropped
         (S + tok(300) + tok(301) + E, []),
@@ -53,16 +53,18 @@ def test_round_trip_every_code():
         (S + tok(4) + tok(7) + E, [(4, -1)]),
         # no code at all
         (S + E, []),
-        # truncated group at the end of the output
-        (S + tok(1) + tok(257) + E + S + tok(2), [(1, 1)]),
+        # a start and one code at the end of the output (truncated) are completed: the second becomes -1
+        (S + tok(1) + tok(257) + E + S + tok(2), [(1, 1), (2, -1)]),
+        # a truncated group with two codes stays broken
+        (S + tok(1) + tok(257) + E + S + tok(2) + tok(258), [(1, 1)]),
         # a nested start abandons the unfinished group
         (S + tok(1) + S + tok(2) + tok(258) + E, [(2, 2)]),
         # stray end and codes outside any group are ignored
         (E + tok(3) + S + tok(4) + tok(260) + E + tok(5), [(4, 4)]),
-        # text between the tokens of a group is ignored
-        (S + " " + tok(4) + " x " + tok(260) + "\n" + E, [(4, 4)]),
-        # five-digit ids are not codes
-        (S + "<|mt_00001|>" + tok(6) + E, [(6, -1)]),
+        # text between the tokens of a group breaks it (the official extraction wants them adjacent)
+        (S + " " + tok(4) + " x " + tok(260) + "\n" + E, []),
+        # a five-digit id takes part in the repair as a code, then is not extracted: the group is dropped
+        (S + "<|mt_00001|>" + tok(6) + E, []),
     ],
 )
 def test_repair_rules(text, expected):

@@ -46,7 +46,7 @@ def test_masks_are_exact_painted_pixels_and_disjoint():
         for obj, mask in zip(scene["objects"], scene["masks"]):
             assert mask.any()
             ys, xs = np.nonzero(mask)
-            assert obj["box"] == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            assert obj["box"] == (xs.min(), ys.min(), xs.max(), ys.max())  # inclusive, as masks_to_boxes
 
 
 def test_gres_expressions_hit_one_several_or_none():

@@ -58,6 +58,7 @@ def test_score_rules(pred, gt, binary, coarse):
         "<|mt_start|> <|mt_0001|><|mt_0258|><|mt_end|>",  # a space inside
         "<|mt_start|><|mt_001|><|mt_0258|><|mt_end|>",  # three digits
         "<|mt_start|><|mt_00001|><|mt_0258|><|mt_end|>",  # five digits
+        "<|mt_start|><|mt_0001|>  ",  # one code then text: decoding completes it, the reward does not
     ],
 )
 def test_malformed_groups_count_as_nothing(broken):
@@ -66,6 +67,18 @@ def test_malformed_groups_count_as_nothing(broken):
     assert score(broken, gres(A)) == 0.0
     # Next to a good group, a broken one neither helps nor enlarges the denominator.
     assert score(broken + A, gres(A)) == 1.0
+
+
+def test_the_textual_reward_does_not_repair_what_decoding_repairs():
+    """The released reward file defines the repair path but its textual rewards never call it."""
+    from tokenizer.codec import parse_masks
+
+    one_code = "<|mt_start|><|mt_0001|>  "  # the issue's case: decoding completes it to (1, -1)
+    three = "<|mt_start|><|mt_0001|><|mt_0258|><|mt_0300|><|mt_end|>"  # decoding keeps (1, 2)
+    assert parse_masks(one_code + A) == [(1, -1), (1, 2)] and parse_masks(three + B) == [(1, 2), (3, 4)]
+    assert score(one_code + A, gres(A)) == 1.0  # repaired, the extra group would halve it
+    assert score(three + B, gres(A, B)) == 0.5  # repaired, it would be 1.0
+    assert no_repeat(three * 4) == 1.0  # repaired, four repeats would give 0.0
 
 
 def test_chat_form_and_non_string_inputs():

@@ -48,7 +48,8 @@ def run(mode, completions, gt_masks, answer=None):
 def test_gres_union_iou_and_no_target_rule():
     gt = [band(0, 4), band(8, 12)]  # merged GT: 128 px
     out = run("gres", [m(0) + m(8), m(0), m(2), m(0, -1), "No target.", m(0) + "<|mt_start|><|mt_0008|>"], gt)
-    assert out == pytest.approx([1.0, 0.5, (2 * 16) / (128 + 32), 0.25, 0.0, 0.5])
+    # The last completion is truncated after one code: the official repair completes it to (8, -1).
+    assert out == pytest.approx([1.0, 0.5, (2 * 16) / (128 + 32), 0.25, 0.0, 0.75])
     # A no-target row: no mask -> 1, any mask -> 0 (even one that decodes small).
     assert run("gres", ["No target.", m(0), ""], []) == [1.0, 0.0, 1.0]
     assert run("gres", ["No target.", m(0, -1)], [np.zeros((H, W), bool)]) == [1.0, 0.0]  # an empty GT mask
@@ -91,6 +92,32 @@ def test_gcg_matches_masks_only_under_the_same_phrase():
     assert out == pytest.approx([1.0, 0.5, 0.0, 0.5])
     with pytest.raises(ValueError, match="2 phrases in 'answer' but 1 masks"):
         run("gcg", [answer], gt[:1], answer)
+
+
+def test_predicted_groups_are_repaired_by_the_official_rules_in_every_mode():
+    S, E = "<|mt_start|>", "<|mt_end|>"
+    gt = [band(0, 4), band(4, 8)]
+    cases = [
+        (S + "<|mt_0000|>" + E, 0.5 / 2),  # one code + end -> (0, -1): a half-width band 0 (IoU 1/2)
+        (S + "<|mt_0000|>  " + m(4), (0.5 + 1) / 2),  # the case: one code then text -> (0, -1)
+        (S + "<|mt_0000|>" + m(4), 1 / 2),  # one code directly followed by a new start: dropped
+        (S + " <|mt_0000|><|mt_0256|>" + E + m(4), 1 / 2),  # a space inside a group: dropped
+        (S + "<|mt_0000|><|mt_0256|><|mt_0257|>" + E + m(4), 1.0),  # three codes: the first two kept
+    ]
+    assert run("instances", [c for c, _ in cases], gt) == pytest.approx([v for _, v in cases])
+    answer = f"A {ph('man', m(0))} and a {ph('dog', m(4))}."
+    out = run(
+        "gcg",
+        [
+            f"A {ph('man', S + '<|mt_0000|>' + E)} and a {ph('dog', m(4))}.",  # repaired: (0, -1)
+            f"A {ph('man', m(0))} and a {ph('dog', S + '<|mt_0004|>')}",  # truncated output: (4, -1)
+            f"A {ph('man', S + '<|mt_0000|>' + S)} and a {ph('dog', m(4))}.",  # broken: the phrase predicts nothing
+            f"A {ph('man', S + ' <|mt_0000|>' + E)} and a {ph('dog', m(4))}.",  # broken: space inside
+        ],
+        gt,
+        answer,
+    )
+    assert out == pytest.approx([(0.5 + 1) / 2, (1 + 0.5) / 2, 1 / 2, 1 / 2])
 
 
 def test_repeated_codes_decode_once_and_too_many_masks_score_zero():

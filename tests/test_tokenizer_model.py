@@ -83,18 +83,39 @@ def test_cached_result_equals_uncached(tok):
     assert torch.equal(cold, warm)
 
 
-def test_level_two_skip_and_codec_rules(tok):
+def test_level_two_minus_one_and_codec_rules(tok):
     img, _ = _scene(4)
     full = tok.decode(img, [[5, 7]])
     assert tok.decode(img, [[5, -1]]).shape == full.shape
-    # [N, 1] means level 1 only; extra columns are ignored; level-2 out of range means -1.
+    # [N, 1] means level 2 is -1; extra columns are ignored; level-2 out of range means -1.
     assert torch.equal(tok.decode(img, [[5]]), tok.decode(img, [[5, -1]]))
     assert torch.equal(tok.decode(img, [[5, 7, 9]]), full)
     assert torch.equal(tok.decode(img, [[5, 300]]), tok.decode(img, [[5, -1]]))
-    # The -1 level really is left out: its embedding is level 1's alone.
+    # As in the released decoder, -1 is embedded as code 0: both levels are always summed.
     emb = tok.quantizer.embed_codes(torch.tensor([[5, -1], [5, 7]]))
-    torch.testing.assert_close(emb[0], tok.quantizer.codebooks[0].weight[5])
-    torch.testing.assert_close(emb[1], tok.quantizer.codebooks[0].weight[5] + tok.quantizer.codebooks[1].weight[7])
+    books = tok.quantizer.codebooks
+    torch.testing.assert_close(emb[0], books[0].weight[5] + books[1].weight[0])
+    torch.testing.assert_close(emb[1], books[0].weight[5] + books[1].weight[7])
+    with pytest.raises(ValueError, match="codes must be in 0..255 or -1"):
+        tok.quantizer.embed_codes(torch.tensor([[5, -2]]))
+
+
+def test_minus_one_decodes_exactly_as_code_zero_and_codes_are_not_modified(tok):
+    img, _ = _scene(5)
+    codes = torch.tensor([[5, -1], [200, -1], [9, 3]])
+    before = codes.clone()
+    feats = tok.image_features(to_rgb_array(img))
+    zero = torch.tensor([[5, 0], [200, 0], [9, 3]])
+    # Bit-exact: the same embedding, then the same logits and masks.
+    assert torch.equal(tok.quantizer.embed_codes(codes), tok.quantizer.embed_codes(zero))
+    assert torch.equal(tok.decode_logits(feats, tok.quantizer.embed_codes(codes))[0],
+                       tok.decode_logits(feats, tok.quantizer.embed_codes(zero))[0])
+    assert torch.equal(tok.decode(img, codes), tok.decode(img, zero))
+    assert torch.equal(tok.decode(img, [[5, -1]]), tok.decode(img, [[5, 0]]))
+    # The official embed_code overwrites the caller's -1 with 0; ours leaves the codes alone.
+    assert torch.equal(codes, before)
+    tok.quantizer.embed_codes(codes)
+    assert torch.equal(codes, before)
 
 
 @pytest.mark.parametrize("codes", [[[-1, 3]], [[256, 3]], [[0, 1], [999, 1]]])
@@ -141,6 +162,33 @@ def test_boxes_are_validated_and_used(tok):
 
     explicit = tok.encode(img, masks, boxes=[mask_to_box(m) for m in masks])
     assert torch.equal(explicit, tok.encode(img, masks))
+
+
+def test_box_prompt_is_torchvision_masks_to_boxes(tok):
+    """The official pipelines take the box with torchvision's masks_to_boxes: inclusive far corner."""
+    from torchvision.ops import masks_to_boxes
+
+    from tokenizer.masks import mask_to_box
+
+    rng = np.random.default_rng(0)
+    masks = []
+    for k in range(200):
+        h, w = (int(v) for v in rng.integers(1, 48, 2))
+        m = rng.random((h, w)) < rng.choice([0.002, 0.02, 0.2, 0.9])
+        if k % 4 == 0:  # a filled rectangle, or a single pixel when it is 1x1
+            m = np.zeros((h, w), bool)
+            y0, x0 = rng.integers(0, h), rng.integers(0, w)
+            m[y0:rng.integers(y0, h) + 1, x0:rng.integers(x0, w) + 1] = True
+        if not m.any():
+            m[rng.integers(0, h), rng.integers(0, w)] = True
+        masks.append(m)
+        assert mask_to_box(m) == tuple(masks_to_boxes(torch.from_numpy(m)[None])[0].tolist()), (k, np.argwhere(m))
+    one = np.zeros((5, 7), bool)
+    one[2, 3] = True
+    assert mask_to_box(one) == (3.0, 2.0, 3.0, 2.0)
+    # encode's default box prompt is that box.
+    img, scene = _scene(6)
+    assert torch.equal(tok.encode(img, scene), tok.encode(img, scene, boxes=masks_to_boxes(torch.from_numpy(scene))))
 
 
 def test_image_formats(tok):

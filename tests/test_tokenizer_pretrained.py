@@ -23,7 +23,8 @@ def test_codes_survive_the_text_format():
     codes = tok.encode(scene["image"], scene["masks"])
     parsed = parse_masks("".join(format_masks(codes.tolist())))
     assert torch.equal(torch.tensor(parsed), codes)
-    # Different objects get different codes, and the level-1-only mask is still the same object.
+    # Different objects get different codes, and the coarse mask of (c1, -1) (decoded as (c1, 0), as the
+    # released decoder does) is still the same object.
     assert len({tuple(c) for c in codes.tolist()}) == len(codes)
     coarse = tok.decode(scene["image"], [[c1, -1] for c1, _ in codes.tolist()]).numpy()
     fine = tok.decode(scene["image"], codes).numpy()

@@ -108,13 +108,20 @@ def polygons_to_rle(polygons, h: int, w: int) -> dict:
 
 
 def mask_to_box(mask) -> tuple[float, float, float, float]:
-    """Tight box ``(x0, y0, x1, y1)`` in pixels, x1/y1 exclusive; ``ValueError`` for an empty mask."""
+    """Tight box ``(x0, y0, x1, y1)`` in pixels, **inclusive**: x1/y1 are the last column/row that hold the
+    mask (a one-pixel mask has x0 == x1); ``ValueError`` for an empty mask.
+
+    This is the box prompt of the mask tokenizer, in the official convention: torchvision's
+    ``masks_to_boxes``, which the SAMTok group's encode scripts use, and SAM2's own ``mask_to_box`` both
+    put the far corner on the last pixel, not one past it (an exclusive corner moves the latent by about
+    2%). Add 1 to x1/y1 for the pixel extent (COCO's ``x + w``).
+    """
     m = np.asarray(mask, dtype=bool)
     ys = np.flatnonzero(m.any(axis=1))
     xs = np.flatnonzero(m.any(axis=0))
     if len(xs) == 0:
         raise ValueError("cannot take the box of an empty mask")
-    return float(xs[0]), float(ys[0]), float(xs[-1] + 1), float(ys[-1] + 1)
+    return float(xs[0]), float(ys[0]), float(xs[-1]), float(ys[-1])
 
 
 def masks_iou(a, b) -> np.ndarray:

@@ -128,8 +128,9 @@ class MaskTokenizer(nn.Module):
     def encode(self, image, masks, boxes=None) -> torch.Tensor:
         """Codes ``LongTensor[N, 2]`` of ``masks`` (bool [N, H, W], H x W = the image's size).
 
-        ``boxes`` ([N, 4] xyxy pixels, x1/y1 exclusive) default to each mask's tight box. An empty mask
-        has no box and no meaningful code: it is an error, as is a size mismatch.
+        ``boxes`` ([N, 4] xyxy pixels, x1/y1 inclusive: the last column/row of the mask, as the official
+        pipelines compute them) default to each mask's tight box, ``tokenizer.masks.mask_to_box``. An empty
+        mask has no box and no meaningful code: it is an error, as is a size mismatch.
         """
         pixels = to_rgb_array(image)
         m = _as_masks(masks, pixels.shape[:2])
@@ -151,9 +152,11 @@ class MaskTokenizer(nn.Module):
     def decode(self, image, codes) -> torch.Tensor:
         """Masks ``BoolTensor[N, H, W]`` (the image's size) for ``codes`` [N, 2] (or [N, 1]).
 
-        Codes follow ``tokenizer.codec``'s repair rules: columns past the second are ignored, a level-2
-        code outside 0..255 (e.g. -1) means "level 1 only"; a level-1 code outside 0..255 cannot be
-        decoded (the codec drops such a group) and is an error naming its row.
+        Codes follow ``tokenizer.codec``'s repair rules: columns past the second are ignored, a missing
+        second column or a level-2 code outside 0..255 is -1, and -1 is embedded as code 0 as the
+        released decoder does (``ResidualQuantizer.embed_codes``): ``(c1, -1)`` decodes exactly as
+        ``(c1, 0)``; ``codes`` itself is not modified. A level-1 code outside 0..255 cannot be decoded (the
+        codec drops such a group) and is an error naming its row.
         """
         pixels = to_rgb_array(image)
         c = self.check_codes(codes)
@@ -169,7 +172,7 @@ class MaskTokenizer(nn.Module):
         return torch.cat(out).cpu()
 
     def check_codes(self, codes) -> torch.Tensor:
-        """``codes`` as a LongTensor [N, depth] repaired by the codec's rules (see ``decode``)."""
+        """``codes`` as a new LongTensor [N, depth] repaired by the codec's rules (see ``decode``)."""
         try:
             c = torch.as_tensor(np.asarray(codes) if isinstance(codes, (list, tuple)) else codes)
         except (TypeError, ValueError, RuntimeError) as e:
@@ -231,7 +234,8 @@ class MaskTokenizer(nn.Module):
                 "max_size": self.config.cache_size}
 
     def scale_boxes(self, boxes: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
-        """Pixel boxes of the original image -> model-input coordinates (the image is resized to a square)."""
+        """Pixel boxes of the original image -> model-input coordinates (the image is resized to a square):
+        xyxy / (W, H, W, H) * image_size, as officially (the inclusive far corner is not shifted)."""
         h, w = hw
         scale = np.array([w, h, w, h], dtype=np.float64)
         return torch.from_numpy(boxes / scale * self.config.image_size).float().to(self.device)

@@ -1,8 +1,9 @@
 """Residual vector quantiser of the SAMTok tokenizer: 2 levels x 256 codes, EMA codebooks, dead-code restart.
 
 Parameter names follow the official ``ResidualQuantizer`` / ``VQEmebedding`` so that the released state
-dict loads as is: ``codebooks.{k}.weight`` ([K+1, D]; the last row is a zero padding row that code -1
-selects, i.e. "skip this level"), ``codebooks.{k}.cluster_size_ema`` and ``codebooks.{k}.embed_ema``.
+dict loads as is: ``codebooks.{k}.weight`` ([K+1, D]; the last row is a zero padding row),
+``codebooks.{k}.cluster_size_ema`` and ``codebooks.{k}.embed_ema``. The padding row is kept for that layout
+only: the released decoder never selects it, because it embeds a code -1 as code 0 (``embed_codes``).
 """
 
 from __future__ import annotations
@@ -122,13 +123,24 @@ class ResidualQuantizer(nn.Module):
             residual = residual - centroids[_nearest(residual, centroids)]
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Sum of the level embeddings of ``codes`` [N, depth]; a level whose code is -1 is left out."""
+        """Sum of the level embeddings of ``codes`` [N, depth], every level included; a code -1 is code 0.
+
+        Quirk kept: the released ``ResidualQuantizer.embed_code`` writes 0 over every -1 *in place* before
+        the lookup, so its later ``!= -1`` filter keeps every level and ``(c1, -1)`` decodes exactly as
+        ``(c1, 0)`` (and the caller's code tensor is overwritten). The published numbers come from that, so
+        the same embedding is computed here, on a copy: the caller's ``codes`` are left as they are.
+        Any other code outside 0..K-1 is an error (``MaskTokenizer.check_codes`` has already made every bad
+        level-2 code -1; officially K would pick the zero padding row and anything else fails the lookup).
+        """
         codes = codes.to(self.codebooks[0].weight.device)
+        codes = torch.where(codes == -1, 0, codes)  # a new tensor, never the caller's
+        k = self.codebook_size
+        bad = (codes < 0) | (codes >= k)
+        if bad.any():
+            raise ValueError(f"codes must be in 0..{k - 1} or -1; got {codes[bad].unique().tolist()}")
         out = 0
-        for k, book in enumerate(self.codebooks):
-            valid = codes[:, k] >= 0
-            idx = torch.where(valid, codes[:, k], book.padding_idx)
-            out = out + book.weight[idx] * valid[:, None].to(book.weight.dtype)
+        for level, book in enumerate(self.codebooks):
+            out = out + book.weight[codes[:, level]]
         return out
 
 
