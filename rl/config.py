@@ -328,8 +328,16 @@ def _check_passthrough(values: dict, config_cls, where: str, problems: list[str]
 def _check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
     from trl import GRPOConfig, SFTConfig  # config dataclasses only; cheap next to a model load
 
+    before = len(problems)
     _check_passthrough(r.grpo, GRPOConfig, "grpo", problems, OWNED_BY_RUN)
+    if len(problems) == before:  # TRL's own checks only once every field is known and well typed
+        _check_trl_builds(GRPOConfig, r.grpo, "grpo", problems)
+    before = len(problems)
     _check_passthrough(r.sft.args, SFTConfig, "sft.args", problems, OWNED_BY_RUN)
+    if len(problems) == before and r.sft.enabled:
+        from rl.sft import SFT_DEFAULTS
+
+        _check_trl_builds(SFTConfig, {**SFT_DEFAULTS, **r.sft.args}, "sft.args", problems)
     _one_of(r.model.dtype, DTYPES, "model.dtype", problems)
     _one_of(r.model.finetune, FINETUNE, "model.finetune", problems)
     _one_of(r.model.tiny.arch, ("qwen2_5_vl", "qwen3_vl"), "model.tiny.arch", problems)
@@ -380,6 +388,24 @@ def _check_monitor(r: Recipe, problems: list[str]) -> None:
     if r.data.env in ("gres", "gcg") and not r.data.eval:
         problems.append(f"monitor: env {r.data.env!r} needs held-out rows to evaluate on: set data.eval (a prepared "
                         "dataset), or monitor.eval_steps=0 monitor.image_steps=0")  # fmt: skip
+
+
+def _check_trl_builds(config_cls, values: dict, where: str, problems: list[str]) -> None:
+    """Build TRL's config as training will, so that its ``__post_init__`` refusals (``num_generations=1``, a
+    batch not divisible by the generations, ...) are listed now instead of after the SFT stage. The world size
+    is this process's: under a launcher every rank checks its own."""
+    import tempfile
+
+    import torch
+
+    kwargs = {k: v for k, v in values.items() if k not in OWNED_BY_RUN and k != "deepspeed"}  # DeepSpeed: at launch
+    if not torch.cuda.is_available():
+        kwargs = {"use_cpu": True, "bf16": False, **kwargs}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            config_cls(output_dir=tmp, report_to="none", **kwargs)
+        except (ValueError, TypeError, NotImplementedError) as e:
+            problems.append(f"{where}: TRL's {config_cls.__name__} refuses these settings: {e}")
 
 
 def _check_resumable(grpo: dict, problems: list[str]) -> None:

@@ -103,3 +103,12 @@ def test_tiny_head_dim_is_checked_and_vllm_rollouts_need_a_gpu(tmp_path, capsys,
     assert train_main([str(path), out, "grpo.use_vllm=true", "grpo.vllm_mode=colocate"]) == 2
     assert "grpo.use_vllm=true needs a GPU" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_dry_run_lists_trl_config_refusals_before_any_training():
+    """GRPOConfig's own checks run at validation: these recipes used to print `recipe OK` and fail after SFT."""
+    path = next(p for p in RECIPES if p.name == "shapes_gres.yaml")
+    with pytest.raises(RecipeError, match="at least 2 generations"):
+        load_recipe(path, ["grpo.num_generations=1"])
+    with pytest.raises(RecipeError, match="divisible by num_generations"):
+        load_recipe(path, ["grpo.per_device_train_batch_size=30"])
