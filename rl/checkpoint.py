@@ -4,17 +4,28 @@ The HF Trainer writes ``checkpoint-N`` file by file; a crash halfway leaves a di
 ``get_last_checkpoint`` happily resumes from. We let the Trainer write into ``<run>/.staging/`` instead and
 rename the finished directory to ``<run>/checkpoint-N`` (one ``os.replace``, atomic on POSIX). The
 ``COMPLETE`` marker is written last inside staging, so even a checkpoint copied by hand can be checked.
+
+Before the marker, ``MANIFEST.json`` records every file's size and SHA-256. A checkpoint whose files were
+truncated or altered after it was committed (a full disk, a bad copy, a hand edit) no longer matches it:
+``last_checkpoint`` skips it with a warning naming it and falls back to the previous one, and rotation
+(``rotate``) counts only checkpoints that still match, so it never deletes the last good one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import re
 import shutil
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 STAGING = ".staging"
 MARKER = "COMPLETE"
+MANIFEST = "MANIFEST.json"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -26,6 +37,7 @@ def commit(run_dir: str | os.PathLike, name: str) -> Path:
     """Move ``<run>/.staging/<name>`` to ``<run>/<name>``, replacing an older copy of the same step."""
     src = Path(staging_dir(run_dir)) / name
     dst = Path(run_dir) / name
+    (src / MANIFEST).write_text(json.dumps(manifest(src), indent=1))
     (src / MARKER).write_text("ok\n")
     if dst.exists():  # re-saving the same step (e.g. the final save after a periodic one)
         old = Path(staging_dir(run_dir)) / f"{name}.old"
@@ -38,8 +50,9 @@ def commit(run_dir: str | os.PathLike, name: str) -> Path:
     return dst
 
 
-def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints of a run, oldest first. Half-written ones (no marker) are ignored."""
+def complete_checkpoints(run_dir: str | os.PathLike, check_hashes: bool = False) -> list[Path]:
+    """Complete checkpoints of a run, oldest first: a marker, and files that match the manifest (sizes, and
+    with ``check_hashes`` their SHA-256 too). Half-written or damaged ones are left out."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
@@ -48,12 +61,78 @@ def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
         m = _CKPT_RE.match(p.name)
         if m and p.is_dir() and (p / MARKER).is_file():
             found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+    return [p for _, p in sorted(found) if damage(p, check_hashes) is None]
 
 
 def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    found = complete_checkpoints(run_dir)
-    return found[-1] if found else None
+    """The newest complete checkpoint whose every file still has the size and hash it was committed with."""
+    for p in reversed(complete_checkpoints(run_dir)):  # sizes already match: now the hashes
+        if damage(p, check_hashes=True) is None:
+            return p
+    return None
+
+
+def manifest(ckpt: str | os.PathLike) -> dict:
+    """``{relative path: {"size", "sha256"}}`` of every file under ``ckpt`` (marker and manifest excluded)."""
+    ckpt = Path(ckpt)
+    out = {}
+    for f in sorted(ckpt.rglob("*")):
+        rel = f.relative_to(ckpt).as_posix()
+        if f.is_file() and rel not in (MARKER, MANIFEST):
+            out[rel] = {"size": f.stat().st_size, "sha256": _sha256(f)}
+    return out
+
+
+def damage(ckpt: str | os.PathLike, check_hashes: bool = True) -> str | None:
+    """What is wrong with a committed checkpoint's files, or None. Logged as a warning when something is."""
+    ckpt = Path(ckpt)
+    try:
+        expected = json.loads((ckpt / MANIFEST).read_text())
+    except (OSError, ValueError):
+        problem = f"no readable {MANIFEST}"
+    else:
+        problem = None
+        for rel, info in expected.items():
+            f = ckpt / rel
+            if not f.is_file():
+                problem = f"{rel} is missing"
+            elif f.stat().st_size != info["size"]:
+                problem = f"{rel} has {f.stat().st_size} bytes, {info['size']} were written"
+            elif check_hashes and _sha256(f) != info["sha256"]:
+                problem = f"{rel} changed after it was written (SHA-256 differs)"
+            if problem:
+                break
+    if problem:
+        log.warning("skipping checkpoint %s: %s", ckpt, problem)
+    return problem
+
+
+def rotate(run_dir: str | os.PathLike, keep: int | None) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond ``keep``; returns what was deleted.
+
+    Only checkpoints that still match their manifest are counted and kept, so a damaged newer checkpoint
+    never pushes the last good one out; damaged ones older than the newest good one are deleted too.
+    """
+    if not keep or keep < 1:
+        return []
+    good = complete_checkpoints(run_dir, check_hashes=True)
+    doomed = good[:-keep]
+    newest = good[-1] if good else None
+    for p in Path(run_dir).iterdir():
+        m = _CKPT_RE.match(p.name)
+        if m and p.is_dir() and p not in good and newest is not None and int(m.group(1)) < int(newest.name.split("-")[1]):
+            doomed.append(p)  # damaged or unfinished, and a newer good one exists
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def clear_staging(run_dir: str | os.PathLike) -> None:

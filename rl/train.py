@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    final = run(recipe)
+    try:
+        final = run(recipe)
+    except RecipeError as e:  # a resume that does not fit the run's checkpoints
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"trained policy saved to {final}")
     return 0
 
@@ -91,6 +95,8 @@ def run(recipe: Recipe, callbacks=()) -> Path:
     # (policy-init, the SFT policy) before the trainers exist.
     state = PartialState()
     run_dir = Path(recipe.run.output_dir)
+    if recipe.run.resume:
+        refuse_changed_resume(recipe, run_dir)
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(recipe, run_dir / "recipe.yaml")
@@ -114,6 +120,35 @@ def run(recipe: Recipe, callbacks=()) -> Path:
         trainer.add_callback(monitor.HeldOutEval(trainer, recipe))
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return tr.save_final(trainer, processor, run_dir / "final")
+
+
+# What a checkpoint's weights, optimizer state and rollout layout depend on: resuming under other values would
+# load weights into another policy, decode codes with another tokenizer, or regroup the sampled prompts.
+RESUME_FIXED = ("model", "data.env", "data.mask_tokenizer", "grpo.num_generations", "grpo.per_device_train_batch_size",
+                "grpo.gradient_accumulation_steps", "grpo.steps_per_generation")  # fmt: skip
+
+
+def refuse_changed_resume(recipe: Recipe, run_dir: Path) -> None:
+    """Raise ``RecipeError`` when ``run.resume`` would continue a run whose recipe differed in ``RESUME_FIXED``."""
+    from omegaconf import OmegaConf
+
+    from rl import checkpoint
+    from rl.config import to_dict
+
+    old_file = run_dir / "recipe.yaml"
+    if not old_file.is_file() or checkpoint.last_checkpoint(run_dir) is None:
+        return
+    old, new = OmegaConf.to_container(OmegaConf.load(old_file)), to_dict(recipe)
+    changed = []
+    for key in RESUME_FIXED:
+        a, b = old, new
+        for part in key.split("."):
+            a, b = (a or {}).get(part), (b or {}).get(part)
+        if a != b:
+            changed.append(f"{key}: {a!r} in {old_file}, {b!r} now")
+    if changed:
+        raise RecipeError(str(old_file), [f"run.resume=true, but the run's checkpoints were made with another setting: "
+                                          f"{c}; resume with the original value or use a new run.output_dir" for c in changed])  # fmt: skip
 
 
 def run_sft_stage(recipe: Recipe, run_dir: Path, train_ds) -> Path:

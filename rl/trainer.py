@@ -405,11 +405,10 @@ class SamtokGRPOTrainer(GRPOTrainer):
             self._save_rows(os.path.join(self._staging_root, name))  # every rank: gathering is collective
         finally:
             self._staging_root = None
+        _barrier()  # every rank's part (DeepSpeed partitions, RNG state) is written before the marker is
         if self.args.should_save:
             checkpoint.commit(run_dir, name)
-            from transformers.trainer_utils import rotate_checkpoints
-
-            rotate_checkpoints(run_dir, self.args.save_total_limit, use_mtime=False)
+            checkpoint.rotate(run_dir, self.args.save_total_limit)
         _barrier()
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):

@@ -213,3 +213,20 @@ def test_checkpoints_inside_a_generation_block_are_refused():
     load_recipe(recipe, ["grpo.steps_per_generation=2", "grpo.save_steps=4"])
     with pytest.raises(RecipeError, match="num_iterations"):
         load_recipe(recipe, ["grpo.num_iterations=2", "grpo.save_steps=5"])
+
+
+def test_resuming_with_a_changed_model_tokenizer_or_group_size_is_refused(tmp_path):
+    from rl.config import RecipeError, load_recipe, save_resolved
+    from rl.train import refuse_changed_resume
+    from test_rl_trainer import _fake_checkpoint
+
+    run = tmp_path / "run"
+    base = [f"run.output_dir={run}", "run.resume=true"]
+    recipe = ROOT / "recipes" / "shapes_gres.yaml"
+    _fake_checkpoint(run, 1)
+    save_resolved(load_recipe(recipe, base), run / "recipe.yaml")
+    refuse_changed_resume(load_recipe(recipe, [*base, "grpo.learning_rate=1e-6"]), run)  # may change
+    for change, key in (("model.tiny.hidden_size=32", "model"), ("data.mask_tokenizer=random", "data.mask_tokenizer"),
+                        ("grpo.num_generations=4", "grpo.num_generations")):  # fmt: skip
+        with pytest.raises(RecipeError, match=rf"{key}: .* in {run / 'recipe.yaml'}"):
+            refuse_changed_resume(load_recipe(recipe, [*base, change]), run)

@@ -234,3 +234,34 @@ def test_shapes_rows_are_cached_on_disk_and_identical(tmp_path, monkeypatch):
     other = load_recipe(ROOT / "recipes" / "shapes_gres.yaml", ["data.shapes.n_train=6", "data.shapes.seed=1"])
     tr.shapes_dataset(other, "train", 6)
     assert calls  # a different world is built, not read from the cache
+
+
+def _fake_checkpoint(run: Path, step: int) -> Path:
+    staged = Path(checkpoint.staging_dir(run)) / f"checkpoint-{step}"
+    (staged / "sub").mkdir(parents=True)
+    (staged / "model.safetensors").write_bytes(bytes(range(256)) * (step + 1))
+    (staged / "sub" / "optim_states.pt").write_bytes(b"moments" * step)
+    return checkpoint.commit(run, f"checkpoint-{step}")
+
+
+def test_damaged_checkpoints_are_skipped_and_rotation_keeps_a_good_one(tmp_path, caplog):
+    run = tmp_path / "run"
+    for step in (1, 2, 3):
+        _fake_checkpoint(run, step)
+    assert checkpoint.last_checkpoint(run).name == "checkpoint-3"
+    # Truncated after the marker was written: the size no longer matches.
+    with open(run / "checkpoint-3" / "model.safetensors", "r+b") as f:
+        f.truncate(10)
+    # Altered in place, same size: only the hash tells.
+    path = run / "checkpoint-2" / "sub" / "optim_states.pt"
+    path.write_bytes(path.read_bytes().replace(b"moments", b"MOMENTS", 1))
+    with caplog.at_level("WARNING", logger="rl.checkpoint"):
+        assert checkpoint.last_checkpoint(run).name == "checkpoint-1"
+    assert "checkpoint-3: model.safetensors has 10 bytes" in caplog.text
+    assert "checkpoint-2: sub/optim_states.pt changed after it was written" in caplog.text
+    # Rotation to 1 counts good checkpoints only: checkpoint-1 stays, the damaged newer ones do not push it out.
+    checkpoint.rotate(run, 1)
+    assert checkpoint.last_checkpoint(run).name == "checkpoint-1"
+    _fake_checkpoint(run, 4)
+    checkpoint.rotate(run, 1)
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-4"]
