@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from rl.config import Recipe, RecipeError, load_recipe, save_resolved
+from rl.preemption import Preempted, StopOnSigterm
 
 log = logging.getLogger("samtok_rl.train")
 
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as e:  # a resume that does not fit the run's checkpoints
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:  # a clean stop: the scheduler must not count it as a failure
+        print(f"preempted: {e}", file=sys.stderr)
+        return 0
     print(f"trained policy saved to {final}")
     return 0
 
@@ -118,7 +122,12 @@ def run(recipe: Recipe, callbacks=()) -> Path:
     trainer = tr.build_trainer(recipe, run_dir, train_ds, eval_ds, model, processor, callbacks, args)
     if monitor.enabled(recipe):  # held-out metrics and rollout images every monitor.eval_steps/image_steps
         trainer.add_callback(monitor.HeldOutEval(trainer, recipe))
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    stop = StopOnSigterm(args.num_iterations)
+    trainer.add_callback(stop)
+    with stop.installed():
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if stop.stopped_at is not None:
+        raise Preempted(run_dir / f"checkpoint-{stop.stopped_at}")
     return tr.save_final(trainer, processor, run_dir / "final")
 
 

@@ -230,3 +230,40 @@ def test_resuming_with_a_changed_model_tokenizer_or_group_size_is_refused(tmp_pa
                         ("grpo.num_generations=4", "grpo.num_generations")):  # fmt: skip
         with pytest.raises(RecipeError, match=rf"{key}: .* in {run / 'recipe.yaml'}"):
             refuse_changed_resume(load_recipe(recipe, [*base, change]), run)
+
+
+def test_sigterm_saves_a_complete_checkpoint_exits_0_and_resumes_exactly(tmp_path):
+    """Cluster preemption: SIGTERM mid-run finishes the step, checkpoints it (although no periodic save was
+    due), exits 0 without final/; the resumed run then equals one that ran straight to the same step."""
+    import signal
+
+    data = write_prepared(tmp_path / "data", n=8)
+    run = tmp_path / "run"
+    base = _overrides(data, run, "grpo.save_steps=1000")
+    proc = subprocess.Popen([sys.executable, "-m", "rl.train", str(ROOT / "recipes" / "shapes_gres.yaml"), *base,
+                             "grpo.max_steps=1000"], cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not (run / "completions" / "completions_00002.parquet").exists():
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert proc.returncode == 0, err[-3000:]
+    stopped = checkpoint.last_checkpoint(run)
+    assert stopped is not None and "preempted: stopped on SIGTERM after saving" in err
+    assert not (run / "final").exists()
+    step = int(stopped.name.split("-")[1])
+    assert step >= 2
+
+    straight = tmp_path / "straight"
+    _train(0, _overrides(data, straight, f"grpo.max_steps={step + 2}", "grpo.save_steps=1000"))
+    _train(0, [*base, f"grpo.max_steps={step + 2}", "run.resume=true"])
+    last = f"checkpoint-{step + 2}"
+    assert_same_state(checkpoint_state(straight / last), checkpoint_state(run / last))
+    assert completions(straight) == completions(run)
