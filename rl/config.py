@@ -133,6 +133,9 @@ class Run:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     # Keep at most this many complete checkpoints (None: all).
     keep_checkpoints: int | None = 2
+    # Optimizer steps whose gradients are not finite are skipped (weights and optimizer state untouched);
+    # this many in a row stop the run with an error, the last checkpoint intact.
+    max_nonfinite_steps: int = 3
 
 
 @dataclass
@@ -358,6 +361,8 @@ def _check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
     if not 0 < r.reward_runtime.max_failure_rate <= 1:
         problems.append("reward_runtime.max_failure_rate: must be in (0, 1]")
     _check_resumable(r.grpo, problems)
+    if r.run.max_nonfinite_steps < 1:
+        problems.append(f"run.max_nonfinite_steps: {r.run.max_nonfinite_steps} must be >= 1")
     weights = r.grpo.get("reward_weights")
     if weights is not None:
         problems.append("grpo.reward_weights: set each reward's weight under rewards[] instead")

@@ -23,6 +23,7 @@ What we add to TRL, and where:
 from __future__ import annotations
 
 import logging
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -367,12 +368,37 @@ class SamtokGRPOTrainer(GRPOTrainer):
     prompts in the completion logs (W&B), and one image placeholder per image for colocated vLLM."""
 
     _staging_root: str | None = None
+    max_nonfinite_steps = 3  # set from run.max_nonfinite_steps by build_trainer
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.nonfinite_skipped = 0  # steps skipped for non-finite gradients, in this process
+        self._nonfinite_in_a_row = 0
         if self.use_vllm and self.vllm_mode == "colocate":
             pad = self.processing_class.tokenizer.convert_tokens_to_ids("<|image_pad|>")
             self.vllm_generation.generate = vllm_backend.one_placeholder_per_image(self.vllm_generation.generate, pad)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # Called once per optimizer step, just before optimizer.step(), with the global gradient norm.
+        # Dropping every gradient (None) makes torch's optimizers skip each parameter: weights, moments and
+        # step counts stay as they were. DeepSpeed keeps gradients in its own buffers and steps its own way.
+        norm = super()._get_grad_norm(model, grad_norm)
+        if norm is None or math.isfinite(float(norm)):
+            self._nonfinite_in_a_row = 0
+            return norm
+        if self.is_deepspeed_enabled:
+            raise NonFiniteError(f"step {self.state.global_step + 1}: the gradient norm is {norm} under DeepSpeed, "
+                                 "where the step cannot be skipped safely; lower the learning rate or check the data")  # fmt: skip
+        model.zero_grad(set_to_none=True)
+        self.nonfinite_skipped += 1
+        self._nonfinite_in_a_row += 1
+        log.warning("step %d: gradient norm %s, step skipped (%d in a row)", self.state.global_step + 1, norm,
+                    self._nonfinite_in_a_row)  # fmt: skip
+        if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
+            raise NonFiniteError(f"{self._nonfinite_in_a_row} optimizer steps in a row had non-finite gradients "
+                                 f"(up to step {self.state.global_step + 1}); stopping with the last checkpoint intact. "
+                                 "Lower grpo.learning_rate, set grpo.max_grad_norm, or check rewards and data.")  # fmt: skip
+        return norm
 
     def _get_train_sampler(self, dataset=None):
         s = super()._get_train_sampler(dataset)
@@ -397,6 +423,9 @@ class SamtokGRPOTrainer(GRPOTrainer):
         return self._staging_root or super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial):
+        bad = [n for n, p in self.model.named_parameters() if p.numel() and not torch.isfinite(p).all()]
+        if bad:  # a checkpoint of a broken state would replace a good one in the rotation
+            raise NonFiniteError(f"step {self.state.global_step}: non-finite weights in {bad[:5]}; not checkpointed")
         run_dir = super()._get_output_dir(trial)
         name = f"checkpoint-{self.state.global_step}"
         self._staging_root = checkpoint.staging_dir(run_dir)
@@ -452,6 +481,8 @@ class SamtokGRPOTrainer(GRPOTrainer):
         # A W&B Table needs one type per column, and a VLM prompt's content mixes {"type": "image"} with
         # {"type": "text", "text": ...} parts: TRL logs the messages as they are and wandb raises, which
         # stops training at the first log. The logged prompts become plain text for every backend.
+        if "loss" in logs:
+            logs["nonfinite_skipped"] = float(self.nonfinite_skipped)
         prompts = self._logs["prompt"]
         if self.log_completions and prompts:
             flat = [messages_text(p) for p in prompts]
@@ -464,6 +495,10 @@ class SamtokGRPOTrainer(GRPOTrainer):
         rows = {id(p) for p in _row_params(model)}
         names = super().get_decay_parameter_names(model)
         return [n for n, p in model.named_parameters() if n in set(names) and id(p) not in rows]
+
+
+class NonFiniteError(RuntimeError):
+    """Training cannot go on: gradients non-finite too many steps in a row, or weights non-finite at a save."""
 
 
 class EpochSeededRepeatSampler(RepeatSampler):
@@ -510,10 +545,12 @@ def build_trainer(recipe: Recipe, run_dir: str | os.PathLike, train_dataset, eva
     if model is None:
         model, processor = prepare_policy(recipe, run_dir)
     funcs = build_rewards(recipe, processor.tokenizer)
-    return SamtokGRPOTrainer(
+    trainer = SamtokGRPOTrainer(
         model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         processing_class=processor, callbacks=list(callbacks),
     )  # fmt: skip
+    trainer.max_nonfinite_steps = recipe.run.max_nonfinite_steps
+    return trainer
 
 
 def save_final(trainer, processor, path: str | os.PathLike) -> Path:

@@ -1,0 +1,63 @@
+"""Non-finite gradients: the step is skipped with weights and optimizer moments untouched, counted and logged;
+too many in a row stop the run with a clear error and the last checkpoint intact."""
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from rl import checkpoint
+from rl import trainer as tr
+from test_rl_trainer import one_thread, tiny_recipe  # noqa: F401 (fixture)
+
+
+class NaNGradientsAt(TrainerCallback):
+    """Poisons one trainable parameter's gradient during the given steps; snapshots the state after every step."""
+
+    def __init__(self, steps):
+        self.steps, self.handle, self.after = set(steps), None, {}
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step + 1 in self.steps:
+            p = next(p for n, p in model.named_parameters() if p.requires_grad and "layers.0" in n)
+            self.handle = p.register_hook(lambda g: g * float("nan"))
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+        moments = [s["exp_avg"].clone() for s in optimizer.state.values() if "exp_avg" in s]
+        self.after[state.global_step] = ({n: p.detach().clone() for n, p in model.named_parameters()}, moments)
+
+
+def _trainer(tmp_path, *overrides, callback):
+    recipe = tiny_recipe(tmp_path, *overrides)
+    ds, _ = tr.load_datasets(recipe)
+    model, processor = tr.prepare_policy(recipe, tmp_path / "run")
+    return tr.build_trainer(recipe, tmp_path / "run", ds, None, model, processor, callbacks=[callback])
+
+
+def test_a_non_finite_step_is_skipped_and_counted(tmp_path):
+    torch.manual_seed(0)
+    poison = NaNGradientsAt({2})
+    trainer = _trainer(tmp_path, "grpo.max_steps=3", callback=poison)
+    trainer.train()
+    (w1, m1), (w2, m2), (w3, _) = poison.after[1], poison.after[2], poison.after[3]
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)  # step 2 left the weights ...
+    assert len(m1) == len(m2) and all(torch.equal(a, b) for a, b in zip(m1, m2))  # ... and Adam's moments alone
+    assert any(not torch.equal(w2[k], w3[k]) for k in w2)  # step 3 trained again
+    logged = [h["nonfinite_skipped"] for h in trainer.state.log_history if "nonfinite_skipped" in h]
+    assert logged == [0.0, 1.0, 1.0] and trainer.nonfinite_skipped == 1
+
+
+def test_too_many_non_finite_steps_in_a_row_stop_with_the_last_checkpoint_intact(tmp_path):
+    torch.manual_seed(0)
+    trainer = _trainer(tmp_path, "grpo.max_steps=5", "grpo.save_strategy=steps", "grpo.save_steps=1",
+                       "run.max_nonfinite_steps=2", callback=NaNGradientsAt({2, 3}))  # fmt: skip
+    with pytest.raises(tr.NonFiniteError, match="2 optimizer steps in a row had non-finite gradients"):
+        trainer.train()
+    last = checkpoint.last_checkpoint(tmp_path / "run")
+    assert last is not None and last.name == "checkpoint-2"
+    from rl.policy import load_policy
+
+    model, _ = load_policy(last)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
