@@ -113,6 +113,11 @@ def test_two_ranks_zero3_lora_resume_equals_straight(tmp_path):
     assert len(ranks) == 2 and {"rng_state_0.pth", "rng_state_1.pth", "mask_token_rows.safetensors"} <= a.keys()
     assert_same_state(a, b)
     assert completions(straight) == completions(resumed)
+    # The two ranks drew the same prompt groups: each group of 4 generations (spread over the ranks, gathered
+    # in the log) shares one prompt.
+    for step in completions(straight).values():
+        groups = [step["prompt"][i : i + 4] for i in range(0, len(step["prompt"]), 4)]
+        assert groups and all(len(set(g)) == 1 for g in groups)
 
     m0, m1, tokenizer = before_after(straight)
     changed = changed_params(m0, m1)
