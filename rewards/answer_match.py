@@ -1,4 +1,4 @@
-"""The textual answer-matching reward (SAMTok §4.2): mask-token groups are compared as strings, no decoding.
+r"""The textual answer-matching reward (SAMTok §4.2): mask-token groups are compared as strings, no decoding.
 
 Rules, as in the released reward code:
 

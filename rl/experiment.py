@@ -527,7 +527,7 @@ def write_report(plan: Plan, summary: dict, out: Path) -> str:
         *[f"- `{v}`: {' '.join(o) or 'the base recipe'}; compared with `{summary['sft_of'][v]}`"
           for v, o in plan.variants.items()],
         *[f"- warning: {w}" for w in plan.warnings],
-        *([f"", demo_mod.recall_note()] if task == "gcg" else []),
+        *(["", demo_mod.recall_note()] if task == "gcg" else []),
         "",
         "## Per seed",
         "",

@@ -86,11 +86,11 @@ def preflight(recipe: Recipe) -> str | None:
 
 def run(recipe: Recipe, callbacks=()) -> Path:
     """SFT warm start (if enabled), then GRPO; returns the directory of the final policy."""
+    from accelerate import PartialState
     from transformers import set_seed
 
-    from rl import checkpoint, monitor, trainer as tr
-
-    from accelerate import PartialState
+    from rl import checkpoint, monitor
+    from rl import trainer as tr
 
     if monitor.zero3_problem(recipe):  # before minutes of SFT
         raise monitor.MonitorError(monitor.zero3_problem(recipe))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from safetensors.torch import load_file
 
 from rl.policy import load_policy

@@ -3,10 +3,10 @@ gives other rollouts; data-loading workers do not change the batches."""
 
 import pandas as pd
 import torch
-
 from resume_run import TIMING
-from rl import trainer as tr
 from test_rl_trainer import one_thread, tiny_recipe  # noqa: F401 (fixture)
+
+from rl import trainer as tr
 
 
 def _trajectory(tmp_path, name, *overrides):

@@ -3,11 +3,11 @@ too many in a row stop the run with a clear error and the last checkpoint intact
 
 import pytest
 import torch
+from test_rl_trainer import one_thread, tiny_recipe  # noqa: F401 (fixture)
 from transformers import TrainerCallback
 
 from rl import checkpoint
 from rl import trainer as tr
-from test_rl_trainer import one_thread, tiny_recipe  # noqa: F401 (fixture)
 
 
 class NaNGradientsAt(TrainerCallback):

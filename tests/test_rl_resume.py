@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from resume_run import assert_same_state, checkpoint_state, completions
-from rl import checkpoint
 from test_rl_trainer import write_prepared
+
+from rl import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = str(ROOT / "tests" / "resume_run.py")
@@ -221,9 +221,10 @@ def test_checkpoints_inside_a_generation_block_are_refused():
 
 
 def test_resuming_with_a_changed_model_tokenizer_or_group_size_is_refused(tmp_path):
+    from test_rl_trainer import _fake_checkpoint
+
     from rl.config import RecipeError, load_recipe, save_resolved
     from rl.train import refuse_changed_resume
-    from test_rl_trainer import _fake_checkpoint
 
     run = tmp_path / "run"
     base = [f"run.output_dir={run}", "run.resume=true"]
