@@ -259,3 +259,29 @@ def test_config_validation():
         config.TokenizerConfig(codebook_size=512)
     with pytest.raises(ValueError, match="unknown SAM2 config"):
         config.from_sam2("sam2.1_hiera_xxl")
+
+
+def test_box_prompts_follow_the_convention_the_tokenizer_was_trained_with():
+    """The committed tiny tokenizer was trained with exclusive boxes: it is prompted that way (its codes are
+    those it produced before the official inclusive convention became the default), while a tokenizer in the
+    official convention gets the inclusive box itself."""
+    import dataclasses
+
+    import numpy as np
+
+    from tokenizer import MaskTokenizer
+    from tokenizer.masks import mask_to_box
+
+    tiny = MaskTokenizer.tiny_pretrained()
+    assert tiny.config.box_convention == "exclusive"
+    official = MaskTokenizer(dataclasses.replace(tiny.config, box_convention="inclusive")).eval()
+    official.load_state_dict(tiny.state_dict())
+    masks = np.zeros((2, 64, 64), bool)
+    masks[0, 5:20, 8:30] = True
+    masks[1, 40:60, 2:12] = True
+    inclusive = np.array([mask_to_box(m) for m in masks])
+    exclusive = inclusive + [0, 0, 1, 1]
+    np.testing.assert_array_equal(tiny.prompt_boxes(None, masks), exclusive)
+    np.testing.assert_array_equal(official.prompt_boxes(None, masks), inclusive)
+    image = np.full((64, 64, 3), 128, np.uint8)
+    assert torch.equal(tiny.encode(image, masks), official.encode(image, masks, boxes=exclusive))

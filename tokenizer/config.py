@@ -55,6 +55,11 @@ class TokenizerConfig:
     dead_code_threshold: float = 1.0  # EMA count below which a code is restarted (officially 1.0)
     # Inference
     mask_threshold: float = 0.5  # on the upsampled logits, as the official inference code does
+    # The box prompt's far corner as this tokenizer was trained: "inclusive" (the last pixel row/column, the
+    # official convention, torchvision masks_to_boxes) or "exclusive" (one past it). Codes depend on it: a
+    # tokenizer prompted in a convention it was not trained with encodes every mask slightly off, and policies
+    # learn those codes worse (the committed tiny tokenizer was trained with exclusive boxes).
+    box_convention: str = "inclusive"
     cache_size: int = 4  # image-feature cache entries (LRU)
     # Training losses (official weights)
     bce_weight: float = 2.0
@@ -73,6 +78,8 @@ class TokenizerConfig:
             setattr(self.trunk, name, tuple(getattr(self.trunk, name)))
         # Hiera downsamples 4 times by 2 after a stride-4 patch embedding; the FPN then upsamples the
         # stride-32 map by 2 and adds it to the stride-16 one, so odd sizes there would not line up.
+        if self.box_convention not in ("inclusive", "exclusive"):
+            raise ValueError(f"box_convention must be 'inclusive' or 'exclusive', got {self.box_convention!r}")
         if self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
         if self.codebook_size != CODEBOOK_SIZE or self.codebook_depth != CODEBOOK_DEPTH:

@@ -139,7 +139,7 @@ class MaskTokenizer(nn.Module):
         empty = [i for i in range(len(m)) if not m[i].any()]
         if empty:
             raise ValueError(f"masks {empty} are empty: an empty mask has no box and cannot be encoded")
-        b = _as_boxes(boxes, m)
+        b = self.prompt_boxes(boxes, m)
         feats = self.image_features(pixels)
         codes = []
         for s in range(0, len(m), self.max_masks_per_pass):
@@ -149,6 +149,14 @@ class MaskTokenizer(nn.Module):
         return torch.cat(codes).cpu()
 
     @torch.no_grad()
+    def prompt_boxes(self, boxes, masks) -> np.ndarray:
+        """The box prompts [N, 4] for ``masks``: ``boxes`` (inclusive, the official convention) or each mask's
+        tight box, shifted to the convention this tokenizer was trained with (``config.box_convention``)."""
+        b = _as_boxes(boxes, masks)  # a fresh float64 array
+        if self.config.box_convention == "exclusive":
+            b[:, 2:] += 1
+        return b
+
     def decode(self, image, codes) -> torch.Tensor:
         """Masks ``BoolTensor[N, H, W]`` (the image's size) for ``codes`` [N, 2] (or [N, 1]).
 

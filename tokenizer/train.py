@@ -138,7 +138,7 @@ def _latents(model: MaskTokenizer, batch: list):
     size = model.sam.sam_prompt_encoder.mask_input_size
     prompts = torch.cat([F.interpolate(m, size=size, mode="bilinear", align_corners=False, antialias=True)[:, 0]
                          for m in masks])
-    boxes = torch.cat([model.scale_boxes(_as_boxes(None, m), p.shape[:2]) for p, (_, m) in zip(pixels, batch)])
+    boxes = torch.cat([model.scale_boxes(model.prompt_boxes(None, m), p.shape[:2]) for p, (_, m) in zip(pixels, batch)])
     return feats, model.embed_masks(feats, prompts.to(model.device), boxes)
 
 
