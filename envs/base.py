@@ -25,9 +25,9 @@ question    the question text; ``expression`` (GRES) / ``caption`` (GCG, no toke
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image
@@ -244,7 +244,8 @@ def _row(sample: dict, mask_texts: list[str]) -> dict:
 
 def row_features():
     """``datasets.Features`` of a row (explicit, so empty mask lists and mixed tasks keep one schema)."""
-    from datasets import Features, Image as ImageFeature, List, Value
+    from datasets import Features, List, Value
+    from datasets import Image as ImageFeature
 
     content = {"type": Value("string"), "text": Value("string")}
     return Features({

@@ -18,7 +18,8 @@ group) where this path drops them.
 from __future__ import annotations
 
 import re
-from typing import Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 CODEBOOK_SIZE = 256
 CODEBOOK_DEPTH = 2

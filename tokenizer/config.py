@@ -97,7 +97,7 @@ class TokenizerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TokenizerConfig":
+    def from_dict(cls, data: dict) -> TokenizerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -108,7 +108,7 @@ class TokenizerConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "TokenizerConfig":
+    def load(cls, path: str | Path) -> TokenizerConfig:
         try:
             data = json.loads(Path(path).read_text())
         except json.JSONDecodeError as e:

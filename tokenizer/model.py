@@ -322,7 +322,7 @@ class MaskTokenizer(nn.Module):
         os.replace(path / "config.json.tmp", path / "config.json")
 
     @classmethod
-    def from_pretrained(cls, path, device=None) -> "MaskTokenizer":
+    def from_pretrained(cls, path, device=None) -> MaskTokenizer:
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -334,7 +334,7 @@ class MaskTokenizer(nn.Module):
         return (model.to(device) if device is not None else model).eval()
 
     @classmethod
-    def tiny_pretrained(cls, device=None) -> "MaskTokenizer":
+    def tiny_pretrained(cls, device=None) -> MaskTokenizer:
         """The small tokenizer trained on the shapes world, committed in ``tokenizer/weights/tiny``."""
         if not (TINY_WEIGHTS / "model.safetensors").is_file():
             raise FileNotFoundError(f"{TINY_WEIGHTS} has no weights; {TINY_WEIGHTS / 'README.md'} has the commands "
@@ -343,7 +343,7 @@ class MaskTokenizer(nn.Module):
 
     @classmethod
     def load_official(cls, mask_tokenizer_ckpt, sam2_ckpt, sam2_config: str = "sam2.1_hiera_l",
-                      image_size: int = 1024) -> "MaskTokenizer":
+                      image_size: int = 1024) -> MaskTokenizer:
         """The released tokenizer from ``mask_tokenizer_256x2.pth`` and ``sam2.1_hiera_large.pt``.
 
         SAM2's weights are read first (under ``model.sam2_model.``), then the tokenizer's state dict on

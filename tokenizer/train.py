@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from tokenizer.masks import decode_rle, masks_iou, polygons_to_rle, validate_rle
-from tokenizer.model import MaskTokenizer, _as_boxes, to_rgb_array
+from tokenizer.model import MaskTokenizer, to_rgb_array
 
 
 @dataclass
