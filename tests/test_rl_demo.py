@@ -23,7 +23,7 @@ def test_demo_pipeline_writes_the_report(tmp_path, capsys):
     out = tmp_path / "demo"
     report = (out / "report.md").read_text()
     assert "| SFT |" in report and "| RL |" in report and "gIoU gain of RL over SFT" in report
-    assert "GRPO 2 steps with answer_match (coarse) x1." in report  # what GRPO optimised, from the recipe
+    assert "GRPO 2 steps with answer_match (coarse) x1 + mask_iou x1." in report  # what GRPO optimised, from the recipe
     assert report.splitlines()[0] in capsys.readouterr().out  # printed too
     for png in ("reward_curve.png", "eval_sft/grid.png", "eval_rl/grid.png"):
         assert (out / png).stat().st_size > 1000, png

@@ -182,6 +182,7 @@ def test_wandb_gets_the_metrics_and_the_image(tmp_path, monkeypatch):
                        "monitor.image_samples=1", "monitor.max_new_tokens=8")  # fmt: skip
     finally:
         wandb.finish()
+        wandb.teardown()  # wandb keeps its settings (WANDB_DIR) in a process-wide singleton otherwise
     assert [h["step"] for h in logs if "eval_metrics/gIoU" in h] == [0, 1]
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     images = sorted(p.name for p in (run_dir / "files" / "media" / "images").rglob("*.png"))

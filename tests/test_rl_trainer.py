@@ -161,6 +161,7 @@ def test_wandb_logging_with_image_prompts(tmp_path, monkeypatch):
         _train(tiny_recipe(tmp_path, "run.report_to=[wandb]"))
     finally:
         wandb.finish()
+        wandb.teardown()  # wandb keeps its settings (WANDB_DIR) in a process-wide singleton otherwise
     tables = sorted(tmp_path.rglob("completions_*.table.json"))
     assert tables, "no completions table reached W&B"
     table = json.loads(tables[-1].read_text())
