@@ -802,6 +802,14 @@ def _bare(target, texts, cols):
         return out
 
 
+
+def _attempt(fn, *args, **kwargs):
+    """``(result, None)``, or ``(None, exception)``: a failure is counted, never propagated."""
+    try:
+        return fn(*args, **kwargs), None
+    except Exception as e:  # noqa: BLE001
+        return None, e
+
 def _encode(tok, texts):
     try:
         return tok(texts, add_special_tokens=False)["input_ids"]
@@ -842,13 +850,7 @@ def run_wrapped(args, gen_seed, images, stats_out):
         ids_kinds["with out-of-vocab ids"] += sum(1 for x in ids if any(not 0 <= i < vocab for i in x))
         ids_kinds["all"] += len(ids)
 
-        def dec():
-            try:
-                return runtime.decode_raw(ids, tok), None
-            except Exception as e:  # noqa: BLE001
-                return None, e
-
-        raw, err = dstat.timed(dec)
+        raw, err = dstat.timed(lambda: _attempt(runtime.decode_raw, ids, tok))
         dstat.calls += 1
         dstat.items += len(ids)
         if err is not None:
@@ -872,13 +874,7 @@ def run_wrapped(args, gen_seed, images, stats_out):
                 cs, ii, rr, rw = ([x[i] for i in keep] for x in (comps, ids, rows, raw))
             cols = {c: [row[c] for row in rr] for c in t.columns}
 
-            def call():
-                try:
-                    return w(prompts=["p"] * len(cs), completions=cs, completion_ids=ii, **cols), None
-                except Exception as e:  # noqa: BLE001
-                    return None, e
-
-            out, e = s.timed(call)
+            out, e = s.timed(lambda: _attempt(w, prompts=["p"] * len(cs), completions=cs, completion_ids=ii, **cols))
             s.calls += 1
             s.items += len(cs)
             if e is not None:
