@@ -31,6 +31,10 @@ def run_sft(recipe: Recipe, model, processor, train_dataset, output_dir: str | o
     """Fine-tune ``model`` in place on ``train_dataset``'s answers; returns the trainer's log history."""
     from trl import SFTConfig, SFTTrainer
 
+    from rl import lm_head
+
+    lm_head.install()
+
     kwargs = {**SFT_DEFAULTS, **recipe.sft.args}
     for key in OWNED_BY_RUN:
         kwargs.pop(key, None)

@@ -32,7 +32,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from rl import checkpoint, vllm_backend
+from rl import checkpoint, lm_head, vllm_backend
 from rl.config import TINY, Recipe
 from rl.policy import ROWS_FILE, mask_token_ids
 from tokenizer.codec import embedding_weights
@@ -545,6 +545,7 @@ def build_trainer(recipe: Recipe, run_dir: str | os.PathLike, train_dataset, eva
     if model is None:
         model, processor = prepare_policy(recipe, run_dir)
     funcs = build_rewards(recipe, processor.tokenizer)
+    lm_head.install()
     trainer = SamtokGRPOTrainer(
         model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         processing_class=processor, callbacks=list(callbacks),
