@@ -16,7 +16,7 @@ from pathlib import Path
 
 def _builtins() -> dict:
     # Imported here so that listing names never imports torch (mask_iou does, lazily, when built).
-    from rewards import answer_match, format, iou
+    from rewards import answer_match, format, iou, latent
 
     return {
         "answer_match": answer_match.answer_match,
@@ -25,6 +25,7 @@ def _builtins() -> dict:
         "gres_format": format.gres_format,
         "gcg_format": format.gcg_format,
         "mask_iou": iou.mask_iou,
+        "latent_match": latent.LatentMatch,
     }
 
 

@@ -161,6 +161,22 @@ class Monitor:
     max_new_tokens: int | None = None
 
 
+ANSWER_KINDS = ("no_target", "single", "multi")
+
+
+@dataclass
+class Sampling:
+    """Which prompts GRPO trains on (``rl.sampling``); SFT is not affected.
+
+    ``balance``: draw GRPO prompts by answer kind in these proportions (normalised), e.g.
+    ``{no_target: 0.5, single: 0.3, multi: 0.2}``: ``no_target`` (no GT mask), ``single`` (one), ``multi``
+    (several). Each prompt's generations stay together, as in TRL's sampler; a kind with fewer rows than its
+    share is cycled (oversampled) within the epoch. None: TRL's uniform shuffle.
+    """
+
+    balance: dict[str, float] | None = None
+
+
 @dataclass
 class Recipe:
     run: Run = field(default_factory=Run)
@@ -171,6 +187,7 @@ class Recipe:
     sft: Sft = field(default_factory=Sft)
     grpo: dict[str, Any] = field(default_factory=dict)  # GRPOConfig fields
     monitor: Monitor = field(default_factory=Monitor)
+    sampling: Sampling = field(default_factory=Sampling)
 
 
 # ---------------------------------------------------------------- loading
@@ -369,6 +386,7 @@ def _check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
     if r.data.env in ("gres", "gcg") and not r.data.train:
         problems.append(f"data.train: required for env {r.data.env!r} (a prepared dataset from `samtok-rl prepare`)")
     _check_monitor(r, problems)
+    _check_sampling(r.sampling, problems)
     if check_files:
         _check_local_path(r.model.path, "model.path", problems)
         if r.data.mask_tokenizer not in ("tiny", "random") and not Path(r.data.mask_tokenizer).is_dir():
@@ -393,6 +411,18 @@ def _check_monitor(r: Recipe, problems: list[str]) -> None:
     if r.data.env in ("gres", "gcg") and not r.data.eval:
         problems.append(f"monitor: env {r.data.env!r} needs held-out rows to evaluate on: set data.eval (a prepared "
                         "dataset), or monitor.eval_steps=0 monitor.image_steps=0")  # fmt: skip
+
+
+def _check_sampling(s: Sampling, problems: list[str]) -> None:
+    if s.balance is None:
+        return
+    for kind, share in s.balance.items():
+        if kind not in ANSWER_KINDS:
+            problems.append(f"sampling.balance.{kind}: unknown answer kind{_suggest(kind, list(ANSWER_KINDS))}")
+        elif not _type_ok(share, float) or share < 0:
+            problems.append(f"sampling.balance.{kind}: {share!r} must be a number >= 0")
+    if all(_type_ok(v, float) for v in s.balance.values()) and sum(max(v, 0) for v in s.balance.values()) <= 0:
+        problems.append("sampling.balance: the shares sum to 0; give at least one kind a positive share (or null)")
 
 
 def _check_trl_builds(config_cls, values: dict, where: str, problems: list[str]) -> None:
@@ -450,10 +480,12 @@ def _check_reward(rw: Reward, where: str, problems: list[str]) -> None:
 
         from rewards import registry
 
-        if rw.name == "mask_iou":
-            from rewards.iou import mask_iou
+        heavy = {"mask_iou": ("rewards.iou", "mask_iou"), "latent_match": ("rewards.latent", "LatentMatch")}
+        if rw.name in heavy:  # they load a mask tokenizer when built: bind their parameters only
+            import importlib
 
-            inspect.signature(mask_iou).bind(**rw.params)
+            module, attr = heavy[rw.name]
+            inspect.signature(getattr(importlib.import_module(module), attr)).bind(**rw.params)
         else:
             registry.get_reward(rw.name, **rw.params)
     except Exception as e:  # the registry's message names the valid rewards or the bad parameter

@@ -51,6 +51,9 @@ EVAL_SPLITS = ("val", "test")
 SFT_SECTIONS = ("model", "data", "sft")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CELL_FILE = "cell.json"
+# Recipe sections added after cells were first keyed: left out of a cell's key while at their defaults, so that
+# adding an optional setting to the schema does not invalidate finished results.
+LATER_SECTIONS = {"sampling": {"balance": None}}
 
 
 class PlanError(ValueError):
@@ -290,6 +293,9 @@ def _recipe_key(recipe) -> str:
     d = to_dict(recipe)
     d["run"] = {k: v for k, v in d["run"].items() if k not in ("output_dir", "resume")}  # set by the harness
     d.pop("monitor", None)  # held-out logging during GRPO: it leaves the trained policy as it is (RNG kept)
+    for section, default in LATER_SECTIONS.items():
+        if d.get(section) == default:
+            d.pop(section)
     return _hash(d)
 
 

@@ -134,7 +134,7 @@ def run(recipe: Recipe, callbacks=()) -> Path:
 # What a checkpoint's weights, optimizer state and rollout layout depend on: resuming under other values would
 # load weights into another policy, decode codes with another tokenizer, or regroup the sampled prompts.
 RESUME_FIXED = ("model", "data.env", "data.mask_tokenizer", "grpo.num_generations", "grpo.per_device_train_batch_size",
-                "grpo.gradient_accumulation_steps", "grpo.steps_per_generation")  # fmt: skip
+                "grpo.gradient_accumulation_steps", "grpo.steps_per_generation", "sampling.balance")  # fmt: skip
 
 
 def refuse_changed_resume(recipe: Recipe, run_dir: Path) -> None:

@@ -30,9 +30,8 @@ from pathlib import Path
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
-from trl.trainer.utils import RepeatSampler
 
-from rl import checkpoint, lm_head, vllm_backend
+from rl import checkpoint, lm_head, sampling, vllm_backend
 from rl.config import TINY, Recipe
 from rl.policy import ROWS_FILE, mask_token_ids
 from tokenizer.codec import embedding_weights
@@ -369,6 +368,7 @@ class SamtokGRPOTrainer(GRPOTrainer):
 
     _staging_root: str | None = None
     max_nonfinite_steps = 3  # set from run.max_nonfinite_steps by build_trainer
+    balance: dict | None = None  # set from sampling.balance by build_trainer
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -402,7 +402,11 @@ class SamtokGRPOTrainer(GRPOTrainer):
 
     def _get_train_sampler(self, dataset=None):
         s = super()._get_train_sampler(dataset)
-        return EpochSeededRepeatSampler(s.data_source, s.mini_repeat_count, s.batch_size, s.repeat_count, s.shuffle, s.seed)
+        layout = (s.data_source, s.mini_repeat_count, s.batch_size, s.repeat_count, s.shuffle, s.seed)
+        if self.balance:
+            kinds = sampling.dataset_kinds(dataset if dataset is not None else self.train_dataset)
+            return sampling.BalancedRepeatSampler(*layout, kinds=kinds, shares=self.balance)
+        return sampling.EpochSeededRepeatSampler(*layout)
 
     def _load_rng_state(self, checkpoint_dir):
         # Called once, at the resumed step, just before the first batch. TRL counts micro-steps in ``_step``
@@ -501,26 +505,6 @@ class NonFiniteError(RuntimeError):
     """Training cannot go on: gradients non-finite too many steps in a row, or weights non-finite at a save."""
 
 
-class EpochSeededRepeatSampler(RepeatSampler):
-    """TRL's ``RepeatSampler`` with each epoch's order drawn from ``seed + epoch``.
-
-    TRL's draws every epoch from one generator seeded once, so a process resumed in epoch 2 starts that
-    generator afresh and replays epoch 1's order. The Trainer calls ``set_epoch`` before every epoch
-    (through accelerate's loader, also after ``skip_first_batches``), so the order is a function of the
-    epoch alone, the same for a straight and a resumed run, and for every rank.
-    """
-
-    epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        if self.shuffle:
-            self.generator.manual_seed((self.seed or 0) + self.epoch)
-        return super().__iter__()
-
-
 def messages_text(messages) -> str:
     """``role: text`` lines of a conversation, images written ``<image>``; a string is returned as is."""
     if isinstance(messages, str):
@@ -551,6 +535,7 @@ def build_trainer(recipe: Recipe, run_dir: str | os.PathLike, train_dataset, eva
         processing_class=processor, callbacks=list(callbacks),
     )  # fmt: skip
     trainer.max_nonfinite_steps = recipe.run.max_nonfinite_steps
+    trainer.balance = recipe.sampling.balance
     return trainer
 
 

@@ -1,0 +1,81 @@
+"""rl.sampling: GRPO prompts drawn by answer kind in the configured proportions, in TRL's repeat layout,
+reproducibly per epoch; the recipe switch reaches the trainer and bad shares are refused."""
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from rl import sampling
+from rl.config import RecipeError, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ["no_target"] * 10 + ["single"] * 60 + ["multi"] * 30
+
+
+def test_answer_kinds_and_exact_counts():
+    assert [sampling.answer_kind(nt, n) for nt, n in [(True, 0), (False, 0), (False, 1), (False, 3)]] == [
+        "no_target", "no_target", "single", "multi"]
+    assert sampling.kind_counts({"no_target": 1, "single": 1, "multi": 1}, 100) == {
+        "no_target": 34, "single": 33, "multi": 33}
+    assert sum(sampling.kind_counts({"no_target": 0.5, "single": 0.3, "multi": 0.2}, 37).values()) == 37
+
+
+def test_balanced_sampler_draws_the_shares_and_keeps_trls_layout():
+    s = sampling.BalancedRepeatSampler(list(range(100)), mini_repeat_count=4, batch_size=5, repeat_count=2, seed=3,
+                                       kinds=KINDS, shares={"no_target": 0.5, "single": 0.3, "multi": 0.2})
+    out = list(s)
+    assert len(out) == len(s) == 100 * 4 * 2
+    # TRL's layout: each prompt's 4 copies together, each batch of 5 prompts repeated twice
+    prompts = out[::4]
+    assert all(out[i : i + 4] == [out[i]] * 4 for i in range(0, len(out), 4))
+    batches = [prompts[i : i + 10] for i in range(0, len(prompts), 10)]
+    assert all(b[:5] == b[5:] for b in batches)
+    order = [b[0:5] for b in batches]
+    drawn = Counter(KINDS[i] for batch in order for i in batch)
+    assert drawn == {"no_target": 50, "single": 30, "multi": 20}  # exact, the 10 no-target rows cycled 5 times
+    no_target = Counter(i for batch in order for i in batch if KINDS[i] == "no_target")
+    assert set(no_target.values()) == {5}
+    # per epoch reproducible (resume, every rank alike), and a new order each epoch
+    again = sampling.BalancedRepeatSampler(list(range(100)), 4, 5, 2, seed=3, kinds=KINDS,
+                                           shares={"no_target": 0.5, "single": 0.3, "multi": 0.2})
+    assert list(again) == out
+    again.set_epoch(1)
+    assert list(again) != out
+
+
+def test_a_kind_without_rows_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="asks for multi prompts.*'multi': 0"):
+        sampling.BalancedRepeatSampler(list(range(3)), 2, kinds=["single", "no_target", "single"],
+                                       shares={"multi": 1.0, "single": 1.0})
+
+
+def test_recipe_refuses_bad_shares():
+    with pytest.raises(RecipeError) as e:
+        load_recipe(ROOT / "recipes" / "shapes_gres.yaml",
+                    ["sampling.balance={no_targets: 0.5, single: -1}", "sampling.blance=1"])
+    msg = str(e.value)
+    assert "sampling.balance.no_targets: unknown answer kind (did you mean 'no_target'?)" in msg
+    assert "sampling.balance.single: -1 must be a number >= 0" in msg
+    assert "sampling.blance: unknown key" in msg
+
+
+def test_the_trainer_draws_balanced_prompts(tmp_path):
+    """Through the recipe: every prompt GRPO generates for is a no-target one when the share says so."""
+    from test_rl_trainer import _train, tiny_recipe
+
+    torch.set_num_threads(1)
+    recipe = tiny_recipe(tmp_path, "sampling.balance={no_target: 1.0}", "grpo.max_steps=1",
+                         "grpo.log_completions=true")
+    trainer, _, _ = _train(recipe)
+    sampler = trainer._get_train_sampler(trainer.train_dataset)
+    assert isinstance(sampler, sampling.BalancedRepeatSampler)
+    rows = trainer.train_dataset
+    assert any(not nt for nt in rows["no_target"])  # the data has target rows; none was drawn
+    assert all(rows[i]["no_target"] or not rows[i]["masks"] for i in sampler)
+    import pandas as pd
+
+    logged = pd.read_parquet(sorted((tmp_path / "run" / "completions").glob("*.parquet"))[-1])
+    no_target_prompts = {p for i in range(len(rows)) if rows[i]["no_target"] for p in [rows[i]["question"]]}
+    assert all(any(q in str(p) for q in no_target_prompts) for p in logged["prompt"])
