@@ -154,14 +154,66 @@ def gcg_scores(completion, answer, grading: str = "binary") -> dict[str, float]:
     }
 
 
+class AnswerMatch:
+    """The answer-matching reward as a callable (TRL's contract; picklable: plain attributes only)."""
+
+    __name__ = "answer_match"  # TRL names a reward's logged columns after it
+
+    def __init__(self, grading: str = "binary", task: str = "auto", phrase_weight: float = 0.0,
+                 no_repeat_weight: float = 0.0, normalize: bool = True):
+        _check_grading(grading)
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        for name, w in (("phrase_weight", phrase_weight), ("no_repeat_weight", no_repeat_weight)):
+            if not isinstance(w, (int, float)) or not w >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {w!r}")
+        self.grading, self.task = grading, task
+        self.phrase_weight, self.no_repeat_weight = phrase_weight, no_repeat_weight
+        self.total = 1.0 + phrase_weight + no_repeat_weight if normalize else 1.0
+
+    def score(self, completion, answer) -> float | None:
+        if not isinstance(answer, str):  # no ground truth for this row: not applicable (TRL's None)
+            return None
+        text, coarse = _text(completion), self.grading == "coarse"
+        if self.task == "gcg" or (self.task == "auto" and _OBJ_START in answer):
+            pred_groups, pred_phrases = _gcg_parse(text)
+            gt_groups, gt_phrases = _gt_gcg(answer)
+            value = _match(pred_groups, gt_groups, coarse)
+            if self.phrase_weight:
+                value += self.phrase_weight * _phrase_accuracy(pred_phrases, gt_phrases)
+            if self.no_repeat_weight:  # with at most 3 starts no group can repeat: skip the second parse
+                few = text.count("<|mt_start|>") <= MAX_REPEATS
+                value += self.no_repeat_weight * (1.0 if few else _no_repeat(_GROUP_RE.findall(text)))
+        else:
+            groups = _GROUP_RE.findall(text)
+            value = _match(groups, _gt_groups(answer), coarse) + self.phrase_weight  # full phrase credit
+            if self.no_repeat_weight:
+                value += self.no_repeat_weight * _no_repeat(groups)
+        return value / self.total
+
+    def __call__(self, prompts=None, completions=(), completion_ids=None, answer=None, **columns):
+        if answer is None:
+            raise ValueError("answer_match needs the dataset column 'answer' (the ground-truth answer text)")
+        return [self.score(c, a) for c, a in zip(completions, answer, strict=True)]
+
+
+class NoRepeat:
+    """The no-repeat term as a reward of its own (callable, picklable)."""
+
+    __name__ = "no_repeat"
+
+    def __call__(self, prompts=None, completions=(), completion_ids=None, **columns):
+        return [no_repeat(c) for c in completions]
+
+
 def answer_match(
     grading: str = "binary",
     task: str = "auto",
     phrase_weight: float = 0.0,
     no_repeat_weight: float = 0.0,
     normalize: bool = True,
-):
-    """Factory for the answer-matching reward.
+) -> AnswerMatch:
+    """The answer-matching reward (an ``AnswerMatch``).
 
     ``task="auto"`` scores a row as GCG when its answer contains an object-ref phrase, else as GRES.
     The reward is ``mask + phrase_weight * phrase + no_repeat_weight * no_repeat`` (phrase only for GCG rows;
@@ -172,48 +224,9 @@ def answer_match(
     The answer comes from the dataset column ``answer``. GCG needs the object-ref tokens, which TRL strips
     from ``completions``: use ``rewards.wrap_rewards``, which hands rewards the raw decoded text.
     """
-    _check_grading(grading)
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    for name, w in (("phrase_weight", phrase_weight), ("no_repeat_weight", no_repeat_weight)):
-        if not isinstance(w, (int, float)) or not w >= 0:
-            raise ValueError(f"{name} must be a number >= 0, got {w!r}")
-    coarse = grading == "coarse"
-    total = 1.0 + phrase_weight + no_repeat_weight if normalize else 1.0
-
-    def one(completion, answer) -> float | None:
-        if not isinstance(answer, str):  # no ground truth for this row: not applicable (TRL's None)
-            return None
-        text = _text(completion)
-        if task == "gcg" or (task == "auto" and _OBJ_START in answer):
-            pred_groups, pred_phrases = _gcg_parse(text)
-            gt_groups, gt_phrases = _gt_gcg(answer)
-            value = _match(pred_groups, gt_groups, coarse)
-            if phrase_weight:
-                value += phrase_weight * _phrase_accuracy(pred_phrases, gt_phrases)
-            if no_repeat_weight:  # with at most 3 starts no group can repeat: skip the second parse
-                few = text.count("<|mt_start|>") <= MAX_REPEATS
-                value += no_repeat_weight * (1.0 if few else _no_repeat(_GROUP_RE.findall(text)))
-        else:
-            groups = _GROUP_RE.findall(text)
-            value = _match(groups, _gt_groups(answer), coarse) + phrase_weight  # full phrase credit
-            if no_repeat_weight:
-                value += no_repeat_weight * _no_repeat(groups)
-        return value / total
-
-    def answer_match(prompts=None, completions=(), completion_ids=None, answer=None, **columns):
-        if answer is None:
-            raise ValueError("answer_match needs the dataset column 'answer' (the ground-truth answer text)")
-        return [one(c, a) for c, a in zip(completions, answer, strict=True)]
-
-    return answer_match
+    return AnswerMatch(grading, task, phrase_weight, no_repeat_weight, normalize)
 
 
-def no_repeat_reward():
-    """Factory for the no-repeat term as a reward of its own."""
-
-    def no_repeat_(prompts=None, completions=(), completion_ids=None, **columns):
-        return [no_repeat(c) for c in completions]
-
-    no_repeat_.__name__ = "no_repeat"
-    return no_repeat_
+def no_repeat_reward() -> NoRepeat:
+    """The no-repeat term as a reward of its own."""
+    return NoRepeat()

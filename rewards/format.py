@@ -75,28 +75,26 @@ def gcg_ok(text: str) -> bool:
     return len(_MASK_TOKEN_RE.findall(text)) == 4 * n and len(_OBJ_MARK_RE.findall(text)) == 2 * n
 
 
-def mask_format():
-    """Factory: share of mask tokens in well-formed groups (no broken groups, no stray mask tokens)."""
+class FormatReward:
+    """A format check as a reward (callable, picklable: the check is a module-level function)."""
 
-    def mask_format(prompts=None, completions=(), completion_ids=None, **columns):
-        return [mask_tokens_ok(_text(c)) for c in completions]
+    def __init__(self, name: str, check):
+        self.__name__, self.check = name, check
 
-    return mask_format
-
-
-def gres_format():
-    """Factory: 1.0 when the completion is a valid GRES answer (fenced JSON list of masks, or ``No target.``)."""
-
-    def gres_format(prompts=None, completions=(), completion_ids=None, **columns):
-        return [float(gres_ok(_text(c))) for c in completions]
-
-    return gres_format
+    def __call__(self, prompts=None, completions=(), completion_ids=None, **columns):
+        return [float(self.check(_text(c))) for c in completions]
 
 
-def gcg_format():
-    """Factory: 1.0 when every phrase of the completion is followed by one mask group and nothing is stray."""
+def mask_format() -> FormatReward:
+    """Share of mask tokens in well-formed groups (no broken groups, no stray mask tokens)."""
+    return FormatReward("mask_format", mask_tokens_ok)
 
-    def gcg_format(prompts=None, completions=(), completion_ids=None, **columns):
-        return [float(gcg_ok(_text(c))) for c in completions]
 
-    return gcg_format
+def gres_format() -> FormatReward:
+    """1.0 when the completion is a valid GRES answer (fenced JSON list of masks, or ``No target.``)."""
+    return FormatReward("gres_format", gres_ok)
+
+
+def gcg_format() -> FormatReward:
+    """1.0 when every phrase of the completion is followed by one mask group and nothing is stray."""
+    return FormatReward("gcg_format", gcg_ok)

@@ -81,8 +81,121 @@ def _matched_iou(iou, allowed=None) -> float:
     return float(iou[rows, cols].sum()) / max(n_pred, n_gt)
 
 
-def mask_iou(mode: str = "gres", mask_tokenizer="tiny", device=None, max_pred_masks: int = 64):
-    """Factory for the decoded-mask IoU reward.
+def _gt_masks(rles, shape, cache):
+    import numpy as np
+
+    from tokenizer.masks import decode_rle
+
+    if rles is None:
+        rles = []
+    if not isinstance(rles, (list, tuple)):
+        raise ValueError(f"column 'masks' must be a list of COCO RLE dicts, got {type(rles).__name__}")
+    if not rles:
+        return np.zeros((0, *shape), dtype=bool)
+    # The completions of a prompt carry equal copies of its masks: decode them once per call.
+    key = (shape, tuple(r.get("counts") if isinstance(r, dict) and isinstance(r.get("counts"), str) else None
+                        for r in rles))  # fmt: skip
+    if None in key[1]:
+        return np.stack([decode_rle(r, shape=shape) for r in rles])
+    if key not in cache:
+        cache.clear()  # consecutive rows share masks; keep one entry
+        cache[key] = np.stack([decode_rle(r, shape=shape) for r in rles])
+    return cache[key]
+
+
+def _image_shape(image):
+    if hasattr(image, "shape") and len(image.shape) in (2, 3):  # an HxW or HxWxC array
+        return int(image.shape[0]), int(image.shape[1])
+    if hasattr(image, "size") and isinstance(image.size, tuple):  # PIL: size is (W, H)
+        return image.size[1], image.size[0]
+    raise ValueError(f"column 'image' must be a PIL image or an HxW(xC) array, got {type(image).__name__}")
+
+
+def _iou_matrix(pred, gt):
+    import torch
+
+    dev = pred.device
+    p = pred.reshape(len(pred), -1).float()
+    g = torch.as_tensor(gt, device=dev).reshape(len(gt), -1).float()
+    inter = p @ g.T
+    union = p.sum(1)[:, None] + g.sum(1)[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter)).cpu().numpy()
+
+
+class MaskIoU:
+    """The decoded-mask IoU reward as a callable (TRL's contract). It pickles with its mask tokenizer (a torch
+    module), so a process pool or trl's async trainer can ship it to workers."""
+
+    __name__ = "mask_iou"
+    builds_model = True  # recipe validation binds its parameters without building it
+
+    def __init__(self, mode: str = "gres", mask_tokenizer="tiny", device=None, max_pred_masks: int = 64):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not isinstance(max_pred_masks, int) or max_pred_masks < 1:
+            raise ValueError(f"max_pred_masks must be a positive integer, got {max_pred_masks!r}")
+        self.mode, self.max_pred_masks = mode, max_pred_masks
+        self.mask_tokenizer = _load_tokenizer(mask_tokenizer, device)
+
+    def decode(self, image, codes):
+        """Masks [len(codes), H, W] (None for no codes), each distinct code decoded once."""
+        import torch
+
+        if not codes:
+            return None
+        unique = list(dict.fromkeys(codes))
+        masks = torch.as_tensor(self.mask_tokenizer.decode(image, unique)).bool()
+        if len(unique) == len(codes):
+            return masks
+        return masks[[unique.index(c) for c in codes]]
+
+    def score(self, completion, image, rles, answer, cache) -> float:
+        import numpy as np
+        import torch
+
+        if image is None:
+            raise ValueError("mask_iou needs the dataset column 'image'")
+        gt = _gt_masks(rles, _image_shape(image), cache)
+        text = _text(completion)
+        if self.mode == "gcg":
+            pred_phrases, codes = _gcg_pred(text)
+            gt_phrases = _gt_gcg(answer if isinstance(answer, str) else "")[1]
+            if len(gt_phrases) != len(gt):
+                raise ValueError(f"row has {len(gt_phrases)} phrases in 'answer' but {len(gt)} masks in 'masks'")
+        else:
+            codes = parse_masks(text)
+        if len(set(codes)) > self.max_pred_masks:
+            return 0.0
+        pred = self.decode(image, codes)
+        if self.mode == "gres":
+            if not gt.any():  # no-target row
+                return 1.0 if pred is None else 0.0
+            if pred is None:
+                return 0.0
+            merged = torch.as_tensor(gt.any(0, keepdims=True))
+            return float(_iou_matrix(pred.any(0, keepdim=True), merged)[0, 0])
+        n_pred = 0 if pred is None else len(pred)
+        iou = np.zeros((n_pred, len(gt))) if pred is None or len(gt) == 0 else _iou_matrix(pred, gt)
+        if self.mode == "instances":
+            return _matched_iou(iou)
+        allowed = np.array([[p == g for g in gt_phrases] for p in pred_phrases], dtype=float).reshape(iou.shape)
+        return _matched_iou(iou, allowed)
+
+    def __call__(self, prompts=None, completions=(), completion_ids=None, image=None, masks=None, answer=None,
+                 **columns):
+        import torch
+
+        n = len(completions)
+        images = [None] * n if image is None else image
+        rles = [None] * n if masks is None else masks
+        answers = [None] * n if answer is None else answer
+        cache = {}
+        with torch.no_grad():
+            return [self.score(c, im, r, a, cache) for c, im, r, a in zip(completions, images, rles, answers, strict=True)]
+
+
+def mask_iou(mode: str = "gres", mask_tokenizer="tiny", device=None, max_pred_masks: int = 64) -> MaskIoU:
+    """The decoded-mask IoU reward (a ``MaskIoU``).
 
     ``mask_tokenizer``: a ``tokenizer.MaskTokenizer`` (or any object with ``decode(image, codes)`` returning
     a bool tensor [N, H, W] at the image's size), ``"tiny"`` for the tiny pretrained one, or a checkpoint
@@ -91,97 +204,7 @@ def mask_iou(mode: str = "gres", mask_tokenizer="tiny", device=None, max_pred_ma
     (a degenerate rollout; a few hundred full-size masks would not fit). Repeated codes are decoded once.
     Needs the dataset columns ``image`` and ``masks`` (and ``answer`` for ``gcg``).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not isinstance(max_pred_masks, int) or max_pred_masks < 1:
-        raise ValueError(f"max_pred_masks must be a positive integer, got {max_pred_masks!r}")
-    tok = _load_tokenizer(mask_tokenizer, device)
+    return MaskIoU(mode, mask_tokenizer, device, max_pred_masks)
 
-    import numpy as np
-    import torch
 
-    from tokenizer.masks import decode_rle
-
-    def gt_masks(rles, shape, cache):
-        if rles is None:
-            rles = []
-        if not isinstance(rles, (list, tuple)):
-            raise ValueError(f"column 'masks' must be a list of COCO RLE dicts, got {type(rles).__name__}")
-        if not rles:
-            return np.zeros((0, *shape), dtype=bool)
-        # The completions of a prompt carry equal copies of its masks: decode them once per call.
-        key = (shape, tuple(r.get("counts") if isinstance(r, dict) and isinstance(r.get("counts"), str) else None
-                            for r in rles))  # fmt: skip
-        if None in key[1]:
-            return np.stack([decode_rle(r, shape=shape) for r in rles])
-        if key not in cache:
-            cache.clear()  # consecutive rows share masks; keep one entry
-            cache[key] = np.stack([decode_rle(r, shape=shape) for r in rles])
-        return cache[key]
-
-    def image_shape(image):
-        if hasattr(image, "shape") and len(image.shape) in (2, 3):  # an HxW or HxWxC array
-            return int(image.shape[0]), int(image.shape[1])
-        if hasattr(image, "size") and isinstance(image.size, tuple):  # PIL: size is (W, H)
-            return image.size[1], image.size[0]
-        raise ValueError(f"column 'image' must be a PIL image or an HxW(xC) array, got {type(image).__name__}")
-
-    def decode(image, codes):
-        """Masks [len(codes), H, W] (None for no codes), each distinct code decoded once."""
-        if not codes:
-            return None
-        unique = list(dict.fromkeys(codes))
-        masks = torch.as_tensor(tok.decode(image, unique)).bool()
-        if len(unique) == len(codes):
-            return masks
-        return masks[[unique.index(c) for c in codes]]
-
-    def iou_matrix(pred, gt):
-        dev = pred.device
-        p = pred.reshape(len(pred), -1).float()
-        g = torch.as_tensor(gt, device=dev).reshape(len(gt), -1).float()
-        inter = p @ g.T
-        union = p.sum(1)[:, None] + g.sum(1)[None, :] - inter
-        return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter)).cpu().numpy()
-
-    def one(completion, image, rles, answer, cache) -> float:
-        if image is None:
-            raise ValueError("mask_iou needs the dataset column 'image'")
-        shape = image_shape(image)
-        gt = gt_masks(rles, shape, cache)
-        text = _text(completion)
-        if mode == "gcg":
-            pred_phrases, codes = _gcg_pred(text)
-            gt_phrases = _gt_gcg(answer if isinstance(answer, str) else "")[1]
-            if len(gt_phrases) != len(gt):
-                raise ValueError(f"row has {len(gt_phrases)} phrases in 'answer' but {len(gt)} masks in 'masks'")
-        else:
-            codes = parse_masks(text)
-        if len(set(codes)) > max_pred_masks:
-            return 0.0
-        pred = decode(image, codes)
-        if mode == "gres":
-            if not gt.any():  # no-target row
-                return 1.0 if pred is None else 0.0
-            if pred is None:
-                return 0.0
-            merged = torch.as_tensor(gt.any(0, keepdims=True))
-            return float(iou_matrix(pred.any(0, keepdim=True), merged)[0, 0])
-        n_pred = 0 if pred is None else len(pred)
-        iou = np.zeros((n_pred, len(gt))) if pred is None or len(gt) == 0 else iou_matrix(pred, gt)
-        if mode == "instances":
-            return _matched_iou(iou)
-        allowed = np.array([[p == g for g in gt_phrases] for p in pred_phrases], dtype=float).reshape(iou.shape)
-        return _matched_iou(iou, allowed)
-
-    def mask_iou(prompts=None, completions=(), completion_ids=None, image=None, masks=None, answer=None, **columns):
-        n = len(completions)
-        images = [None] * n if image is None else image
-        rles = [None] * n if masks is None else masks
-        answers = [None] * n if answer is None else answer
-        cache = {}
-        with torch.no_grad():
-            return [one(c, im, r, a, cache) for c, im, r, a in zip(completions, images, rles, answers, strict=True)]
-
-    mask_iou.mask_tokenizer = tok
-    return mask_iou
+mask_iou.builds_model = True

@@ -52,6 +52,8 @@ def codebooks_of(mask_tokenizer="tiny") -> list[np.ndarray]:
 class LatentMatch:
     """Callable reward (TRL's contract; picklable: it holds only numpy arrays) built from a tokenizer's codebooks."""
 
+    builds_model = True  # it loads the mask tokenizer: recipe validation binds its parameters without building
+
     def __init__(self, mask_tokenizer="tiny", similarity: str = "rbf", mode: str = "gres", codebooks=None):
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")

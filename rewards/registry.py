@@ -33,20 +33,37 @@ def builtin_names() -> list[str]:
     return sorted(_builtins())
 
 
-def get_reward(spec: str, **params):
-    """The reward function named by ``spec``, built with ``params``. Fails with the list of valid names."""
+def resolve(spec: str):
+    """The object ``spec`` names (a reward or a factory), not built. Fails with the list of valid names."""
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"a reward spec must be a non-empty string, got {spec!r}")
     builtins = _builtins()
     if spec in builtins:
-        obj = builtins[spec]
-    elif ":" in spec:
-        obj = _load(spec)
+        return builtins[spec]
+    if ":" in spec:
+        return _load(spec)
+    raise ValueError(
+        f"unknown reward {spec!r}; valid built-in rewards: {', '.join(sorted(builtins))}; "
+        "or give 'package.module:function' or 'path/to/file.py:function'"
+    )
+
+
+def check_params(spec: str, params: dict) -> None:
+    """Raise ``ValueError`` when ``params`` do not fit the reward ``spec`` names, as ``get_reward`` would.
+
+    A factory that loads a model (``builds_model = True``: mask_iou, latent_match) only has its parameters
+    bound to its signature; any other is built, so that its own value checks run too.
+    """
+    obj = resolve(spec)
+    if getattr(obj, "builds_model", False):
+        _bind(obj, spec, params)
     else:
-        raise ValueError(
-            f"unknown reward {spec!r}; valid built-in rewards: {', '.join(sorted(builtins))}; "
-            "or give 'package.module:function' or 'path/to/file.py:function'"
-        )
+        _build(obj, spec, params)
+
+
+def get_reward(spec: str, **params):
+    """The reward function named by ``spec``, built with ``params``. Fails with the list of valid names."""
+    obj = resolve(spec)
     fn = _build(obj, spec, params)
     if not callable(fn):
         raise TypeError(f"reward {spec!r} did not produce a callable (got {type(fn).__name__})")
@@ -86,11 +103,15 @@ def _build(obj, spec: str, params: dict):
         if params:
             raise ValueError(f"reward {spec!r} is a reward function, not a factory: it takes no params (got {sorted(params)})")
         return obj
+    _bind(obj, spec, params)
+    return obj(**params)
+
+
+def _bind(obj, spec: str, params: dict) -> None:
     try:
         inspect.signature(obj).bind(**params)
     except TypeError as e:
         raise ValueError(f"bad params for reward {spec!r}: {e}") from None
-    return obj(**params)
 
 
 def _load(spec: str):

@@ -476,17 +476,8 @@ def _check_reward(rw: Reward, where: str, problems: list[str]) -> None:
         problems.append(f"{where}.name: required")
         return
     try:
-        import inspect
-
         from rewards import registry
 
-        heavy = {"mask_iou": ("rewards.iou", "mask_iou"), "latent_match": ("rewards.latent", "LatentMatch")}
-        if rw.name in heavy:  # they load a mask tokenizer when built: bind their parameters only
-            import importlib
-
-            module, attr = heavy[rw.name]
-            inspect.signature(getattr(importlib.import_module(module), attr)).bind(**rw.params)
-        else:
-            registry.get_reward(rw.name, **rw.params)
+        registry.check_params(rw.name, rw.params)
     except Exception as e:  # the registry's message names the valid rewards or the bad parameter
         problems.append(f"{where}: {e}")

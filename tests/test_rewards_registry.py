@@ -88,3 +88,41 @@ def test_build_rewards_from_a_recipe_list():
         build_rewards([{"name": "no_repeat", "wieght": 1.0}])
     with pytest.raises(ValueError, match="no rewards configured"):
         build_rewards([])
+
+
+def test_every_builtin_reward_pickles_and_scores_the_same_after():
+    """Callable classes, not closures: a process pool or trl's AsyncGRPOTrainer can ship them to workers."""
+    import pickle
+
+    import numpy as np
+    from PIL import Image
+
+    image = Image.fromarray(np.zeros((32, 32, 3), np.uint8))
+    batch = dict(completions=[A, "No target.", "<|mt_start|><|mt_0001|>"], answer=[A, A, "No target."],
+                 image=[image] * 3, masks=[[], [], []])  # fmt: skip
+    for name in builtin_names():
+        params = {}
+        if name == "mask_iou":  # a random-init tiny tokenizer: decoding is what is exercised, not its quality
+            from envs.prepare import load_mask_tokenizer
+
+            params = {"mask_tokenizer": load_mask_tokenizer("random")}
+        reward = get_reward(name, **params)
+        again = pickle.loads(pickle.dumps(reward))
+        assert again.__name__ == reward.__name__ == name
+        assert again(**batch) == reward(**batch), name
+
+
+def test_recipe_validation_binds_model_loading_rewards_without_building_them(monkeypatch):
+    from rewards import iou, latent, registry
+
+    def boom(*a, **k):
+        raise AssertionError("built during validation")
+
+    monkeypatch.setattr(iou, "_load_tokenizer", boom)
+    monkeypatch.setattr(latent, "codebooks_of", boom)
+    registry.check_params("mask_iou", {"mode": "gcg"})
+    registry.check_params("latent_match", {"similarity": "cosine"})
+    with pytest.raises(ValueError, match="bad params for reward 'latent_match'"):
+        registry.check_params("latent_match", {"simlarity": "cosine"})
+    with pytest.raises(ValueError, match="grading must be one of"):  # light rewards are built: values checked
+        registry.check_params("answer_match", {"grading": "fuzzy"})
