@@ -165,6 +165,21 @@ ANSWER_KINDS = ("no_target", "single", "multi")
 
 
 @dataclass
+class Dynamic:
+    """Dynamic sampling (DAPO's group filter; verl ``filter_groups``, EasyR1 ``online_filtering``).
+
+    Groups whose total-reward std is below ``min_std`` (all 8 completions equally right or wrong: no GRPO
+    gradient) are dropped and replaced by groups of fresh prompts, for at most ``max_rounds`` extra generation
+    rounds per generation batch; a batch still short is completed with dropped groups (zero advantage). Logged:
+    ``sampling/frac_filtered``, ``sampling/extra_rounds``, ``sampling/effective_batch``.
+    """
+
+    enabled: bool = False
+    min_std: float = 1.0e-6
+    max_rounds: int = 2
+
+
+@dataclass
 class Sampling:
     """Which prompts GRPO trains on (``rl.sampling``); SFT is not affected.
 
@@ -175,6 +190,7 @@ class Sampling:
     """
 
     balance: dict[str, float] | None = None
+    dynamic: Dynamic = field(default_factory=Dynamic)
 
 
 @dataclass
@@ -188,6 +204,12 @@ class Recipe:
     grpo: dict[str, Any] = field(default_factory=dict)  # GRPOConfig fields
     monitor: Monitor = field(default_factory=Monitor)
     sampling: Sampling = field(default_factory=Sampling)
+
+
+# Recipe sections added after runs and experiment cells were first written, with their defaults: a saved
+# recipe without one ran with these values (resume checks and experiment cell keys read it so).
+def later_sections() -> dict:
+    return {"sampling": dataclasses.asdict(Sampling())}
 
 
 # ---------------------------------------------------------------- loading
@@ -414,6 +436,11 @@ def _check_monitor(r: Recipe, problems: list[str]) -> None:
 
 
 def _check_sampling(s: Sampling, problems: list[str]) -> None:
+    d = s.dynamic
+    if d.min_std < 0:
+        problems.append(f"sampling.dynamic.min_std: {d.min_std} must be >= 0")
+    if d.max_rounds < 0:
+        problems.append(f"sampling.dynamic.max_rounds: {d.max_rounds} must be >= 0")
     if s.balance is None:
         return
     for kind, share in s.balance.items():

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rl import report as flags_mod
-from rl.config import RecipeError, load_recipe, to_dict
+from rl.config import RecipeError, later_sections, load_recipe, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_RECIPES = {"gres": "recipes/shapes_gres.yaml", "gcg": "recipes/shapes_gcg.yaml"}
@@ -51,9 +51,9 @@ EVAL_SPLITS = ("val", "test")
 SFT_SECTIONS = ("model", "data", "sft")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CELL_FILE = "cell.json"
-# Recipe sections added after cells were first keyed: left out of a cell's key while at their defaults, so that
-# adding an optional setting to the schema does not invalidate finished results.
-LATER_SECTIONS = {"sampling": {"balance": None}}
+# Recipe sections added after cells were first keyed (rl.config.later_sections): left out of a cell's key while
+# at their defaults, so that adding an optional setting to the schema does not invalidate finished results.
+LATER_SECTIONS = later_sections()
 
 
 class PlanError(ValueError):

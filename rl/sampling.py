@@ -105,3 +105,131 @@ class BalancedRepeatSampler(EpochSeededRepeatSampler):
 
     def __iter__(self):
         return self._batches(self.epoch_order())
+
+
+# ---------------------------------------------------------------- dynamic sampling (DAPO's filter_groups)
+
+# How each per-sample tensor of TRL's generation batch is padded when batches of different lengths are joined.
+_LEFT_PADDED = {"prompt_ids": "pad", "prompt_mask": 0, "token_type_ids": 0, "mm_token_type_ids": 0}
+_RIGHT_PADDED = {"completion_ids": "pad", "completion_mask": 0, "old_per_token_logps": 0.0,
+                 "sampling_per_token_logps": 0.0, "ref_per_token_logps": 0.0, "importance_sampling_ratio": 1.0,
+                 "tool_mask": 1}  # fmt: skip
+
+
+def draw_prompts(sampler, n: int, generator: torch.Generator) -> list[int]:
+    """``n`` fresh prompt rows for an extra generation round, drawn as ``sampler`` draws (uniform, or by kind)."""
+    if isinstance(sampler, BalancedRepeatSampler):
+        kinds = list(sampler.shares)
+        weights = torch.tensor([sampler.shares[k] for k in kinds], dtype=torch.float64)
+        picks = torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
+        return [sampler.rows[kinds[p]][int(torch.randint(len(sampler.rows[kinds[p]]), (1,), generator=generator))]
+                for p in picks]  # fmt: skip
+    return torch.randint(sampler.num_samples, (n,), generator=generator).tolist()
+
+
+def group_spread(rewards_per_func: torch.Tensor, weights: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """Per-group std of the weighted total reward (TRL's ``sum_then_normalize`` total); NaN for a group with
+    fewer than two scorable completions (a completion with every reward None is unscorable, as in TRL)."""
+    unscorable = torch.isnan(rewards_per_func).all(1)
+    total = (rewards_per_func * weights.to(rewards_per_func.device)).nansum(1)
+    total[unscorable] = float("nan")
+    groups = total.view(-1, num_generations)
+    n = (~torch.isnan(groups)).sum(1)
+    mean = torch.nanmean(groups, 1, keepdim=True)
+    var = torch.nansum((groups - mean) ** 2, 1) / (n - 1).clamp(min=1)
+    return torch.where(n >= 2, var.sqrt(), torch.full_like(var, float("nan")))
+
+
+def take(batch: dict, index: list[int]) -> dict:
+    """Rows ``index`` of a split generation batch (``split_pixel_values_by_grid``: per-sample lists)."""
+    out = {}
+    for key, v in batch.items():
+        if v is None or (isinstance(v, torch.Tensor) and v.ndim == 0):
+            out[key] = v
+        elif isinstance(v, torch.Tensor):
+            out[key] = v[index]
+        else:
+            out[key] = [v[i] for i in index]
+    return out
+
+
+def join(batches: list[dict], pad_token_id: int) -> dict:
+    """Split generation batches concatenated row-wise, each padded tensor re-padded to the longest."""
+    from trl.trainer.utils import pad
+
+    keys = batches[0].keys()
+    out = {}
+    for key in keys:
+        values = [b[key] for b in batches]
+        if any((v is None) != (values[0] is None) for v in values):
+            raise ValueError(f"dynamic sampling: '{key}' is present in some generation rounds only")
+        if values[0] is None or (isinstance(values[0], torch.Tensor) and values[0].ndim == 0):
+            out[key] = values[0]  # num_items_in_batch: recomputed by the caller
+        elif not isinstance(values[0], torch.Tensor):
+            out[key] = [x for v in values for x in v]
+        elif values[0].ndim == 1:
+            out[key] = torch.cat(values)
+        elif key in _LEFT_PADDED or key in _RIGHT_PADDED:
+            side = "left" if key in _LEFT_PADDED else "right"
+            fill = {**_LEFT_PADDED, **_RIGHT_PADDED}[key]
+            fill = pad_token_id if fill == "pad" else fill
+            out[key] = pad([row for v in values for row in v], padding_value=fill, padding_side=side)
+        else:
+            raise ValueError(f"dynamic sampling does not know how to join the generation batch's '{key}' "
+                             f"(shape {tuple(values[0].shape)}); turn sampling.dynamic off for this model")  # fmt: skip
+    return out
+
+
+def _round_seed(seed: int, step: int, round_: int, rank: int) -> int:
+    # A function of the position in training only: a resumed run draws the same extra prompts.
+    return (((seed * 1_000_003 + step) * 1_009 + round_) * 4_099 + rank) % (2**63)
+
+
+def dynamic_generation(trainer, inputs: list[dict], generate) -> dict:
+    """One generation batch with the groups whose reward spread is below ``sampling.dynamic.min_std`` replaced.
+
+    ``generate`` is TRL's ``_generate_and_score_completions``; ``trainer._round_rewards`` holds the rewards of its
+    last call (every rank's, as TRL gathers them). Groups that pass are kept; while any rank is short of a full
+    batch and fewer than ``max_rounds`` extra rounds ran, every rank generates for fresh prompts (all ranks make
+    the same number of calls: TRL's generation holds collectives). A batch still short after the last round is
+    completed with dropped groups, whose advantages are zero (they add no gradient, only keep the batch shape).
+    """
+    from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
+
+    cfg, acc, g = trainer.dynamic, trainer.accelerator, trainer.num_generations
+    n = len(inputs)
+    if n % g:
+        raise ValueError(f"dynamic sampling: this rank's generation batch of {n} completions is not whole groups of "
+                         f"num_generations {g}; make per_device_train_batch_size x steps_per_generation a multiple "
+                         "of num_generations, so that each group's completions stay on one rank")  # fmt: skip
+    need = n // g
+    kept, dropped, first_filtered, round_ = [], [], None, 0
+    batch_inputs = inputs
+    while True:
+        out = split_pixel_values_by_grid(generate(batch_inputs))
+        local = slice(acc.process_index * n, (acc.process_index + 1) * n)
+        spread = group_spread(trainer._round_rewards[local], trainer.reward_weights, g)
+        passed = (spread >= cfg.min_std) & ~torch.isnan(spread)
+        if first_filtered is None:
+            first_filtered = acc.gather((~passed).float().sum().reshape(1)).sum().item()
+        for j, ok in enumerate(passed.tolist()):
+            (kept if ok else dropped).append((out, j))
+        short = torch.tensor([float(max(0, need - len(kept)))], device=acc.device)
+        if acc.gather(short).max().item() == 0 or round_ >= cfg.max_rounds:
+            break
+        round_ += 1
+        gen = torch.Generator().manual_seed(_round_seed(trainer.args.seed, trainer.state.global_step, round_,
+                                                        acc.process_index))  # fmt: skip
+        rows = draw_prompts(trainer.prompt_sampler, need, gen)
+        batch_inputs = [trainer.train_dataset[i] for i in rows for _ in range(g)]
+    chosen = kept[:need] + dropped[: need - min(need, len(kept))]
+    batch = join([take(b, list(range(j * g, (j + 1) * g))) for b, j in chosen], trainer._tokenizer.pad_token_id)
+    loss_mask = batch["completion_mask"] if batch.get("tool_mask") is None else batch["completion_mask"] * batch["tool_mask"]
+    batch["num_items_in_batch"] = acc.gather(loss_mask.sum()).sum()
+    effective = acc.gather(torch.tensor([float(min(need, len(kept)))], device=acc.device)).sum().item()
+    total_groups = need * acc.num_processes
+    metrics = trainer._metrics["train"]
+    metrics["sampling/frac_filtered"].append(first_filtered / total_groups)
+    metrics["sampling/extra_rounds"].append(float(round_))
+    metrics["sampling/effective_batch"].append(effective * g)  # completions with a learning signal, all ranks
+    return unsplit_pixel_values_by_grid(batch)  # TRL's _prepare_inputs splits it again

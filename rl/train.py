@@ -134,7 +134,8 @@ def run(recipe: Recipe, callbacks=()) -> Path:
 # What a checkpoint's weights, optimizer state and rollout layout depend on: resuming under other values would
 # load weights into another policy, decode codes with another tokenizer, or regroup the sampled prompts.
 RESUME_FIXED = ("model", "data.env", "data.mask_tokenizer", "grpo.num_generations", "grpo.per_device_train_batch_size",
-                "grpo.gradient_accumulation_steps", "grpo.steps_per_generation", "sampling.balance")  # fmt: skip
+                "grpo.gradient_accumulation_steps", "grpo.steps_per_generation", "sampling.balance",
+                "sampling.dynamic")  # fmt: skip
 
 
 def refuse_changed_resume(recipe: Recipe, run_dir: Path) -> None:
@@ -142,12 +143,13 @@ def refuse_changed_resume(recipe: Recipe, run_dir: Path) -> None:
     from omegaconf import OmegaConf
 
     from rl import checkpoint
-    from rl.config import to_dict
+    from rl.config import later_sections, to_dict
 
     old_file = run_dir / "recipe.yaml"
     if not old_file.is_file() or checkpoint.last_checkpoint(run_dir) is None:
         return
     old, new = OmegaConf.to_container(OmegaConf.load(old_file)), to_dict(recipe)
+    old = {**later_sections(), **old}  # a run saved before a section existed ran with its defaults
     changed = []
     for key in RESUME_FIXED:
         a, b = old, new

@@ -369,6 +369,8 @@ class SamtokGRPOTrainer(GRPOTrainer):
     _staging_root: str | None = None
     max_nonfinite_steps = 3  # set from run.max_nonfinite_steps by build_trainer
     balance: dict | None = None  # set from sampling.balance by build_trainer
+    dynamic = None  # sampling.dynamic (rl.config.Dynamic), set by build_trainer
+    prompt_sampler = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -405,8 +407,20 @@ class SamtokGRPOTrainer(GRPOTrainer):
         layout = (s.data_source, s.mini_repeat_count, s.batch_size, s.repeat_count, s.shuffle, s.seed)
         if self.balance:
             kinds = sampling.dataset_kinds(dataset if dataset is not None else self.train_dataset)
-            return sampling.BalancedRepeatSampler(*layout, kinds=kinds, shares=self.balance)
-        return sampling.EpochSeededRepeatSampler(*layout)
+            self.prompt_sampler = sampling.BalancedRepeatSampler(*layout, kinds=kinds, shares=self.balance)
+        else:
+            self.prompt_sampler = sampling.EpochSeededRepeatSampler(*layout)
+        return self.prompt_sampler
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._round_rewards = rewards  # every rank's rewards of this generation round, for dynamic sampling
+        return rewards
+
+    def _generate_and_score_completions(self, inputs):
+        if self.dynamic is None or not self.dynamic.enabled or not self.model.training:
+            return super()._generate_and_score_completions(inputs)
+        return sampling.dynamic_generation(self, inputs, super()._generate_and_score_completions)
 
     def _load_rng_state(self, checkpoint_dir):
         # Called once, at the resumed step, just before the first batch. TRL counts micro-steps in ``_step``
@@ -536,6 +550,7 @@ def build_trainer(recipe: Recipe, run_dir: str | os.PathLike, train_dataset, eva
     )  # fmt: skip
     trainer.max_nonfinite_steps = recipe.run.max_nonfinite_steps
     trainer.balance = recipe.sampling.balance
+    trainer.dynamic = recipe.sampling.dynamic
     return trainer
 
 

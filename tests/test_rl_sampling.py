@@ -79,3 +79,74 @@ def test_the_trainer_draws_balanced_prompts(tmp_path):
     logged = pd.read_parquet(sorted((tmp_path / "run" / "completions").glob("*.parquet"))[-1])
     no_target_prompts = {p for i in range(len(rows)) if rows[i]["no_target"] for p in [rows[i]["question"]]}
     assert all(any(q in str(p) for q in no_target_prompts) for p in logged["prompt"])
+
+
+# ---------------------------------------------------------------- dynamic sampling
+
+
+def test_group_spread_counts_scorable_completions_only():
+    nan = float("nan")
+    r = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [2.0, 0.0],  # group 0: totals 1, 1, 1, 2
+                      [0.5, 0.5], [0.5, 0.5], [nan, nan], [1.0, 0.0],  # group 1: 1, 1, unscorable, 1 -> 0
+                      [nan, nan], [nan, nan], [nan, nan], [3.0, nan]])  # group 2: one scorable -> NaN
+    s = sampling.group_spread(r, torch.tensor([1.0, 1.0]), 4)
+    assert s[0] == pytest.approx(torch.tensor([1.0, 1, 1, 2]).std().item())
+    assert s[1] == 0 and torch.isnan(s[2])
+
+
+def test_take_and_join_repad_left_and_right():
+    a = {"prompt_ids": torch.tensor([[0, 5], [6, 7]]), "prompt_mask": torch.tensor([[0, 1], [1, 1]]),
+         "completion_ids": torch.tensor([[1, 0], [2, 3]]), "completion_mask": torch.tensor([[1, 0], [1, 1]]),
+         "advantages": torch.tensor([0.5, -0.5]), "num_items_in_batch": torch.tensor(3),
+         "pixel_values": [torch.ones(2, 3), torch.ones(4, 3)], "num_images": [1, 1]}  # fmt: skip
+    b = {"prompt_ids": torch.tensor([[9, 9, 9]]), "prompt_mask": torch.tensor([[1, 1, 1]]),
+         "completion_ids": torch.tensor([[4, 4, 4]]), "completion_mask": torch.tensor([[1, 1, 1]]),
+         "advantages": torch.tensor([1.0]), "num_items_in_batch": torch.tensor(3),
+         "pixel_values": [torch.zeros(1, 3)], "num_images": [1]}  # fmt: skip
+    out = sampling.join([sampling.take(a, [1]), b], pad_token_id=0)
+    assert out["prompt_ids"].tolist() == [[0, 6, 7], [9, 9, 9]]  # prompts stay left-padded
+    assert out["prompt_mask"].tolist() == [[0, 1, 1], [1, 1, 1]]
+    assert out["completion_ids"].tolist() == [[2, 3, 0], [4, 4, 4]]  # completions right-padded
+    assert out["completion_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert out["advantages"].tolist() == [-0.5, 1.0]
+    assert [p.shape[0] for p in out["pixel_values"]] == [4, 1] and out["num_images"] == [1, 1]
+    with pytest.raises(ValueError, match="does not know how to join.*'weird'"):
+        sampling.join([{"weird": torch.ones(1, 2)}, {"weird": torch.ones(1, 3)}], 0)
+
+
+def target_only_reward(completions, no_target=None, **kwargs):
+    """Constant on no-target rows (those groups have no spread), varied on the others."""
+    return [0.5 if nt else len(c if isinstance(c, str) else c[0]["content"]) % 7 / 7
+            for c, nt in zip(completions, no_target)]  # fmt: skip
+
+
+def test_dynamic_sampling_trains_only_groups_with_spread(tmp_path, monkeypatch):
+    from test_rl_trainer import _train, tiny_recipe
+
+    torch.set_num_threads(1)
+    batches = []
+    real = sampling.dynamic_generation
+    monkeypatch.setattr(sampling, "dynamic_generation", lambda *a: batches.append(real(*a)) or batches[-1])
+    recipe = tiny_recipe(tmp_path, "rewards=[{name: 'test_rl_sampling:target_only_reward'}]",
+                         "sampling.balance={no_target: 0.5, single: 0.5}", "sampling.dynamic.enabled=true",
+                         "sampling.dynamic.max_rounds=4", "grpo.max_steps=2", "grpo.gradient_accumulation_steps=2",
+                         "grpo.per_device_train_batch_size=4", "grpo.save_strategy=no")  # fmt: skip
+    trainer, _, _ = _train(recipe)
+    assert len(batches) == 2  # one generation batch per step (steps_per_generation = GA = 2)
+    for batch in batches:
+        assert batch["completion_ids"].shape[0] == 8  # the batch keeps its size (2 micro-steps x 4)
+        groups = batch["advantages"].view(-1, 4)
+        assert (groups.abs().sum(1) > 0).all()  # every trained group has a learning signal
+        assert int(batch["num_items_in_batch"]) == int(batch["completion_mask"].sum())
+    logs = [h for h in trainer.state.log_history if "sampling/frac_filtered" in h]
+    assert len(logs) == 2 and all(h["sampling/effective_batch"] == 8 for h in logs)
+    # with half the prompts no-target, some group was filtered and replaced by an extra round
+    assert any(h["sampling/frac_filtered"] > 0 and h["sampling/extra_rounds"] >= 1 for h in logs)
+
+
+def test_dynamic_sampling_is_validated():
+    with pytest.raises(RecipeError) as e:
+        load_recipe(ROOT / "recipes" / "shapes_gres.yaml", [
+            "sampling.dynamic.enabled=true", "sampling.dynamic.min_std=-1", "sampling.dynamic.max_rounds=-2"])
+    msg = str(e.value)
+    assert "min_std: -1" in msg and "max_rounds: -2" in msg
