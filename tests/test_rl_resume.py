@@ -98,8 +98,9 @@ def test_lora_resume_equals_straight(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="DeepSpeed's CPU backend is tested on Linux")
 def test_two_ranks_zero3_lora_resume_equals_straight(tmp_path):
-    """Launched as the README says (accelerate launch, ZeRO-3, 2 gloo ranks): the partitioned optimizer state
-    of every rank, the gathered mask-token rows and both ranks' RNG streams continue exactly. The straight run
+    """Launched as the README says (accelerate launch, ZeRO-3, 2 gloo ranks), with dynamic sampling: the
+    partitioned optimizer state of every rank, the gathered mask-token rows and both ranks' RNG streams continue
+    exactly. The straight run
     is also checked as a plain ZeRO-3 LoRA run: final/ is the merged policy with trained mask-token rows."""
     from test_rl_deepspeed import assert_mask_rows_trained, before_after, changed_params
 
@@ -107,7 +108,12 @@ def test_two_ranks_zero3_lora_resume_equals_straight(tmp_path):
                 "--num_processes", "2", "--main_process_port", str(30500 + os.getpid() % 1000)]  # fmt: skip
     lora = ("model.finetune=lora", "grpo.learning_rate=0.05", "grpo.per_device_train_batch_size=4",
             "grpo.max_completion_length=6", "grpo.save_steps=2")  # fmt: skip
-    straight, resumed = _straight_and_resumed(tmp_path, [2], *lora, launcher=launcher)
+    # With dynamic sampling on and a reward without spread on no-target prompts: both ranks must make the same
+    # number of extra generation rounds (ZeRO-3's generate gathers parameters across ranks: a mismatch hangs),
+    # and a resumed run must draw the same extra prompts.
+    dynamic = ("sampling.dynamic.enabled=true", "sampling.dynamic.max_rounds=3",
+               "rewards=[{name: answer_match, params: {grading: coarse}}, {name: 'test_rl_sampling:target_only_reward'}]")  # fmt: skip
+    straight, resumed = _straight_and_resumed(tmp_path, [2], *lora, *dynamic, launcher=launcher)
     a, b = checkpoint_state(straight / "checkpoint-6"), checkpoint_state(resumed / "checkpoint-6")
     ranks = [k for k in a if k.endswith("optim_states.pt")]
     assert len(ranks) == 2 and {"rng_state_0.pth", "rng_state_1.pth", "mask_token_rows.safetensors"} <= a.keys()
@@ -118,6 +124,9 @@ def test_two_ranks_zero3_lora_resume_equals_straight(tmp_path):
     for step in completions(straight).values():
         groups = [step["prompt"][i : i + 4] for i in range(0, len(step["prompt"]), 4)]
         assert groups and all(len(set(g)) == 1 for g in groups)
+
+    rounds = [h["sampling/extra_rounds"] for h in a["log_history"] if "sampling/extra_rounds" in h]
+    assert len(rounds) == 6 and any(r > 0 for r in rounds)  # groups were filtered and refilled
 
     m0, m1, tokenizer = before_after(straight)
     changed = changed_params(m0, m1)
