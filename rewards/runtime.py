@@ -14,7 +14,11 @@ functions (same ``__name__`` as the wrapped ones) that
   backend (TRL's own reward timing goes only to wandb/mlflow/trackio). Mean and std per reward are logged by
   TRL itself as ``rewards/<name>/mean`` and ``rewards/<name>/std`` to every backend.
 
-Timeouts: on the main thread (where TRL calls synchronous rewards) a ``SIGALRM`` timer interrupts the reward
+Isolation (``isolation="process"``, ``rewards.isolation``): each reward runs in a worker process, one sample per
+call; a timeout kills the worker (nothing is left running) and a crashed worker costs only its sample (counted
+as ``WorkerCrashed``); the worker is restarted on the next sample.
+
+Timeouts (in-process): on the main thread (where TRL calls synchronous rewards) a ``SIGALRM`` timer interrupts the reward
 at its next Python bytecode, so a reward stuck inside one long C call is interrupted only when that call
 returns. Off the main thread the call runs in a helper thread that is abandoned on timeout (Python cannot kill
 threads): its sample scores ``None`` and the thread finishes in the background.
@@ -30,6 +34,8 @@ import threading
 import time
 from collections import Counter, deque
 from contextlib import contextmanager
+
+ISOLATION = ("none", "process")
 
 
 class RewardFailureError(RuntimeError):
@@ -162,14 +168,21 @@ class SafeReward:
     """A TRL reward function around ``func``; see the module docstring. ``summary()`` gives the running totals."""
 
     def __init__(self, func, name=None, raw_text=None, timeout_s=None, max_failure_rate=0.1,
-                 failure_window=512, min_samples=32):
+                 failure_window=512, min_samples=32, isolation: str = "none"):
         if not callable(func):
             raise TypeError(f"reward must be callable, got {type(func).__name__}")
         if timeout_s is not None and not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s!r}")
         if not 0 <= max_failure_rate <= 1:
             raise ValueError(f"max_failure_rate must be in [0, 1], got {max_failure_rate!r}")
+        if isolation not in ISOLATION:
+            raise ValueError(f"isolation must be one of {ISOLATION}, got {isolation!r}")
         self.func = func
+        self.worker = None
+        if isolation == "process":
+            from rewards.isolation import ProcessReward
+
+            self.worker = ProcessReward(func)
         self.__name__ = name or getattr(func, "__name__", type(func).__name__)
         self.raw_text = raw_text or _RawText(None)
         self.timeout_s = timeout_s
@@ -195,6 +208,8 @@ class SafeReward:
     # Without a timeout: one batch call, and only if it raises, every sample on its own to find the bad ones.
     # With a timeout: every sample on its own, each under the limit (a few microseconds per sample).
     def _batch(self, prompts, texts, completion_ids, columns, n, failed):
+        if self.worker is not None:  # one sample per call: a crash or a hang costs that sample only
+            return [self._single(i, prompts, texts, completion_ids, columns, n, failed) for i in range(n)]
         if self.timeout_s:
             if _can_signal():
                 with _alarm_handler():
@@ -214,13 +229,20 @@ class SafeReward:
             return v[i : i + 1] if isinstance(v, (list, tuple)) and len(v) == n else v
 
         args = (pick(prompts), pick(texts), pick(completion_ids), {k: pick(v) for k, v in columns.items()})
+        from rewards.isolation import WorkerTimeout, _Remote
+
         try:
-            if self.timeout_s:
+            if self.worker is not None:
+                out = self.worker.call(self.timeout_s, prompts=args[0], completions=args[1], completion_ids=args[2],
+                                       **args[3])  # fmt: skip
+            elif self.timeout_s:
                 out = _timed_call(lambda: self._invoke(*args), self.timeout_s, use_signal)
             else:
                 out = self._invoke(*args)
-        except RewardTimeout:
+        except (RewardTimeout, WorkerTimeout):
             return self._fail(failed, "Timeout", f"sample exceeded {self.timeout_s} s")
+        except _Remote as e:  # raised by the reward in its worker process
+            return self._fail(failed, e.kind, str(e))
         except Exception as e:  # noqa: BLE001 - the point of the wrapper
             return self._fail(failed, type(e).__name__, str(e))
         if not isinstance(out, (list, tuple)) or len(out) != 1:
@@ -273,6 +295,11 @@ class SafeReward:
                 f"(max_failure_rate={self.max_failure_rate}); failures over the run: {detail}"
             )
 
+    def close(self) -> None:
+        """Stop the worker process, if any (also done when the reward is garbage-collected or Python exits)."""
+        if self.worker is not None:
+            self.worker.close()
+
     def summary(self) -> dict:
         return {
             "calls": self.calls,
@@ -287,11 +314,12 @@ async def _await(x):
 
 
 def wrap_rewards(funcs, tokenizer=None, timeout_s=None, max_failure_rate=0.1, failure_window=512,
-                 min_samples=32) -> list[SafeReward]:
+                 min_samples=32, isolation: str = "none") -> list[SafeReward]:
     """Wrap reward functions for ``trl.GRPOTrainer(reward_funcs=...)``; see the module docstring.
 
     ``tokenizer`` (or a processor) enables raw-text decoding of ``completion_ids``; without it rewards get
-    TRL's ``completions``. Names are made unique (``answer_match``, ``answer_match_2``) because TRL logs
+    TRL's ``completions``. ``isolation="process"`` runs each reward in its own worker process
+    (``rewards.isolation``). Names are made unique (``answer_match``, ``answer_match_2``) because TRL logs
     ``rewards/<name>/...`` and two rewards of one name would share a key.
     """
     raw = _RawText(tokenizer)
@@ -302,5 +330,5 @@ def wrap_rewards(funcs, tokenizer=None, timeout_s=None, max_failure_rate=0.1, fa
         seen[base] += 1
         name = base if seen[base] == 1 else f"{base}_{seen[base]}"
         wrapped.append(SafeReward(f, name=name, raw_text=raw, timeout_s=timeout_s, max_failure_rate=max_failure_rate,
-                                  failure_window=failure_window, min_samples=min_samples))
+                                  failure_window=failure_window, min_samples=min_samples, isolation=isolation))
     return wrapped

@@ -115,6 +115,9 @@ class Reward:
 class RewardRuntime:
     timeout_s: float | None = 30.0
     max_failure_rate: float = 0.5
+    # "none": rewards run in the trainer's process (timeouts by SIGALRM or an abandoned thread); "process": each
+    # reward in a worker process that a timeout kills and a crash costs one sample of (rewards.isolation).
+    isolation: str = "none"
 
 
 @dataclass
@@ -397,6 +400,7 @@ def _check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
         _check_reward(rw, f"rewards[{i}]", problems)
     if r.reward_runtime.timeout_s is not None and r.reward_runtime.timeout_s <= 0:
         problems.append("reward_runtime.timeout_s: must be > 0 or null")
+    _one_of(r.reward_runtime.isolation, ("none", "process"), "reward_runtime.isolation", problems)
     if not 0 < r.reward_runtime.max_failure_rate <= 1:
         problems.append("reward_runtime.max_failure_rate: must be in (0, 1]")
     _check_resumable(r.grpo, problems)

@@ -337,7 +337,8 @@ def build_rewards(recipe: Recipe, tokenizer) -> list:
 
     funcs = [get_reward(r.name, **r.params) for r in recipe.rewards]
     rt = recipe.reward_runtime
-    wrapped = wrap_rewards(funcs, tokenizer=tokenizer, timeout_s=rt.timeout_s, max_failure_rate=rt.max_failure_rate)
+    wrapped = wrap_rewards(funcs, tokenizer=tokenizer, timeout_s=rt.timeout_s, max_failure_rate=rt.max_failure_rate,
+                           isolation=rt.isolation)  # fmt: skip
     wrapped[0] = LogDecodedMasks(wrapped[0], tokenizer)
     return wrapped
 
