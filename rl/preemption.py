@@ -6,6 +6,10 @@ Trainer writes its checkpoint through the usual staged path, and ``rl.train.run`
 which ``samtok-rl train`` turns into exit status 0. ``run.resume=true`` then continues exactly. Inside a
 generation block (``steps_per_generation`` or ``num_iterations`` > 1) the stop waits for the block's end:
 its rollouts live in memory only.
+
+An out-of-memory error mid-step is the other early stop: ``SamtokGRPOTrainer`` drops the step's partial
+gradients, saves the last complete step when that is safe and raises ``OutOfMemoryStop`` (exit status 1),
+whose message says what was saved and what to lower.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ class Preempted(Exception):
     def __init__(self, checkpoint):
         self.checkpoint = checkpoint
         super().__init__(f"stopped on SIGTERM after saving {checkpoint}; continue with run.resume=true")
+
+
+class OutOfMemoryStop(RuntimeError):
+    """Out of memory mid-step: the step was not applied; the message names what was saved and what to lower."""
 
 
 class StopOnSigterm(TrainerCallback):

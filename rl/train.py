@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from rl.config import Recipe, RecipeError, load_recipe, save_resolved
-from rl.preemption import Preempted, StopOnSigterm
+from rl.preemption import OutOfMemoryStop, Preempted, StopOnSigterm
 
 log = logging.getLogger("samtok_rl.train")
 
@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as e:  # a clean stop: the scheduler must not count it as a failure
         print(f"preempted: {e}", file=sys.stderr)
         return 0
+    except OutOfMemoryStop as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"trained policy saved to {final}")
     return 0
 

@@ -34,6 +34,7 @@ from trl import GRPOConfig, GRPOTrainer
 from rl import checkpoint, lm_head, sampling, vllm_backend
 from rl.config import TINY, Recipe
 from rl.policy import ROWS_FILE, mask_token_ids
+from rl.preemption import OutOfMemoryStop
 from tokenizer.codec import embedding_weights
 
 log = logging.getLogger(__name__)
@@ -440,6 +441,40 @@ class SamtokGRPOTrainer(GRPOTrainer):
 
     def _get_output_dir(self, trial):
         return self._staging_root or super()._get_output_dir(trial)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # Generation and the loss both run inside: an OOM in either is caught before the optimizer steps.
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        except torch.OutOfMemoryError as e:
+            raise self._out_of_memory(e) from e
+
+    def _out_of_memory(self, error) -> OutOfMemoryStop:
+        """Drop this step's partial gradients (no partial update), save the state of the last complete step when
+        that is safe, and say what to lower."""
+        self.model.zero_grad(set_to_none=True)
+        self._buffered_inputs = None  # the rollouts of a failed generation block are not trained on
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        step, a = self.state.global_step, self.args
+        run_dir = Path(super()._get_output_dir(None))
+        saved = run_dir / f"checkpoint-{step}"
+        block = a.steps_per_generation * self.num_iterations
+        if (saved / checkpoint.MARKER).exists() or step == 0:
+            note = f"the last checkpoint is {checkpoint.last_checkpoint(run_dir) or 'none'}"
+        elif self.accelerator.num_processes > 1:
+            note = ("not checkpointed now (another rank may be inside a collective); resume from "
+                    f"{checkpoint.last_checkpoint(run_dir) or 'the start'}")  # fmt: skip
+        elif (step * a.gradient_accumulation_steps) % block:
+            note = f"not checkpointed (step {step} is inside a generation block); resume from the last checkpoint"
+        else:
+            self._save_checkpoint(self.model, None)
+            note = f"saved {saved} (the state after step {step}); resume with run.resume=true"
+        return OutOfMemoryStop(
+            f"out of memory in step {step + 1} ({error}). This step's update was not applied; {note}. Lower "
+            f"grpo.per_device_train_batch_size ({a.per_device_train_batch_size}, with gradient_accumulation_steps "
+            f"raised to keep the batch), grpo.max_completion_length ({a.max_completion_length}), or num_generations "
+            f"({a.num_generations}); or set grpo.gradient_checkpointing=true, model.finetune=lora, or ZeRO-3.")
 
     def _save_checkpoint(self, model, trial):
         bad = [n for n, p in self.model.named_parameters() if p.numel() and not torch.isfinite(p).all()]

@@ -61,3 +61,55 @@ def test_too_many_non_finite_steps_in_a_row_stop_with_the_last_checkpoint_intact
 
     model, _ = load_policy(last)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- out of memory
+
+
+def test_out_of_memory_mid_step_applies_nothing_saves_the_last_step_and_says_what_to_lower(tmp_path, monkeypatch):
+    """An OOM in the loss of step 3's second micro-step (after the first one's backward): the accumulated
+    gradients are dropped, the weights stay those of step 2, which is saved, and the error names the knobs."""
+    torch.manual_seed(0)
+    snap = NaNGradientsAt(())  # no poison: only its per-step snapshots
+    trainer = _trainer(tmp_path, "grpo.max_steps=5", "grpo.gradient_accumulation_steps=2",
+                       "grpo.per_device_train_batch_size=4", "grpo.save_strategy=no", callback=snap)  # fmt: skip
+    calls = {"n": 0}
+    real = tr.SamtokGRPOTrainer.compute_loss
+
+    def loss_then_oom(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:  # step 3 = micro-steps 5 and 6
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(tr.SamtokGRPOTrainer, "compute_loss", loss_then_oom)
+    with pytest.raises(tr.OutOfMemoryStop) as e:
+        trainer.train()
+    msg = str(e.value)
+    assert "out of memory in step 3" in msg and "update was not applied" in msg
+    assert "grpo.per_device_train_batch_size (4" in msg and "grpo.max_completion_length (12)" in msg
+    saved = tmp_path / "run" / "checkpoint-2"
+    assert f"saved {saved}" in msg and checkpoint.last_checkpoint(tmp_path / "run") == saved
+    weights, _ = snap.after[2]
+    now = dict(trainer.model.named_parameters())
+    assert all(torch.equal(weights[k], now[k].detach()) for k in weights)  # no partial update of step 3
+    assert all(p.grad is None for p in trainer.model.parameters())  # the half-accumulated gradients are gone
+
+    from rl.policy import load_policy
+
+    reloaded, _ = load_policy(saved)
+    state = reloaded.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_the_cli_exits_1_on_out_of_memory(tmp_path, monkeypatch, capsys):
+    from rl import train as train_mod
+    from rl.preemption import OutOfMemoryStop
+
+    def oom(recipe, callbacks=()):
+        raise OutOfMemoryStop("out of memory in step 1 (...). Lower grpo.per_device_train_batch_size (32)")
+
+    monkeypatch.setattr(train_mod, "run", oom)
+    monkeypatch.setattr(train_mod, "preflight", lambda recipe: None)
+    assert train_mod.main(["recipes/shapes_gres.yaml", f"run.output_dir={tmp_path}"]) == 1
+    assert "error: out of memory in step 1" in capsys.readouterr().err
