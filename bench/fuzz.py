@@ -8,7 +8,8 @@ A benchmark, not a timed test: it streams N adversarial completions (default 1,0
 * every built-in reward: ``answer_match`` (default, ``coarse`` with phrase and no-repeat terms, forced
   ``task=gcg``), ``no_repeat``, ``mask_format``, ``gres_format``, ``gcg_format`` (column ``answer``) and
   ``mask_iou`` in its three modes (columns ``image``, ``masks``, ``answer``; ``gcg`` mode gets only the GCG
-  and no-target rows of each batch, whose answers align phrases with masks). ``mask_iou`` decodes with a
+  and no-target rows of each batch, whose answers align phrases with masks) and ``latent_match`` in its two
+  modes (column ``answer``, the tiny tokenizer's codebooks). ``mask_iou`` decodes with a
   stand-in tokenizer (``SquareDecoder``: code ``(c1, c2)`` is a square placed by c1 and sized by c2, at the
   image's size; it rejects any code outside the codec's contract), so the IoU logic, GT RLE decoding and
   grouping run at full speed;
@@ -690,6 +691,10 @@ def _iou_targets():
         # gcg mode needs answers whose phrases align with the masks: GCG and no-target rows (and malformed ones).
         Target("mask_iou[gcg]", get_reward("mask_iou", mode="gcg", mask_tokenizer=dec), cols,
                rows=lambda row: row["task"] in ("gcg", "no_target")),  # fmt: skip
+        # The tiny tokenizer's real codebooks (no decoding): the answer text is all it reads.
+        Target("latent_match[gres]", get_reward("latent_match"), ("answer",)),
+        Target("latent_match[gcg]", get_reward("latent_match", mode="gcg"), ("answer",),
+               oracle=lambda row: row["task"] in ("gcg", "no_target")),  # fmt: skip
     ]
 
 
