@@ -26,6 +26,7 @@ Model output is untrusted: parsing never raises, whatever the completion.
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from rewards.answer_match import _gt_gcg, _text
 from tokenizer.codec import CODEBOOK_SIZE, parse_masks
@@ -89,8 +90,6 @@ class LatentMatch:
         return [(c1, c2) for c1, c2 in codes if 0 <= c1 < self.k and -1 <= c2 < self.k]
 
     def score(self, completion, answer) -> float:
-        from scipy.optimize import linear_sum_assignment
-
         text, answer = _text(completion), answer if isinstance(answer, str) else ""
         if self.mode == "gcg":
             from rewards.iou import _gcg_pred
@@ -115,6 +114,8 @@ class LatentMatch:
             sim *= np.array([[p == g for g in gt_phrases] for p, _ in pairs], dtype=float).reshape(sim.shape)
         else:
             sim = self.pair_similarity(list(dict.fromkeys(pred)), list(dict.fromkeys(gt)))
+        if 1 in sim.shape:  # one group on a side (most answers): the assignment is the best single pair
+            return float(sim.max()) / max(len(pred), len(gt))
         rows, cols = linear_sum_assignment(sim, maximize=True)
         return float(sim[rows, cols].sum()) / max(len(pred), len(gt))
 
