@@ -139,6 +139,9 @@ class Run:
     # Optimizer steps whose gradients are not finite are skipped (weights and optimizer state untouched);
     # this many in a row stop the run with an error, the last checkpoint intact.
     max_nonfinite_steps: int = 3
+    # Seconds a rank waits in a collective for the others before failing with a message naming where it
+    # waited (a rank that crashed, hung or was killed). Passed to the process group and to TRL's ddp_timeout.
+    dist_timeout_s: float = 1800.0
 
 
 @dataclass
@@ -209,10 +212,44 @@ class Recipe:
     sampling: Sampling = field(default_factory=Sampling)
 
 
-# Recipe sections added after runs and experiment cells were first written, with their defaults: a saved
-# recipe without one ran with these values (resume checks and experiment cell keys read it so).
-def later_sections() -> dict:
-    return {"sampling": dataclasses.asdict(Sampling())}
+# Recipe settings added after runs and experiment cells were first written (dotted paths), with their defaults: a
+# saved recipe without one ran with that value (resume checks and experiment cell keys read it so).
+def later_settings() -> dict:
+    return {"sampling.balance": None, "sampling.dynamic": dataclasses.asdict(Dynamic()),
+            "reward_runtime.isolation": RewardRuntime.isolation}  # fmt: skip
+
+
+def with_later_defaults(saved: dict) -> dict:
+    """A saved recipe dict with every later setting it lacks filled in at its default (a new dict)."""
+    import copy
+
+    out = copy.deepcopy(saved)
+    for path, default in later_settings().items():
+        *parents, leaf = path.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node.setdefault(leaf, copy.deepcopy(default))
+    return out
+
+
+def without_later_defaults(d: dict) -> dict:
+    """``d`` with every later setting that is at its default removed (a new dict): keys of results made before
+    the setting existed stay valid."""
+    import copy
+
+    out = copy.deepcopy(d)
+    for path, default in later_settings().items():
+        *parents, leaf = path.split(".")
+        chain = [out]
+        for p in parents:
+            chain.append(chain[-1].get(p) if isinstance(chain[-1], dict) else None)
+        if isinstance(chain[-1], dict) and chain[-1].get(leaf, object()) == default:
+            del chain[-1][leaf]
+            for parent, name, node in reversed(list(zip(chain, parents, chain[1:]))):
+                if node == {}:  # a section that held only later settings did not exist then
+                    del parent[name]
+    return out
 
 
 # ---------------------------------------------------------------- loading
@@ -376,13 +413,13 @@ def _check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
     before = len(problems)
     _check_passthrough(r.grpo, GRPOConfig, "grpo", problems, OWNED_BY_RUN)
     if len(problems) == before:  # TRL's own checks only once every field is known and well typed
-        _check_trl_builds(GRPOConfig, r.grpo, "grpo", problems)
+        _check_trl_builds(GRPOConfig, r.grpo, "grpo", problems, r.run.dist_timeout_s)
     before = len(problems)
     _check_passthrough(r.sft.args, SFTConfig, "sft.args", problems, OWNED_BY_RUN)
     if len(problems) == before and r.sft.enabled:
         from rl.sft import SFT_DEFAULTS
 
-        _check_trl_builds(SFTConfig, {**SFT_DEFAULTS, **r.sft.args}, "sft.args", problems)
+        _check_trl_builds(SFTConfig, {**SFT_DEFAULTS, **r.sft.args}, "sft.args", problems, r.run.dist_timeout_s)
     _one_of(r.model.dtype, DTYPES, "model.dtype", problems)
     _one_of(r.model.finetune, FINETUNE, "model.finetune", problems)
     _one_of(r.model.tiny.arch, ("qwen2_5_vl", "qwen3_vl"), "model.tiny.arch", problems)
@@ -404,6 +441,8 @@ def _check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
     if not 0 < r.reward_runtime.max_failure_rate <= 1:
         problems.append("reward_runtime.max_failure_rate: must be in (0, 1]")
     _check_resumable(r.grpo, problems)
+    if not r.run.dist_timeout_s > 0:
+        problems.append(f"run.dist_timeout_s: {r.run.dist_timeout_s} must be > 0")
     if r.run.max_nonfinite_steps < 1:
         problems.append(f"run.max_nonfinite_steps: {r.run.max_nonfinite_steps} must be >= 1")
     weights = r.grpo.get("reward_weights")
@@ -456,15 +495,33 @@ def _check_sampling(s: Sampling, problems: list[str]) -> None:
         problems.append("sampling.balance: the shares sum to 0; give at least one kind a positive share (or null)")
 
 
-def _check_trl_builds(config_cls, values: dict, where: str, problems: list[str]) -> None:
+def init_process_group(timeout_s: float):
+    """accelerate's process state (a process group under a launcher) with collectives timing out after
+    ``timeout_s``. The first call in a process wins: transformers' own (``TrainingArguments``, when TRL's config
+    is built) passes no timeout with ``use_cpu``, so gloo ranks would wait torch's default 30 minutes."""
+    from datetime import timedelta
+
+    import torch
+    from accelerate import PartialState
+
+    # cpu=True where training will run on the CPU (TRL's use_cpu): accelerate's CPU rendezvous, as transformers'.
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=timeout_s))
+
+
+def _check_trl_builds(config_cls, values: dict, where: str, problems: list[str], dist_timeout_s=None) -> None:
     """Build TRL's config as training will, so that its ``__post_init__`` refusals (``num_generations=1``, a
     batch not divisible by the generations, ...) are listed now instead of after the SFT stage. The world size
-    is this process's: under a launcher every rank checks its own."""
+    is this process's: under a launcher every rank checks its own. Building it sets accelerate's process group
+    up (once per process), so it gets the run's ``dist_timeout_s`` here already."""
+    import math
     import tempfile
 
     import torch
 
     kwargs = {k: v for k, v in values.items() if k not in OWNED_BY_RUN and k != "deepspeed"}  # DeepSpeed: at launch
+    if dist_timeout_s is not None and dist_timeout_s > 0:
+        kwargs.setdefault("ddp_timeout", math.ceil(dist_timeout_s))
+        init_process_group(dist_timeout_s)
     if not torch.cuda.is_available():
         kwargs = {"use_cpu": True, "bf16": False, **kwargs}
     with tempfile.TemporaryDirectory() as tmp:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rl import report as flags_mod
-from rl.config import RecipeError, later_sections, load_recipe, to_dict
+from rl.config import RecipeError, load_recipe, to_dict, without_later_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_RECIPES = {"gres": "recipes/shapes_gres.yaml", "gcg": "recipes/shapes_gcg.yaml"}
@@ -51,9 +51,6 @@ EVAL_SPLITS = ("val", "test")
 SFT_SECTIONS = ("model", "data", "sft")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CELL_FILE = "cell.json"
-# Recipe sections added after cells were first keyed (rl.config.later_sections): left out of a cell's key while
-# at their defaults, so that adding an optional setting to the schema does not invalidate finished results.
-LATER_SECTIONS = later_sections()
 
 
 class PlanError(ValueError):
@@ -291,12 +288,10 @@ def sft_key(recipe) -> str:
 
 def _recipe_key(recipe) -> str:
     d = to_dict(recipe)
-    d["run"] = {k: v for k, v in d["run"].items() if k not in ("output_dir", "resume")}  # set by the harness
+    # output_dir, resume: set by the harness; dist_timeout_s: how long ranks wait, not what they train
+    d["run"] = {k: v for k, v in d["run"].items() if k not in ("output_dir", "resume", "dist_timeout_s")}
     d.pop("monitor", None)  # held-out logging during GRPO: it leaves the trained policy as it is (RNG kept)
-    for section, default in LATER_SECTIONS.items():
-        if d.get(section) == default:
-            d.pop(section)
-    return _hash(d)
+    return _hash(without_later_defaults(d))
 
 
 def _sft_cell(recipe, run_dir: Path, key: str, name: str, seed: int) -> Cell:

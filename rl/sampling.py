@@ -110,7 +110,9 @@ class BalancedRepeatSampler(EpochSeededRepeatSampler):
 # ---------------------------------------------------------------- dynamic sampling (DAPO's filter_groups)
 
 # How each per-sample tensor of TRL's generation batch is padded when batches of different lengths are joined.
-_LEFT_PADDED = {"prompt_ids": "pad", "prompt_mask": 0, "token_type_ids": 0, "mm_token_type_ids": 0}
+_LEFT_PADDED = {"prompt_ids": "pad", "prompt_mask": 0}
+# Per-token over prompt + completion: TRL extends the (left-padded) prompt part with zeros for the completion.
+_PROMPT_THEN_COMPLETION = ("token_type_ids", "mm_token_type_ids")
 _RIGHT_PADDED = {"completion_ids": "pad", "completion_mask": 0, "old_per_token_logps": 0.0,
                  "sampling_per_token_logps": 0.0, "ref_per_token_logps": 0.0, "importance_sampling_ratio": 1.0,
                  "tool_mask": 1}  # fmt: skip
@@ -169,6 +171,11 @@ def join(batches: list[dict], pad_token_id: int) -> dict:
             out[key] = [x for v in values for x in v]
         elif values[0].ndim == 1:
             out[key] = torch.cat(values)
+        elif key in _PROMPT_THEN_COMPLETION:
+            widths = [b["prompt_ids"].shape[1] for b in batches]
+            head = pad([row for v, w in zip(values, widths) for row in v[:, :w]], padding_value=0, padding_side="left")
+            tail = pad([row for v, w in zip(values, widths) for row in v[:, w:]], padding_value=0, padding_side="right")
+            out[key] = torch.cat([head, tail], dim=1)
         elif key in _LEFT_PADDED or key in _RIGHT_PADDED:
             side = "left" if key in _LEFT_PADDED else "right"
             fill = {**_LEFT_PADDED, **_RIGHT_PADDED}[key]

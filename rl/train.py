@@ -22,7 +22,7 @@ import logging
 import sys
 from pathlib import Path
 
-from rl.config import Recipe, RecipeError, load_recipe, save_resolved
+from rl.config import Recipe, RecipeError, init_process_group, load_recipe, save_resolved
 from rl.preemption import OutOfMemoryStop, Preempted, StopOnSigterm
 
 log = logging.getLogger("samtok_rl.train")
@@ -89,7 +89,6 @@ def preflight(recipe: Recipe) -> str | None:
 
 def run(recipe: Recipe, callbacks=()) -> Path:
     """SFT warm start (if enabled), then GRPO; returns the directory of the final policy."""
-    from accelerate import PartialState
     from transformers import set_seed
 
     from rl import checkpoint, monitor
@@ -100,7 +99,7 @@ def run(recipe: Recipe, callbacks=()) -> Path:
 
     # Joins the process group now under a launcher, so that ranks can wait for files that rank 0 writes
     # (policy-init, the SFT policy) before the trainers exist.
-    state = PartialState()
+    state = init_process_group(recipe.run.dist_timeout_s)
     run_dir = Path(recipe.run.output_dir)
     if recipe.run.resume:
         refuse_changed_resume(recipe, run_dir)
@@ -128,10 +127,47 @@ def run(recipe: Recipe, callbacks=()) -> Path:
     stop = StopOnSigterm(args.num_iterations)
     trainer.add_callback(stop)
     with stop.installed():
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        except RuntimeError as e:
+            if state.num_processes > 1 and is_collective_timeout(e):
+                raise RankTimeout(waited_message(e, state, recipe.run.dist_timeout_s, run_dir)) from e
+            raise
     if stop.stopped_at is not None:
         raise Preempted(run_dir / f"checkpoint-{stop.stopped_at}")
     return tr.save_final(trainer, processor, run_dir / "final")
+
+
+class RankTimeout(RuntimeError):
+    """A collective timed out: another rank stopped participating (crashed, hung or was killed)."""
+
+
+def is_collective_timeout(error: BaseException) -> bool:
+    # gloo: "Timed out waiting 10000ms for recv operation to complete"; NCCL's watchdog: "... timeout ..."
+    text = str(error).lower()
+    return "timed out" in text or "timeout" in text
+
+
+def waited_message(error: BaseException, state, timeout_s: float, run_dir: Path) -> str:
+    """Where this rank waited (the innermost frame of our code or TRL's), for how long, and what to do."""
+    import traceback
+
+    from rl import checkpoint
+
+    def at(frame) -> str:
+        path = Path(frame.filename)
+        return f"{frame.name} ({path.parent.name}/{path.name}:{frame.lineno})"
+
+    frames = list(reversed(traceback.extract_tb(error.__traceback__)))  # innermost first
+    ours = next((f for f in frames if "/trl/" in f.filename or "/rl/" in f.filename), None)
+    op = next((f for f in frames if "/accelerate/" in f.filename or "/torch/distributed/" in f.filename), None)
+    where = at(ours) if ours else "a collective"
+    if op is not None and ours is not None and frames.index(op) < frames.index(ours):
+        where += f", in {at(op)}"
+    return (f"rank {state.process_index} of {state.num_processes} waited {timeout_s:g} s (run.dist_timeout_s) for "
+            f"the other ranks in {where}, and at least one never came: a rank crashed, hung or was killed (its "
+            f"own log says which). Last complete checkpoint: {checkpoint.last_checkpoint(run_dir) or 'none'}; "
+            f"rerun with run.resume=true. ({str(error).strip()[:300]})")  # fmt: skip
 
 
 # What a checkpoint's weights, optimizer state and rollout layout depend on: resuming under other values would
@@ -146,13 +182,13 @@ def refuse_changed_resume(recipe: Recipe, run_dir: Path) -> None:
     from omegaconf import OmegaConf
 
     from rl import checkpoint
-    from rl.config import later_sections, to_dict
+    from rl.config import to_dict, with_later_defaults
 
     old_file = run_dir / "recipe.yaml"
     if not old_file.is_file() or checkpoint.last_checkpoint(run_dir) is None:
         return
     old, new = OmegaConf.to_container(OmegaConf.load(old_file)), to_dict(recipe)
-    old = {**later_sections(), **old}  # a run saved before a section existed ran with its defaults
+    old = with_later_defaults(old)  # a run saved before a setting existed ran with its default
     changed = []
     for key in RESUME_FIXED:
         a, b = old, new

@@ -81,11 +81,19 @@ def init_policy_dir(recipe: Recipe, run_dir: str | os.PathLike, init_from: str |
     if init_from is None and m.path != TINY and not m.add_mask_tokens:
         return Path(m.path)  # a released -SAMTok checkpoint is used as is: no copy of several GB
     init_dir = Path(run_dir) / "policy-init"
-    if not (init_dir / "config.json").is_file():
-        if _is_main_process():
-            model, processor = load_policy(init_from) if init_from else initial_policy(recipe)
-            save_policy(model, processor, init_dir)
-        _barrier()
+    # Rank 0 writes it whole under another name and renames it, so that no rank (nor a later resume) can see a
+    # half-written policy-init; every rank then meets at the barrier, whatever it saw on disk (a rank that
+    # skipped it because the folder was already there would race rank 0's writing and leave it waiting).
+    if _is_main_process() and not (init_dir / "config.json").is_file():
+        import shutil
+
+        model, processor = load_policy(init_from) if init_from else initial_policy(recipe)
+        partial = init_dir.with_name(init_dir.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        save_policy(model, processor, partial)
+        shutil.rmtree(init_dir, ignore_errors=True)  # a folder left by a run killed before this rule existed
+        os.replace(partial, init_dir)
+    _barrier()
     return init_dir
 
 
@@ -312,6 +320,7 @@ def grpo_config(recipe: Recipe, run_dir: str | os.PathLike) -> GRPOConfig:
     """``GRPOConfig`` from the recipe's ``grpo:`` section plus the fields the recipe owns elsewhere."""
     kwargs = dict(recipe.grpo)
     kwargs.setdefault("remove_unused_columns", False)  # reward functions read the answer/masks columns
+    kwargs.setdefault("ddp_timeout", math.ceil(recipe.run.dist_timeout_s))
     kwargs.setdefault("logging_steps", 1)
     kwargs.setdefault("save_total_limit", recipe.run.keep_checkpoints)
     if not torch.cuda.is_available():

@@ -4,13 +4,15 @@
 with the overrides given and, when STOP_AT > 0, stops after that step as a preempted job would (after its
 checkpoint is written), so that a second process can resume it. It works under ``accelerate launch`` too.
 With ``RESUME_RUN_DUMP=FILE`` it writes the policy's weights as the first step begins (after any resume
-has loaded them) to FILE.
+has loaded them) to FILE; ``RESUME_RUN_FAULT`` makes one rank die or hang at a step (``FaultAt``).
 """
 
 import json
 import logging
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -41,6 +43,24 @@ class DumpWeights(TrainerCallback):
             save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, self.path)
 
 
+class FaultAt(TrainerCallback):
+    """``RESUME_RUN_FAULT=kill:RANK:STEP`` SIGKILLs that rank as the step begins (first attempt of a torchrun
+    job only, so that a restarted job runs through); ``hang:RANK:STEP`` makes it stop participating there
+    (it sleeps; the launcher's SIGTERM ends it, as it would a rank stuck in compute)."""
+
+    def __init__(self, spec: str):
+        self.kind, self.rank, self.step = (spec.split(":") + ["", "", ""])[:3] if spec else ("", "", "")
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if not self.kind or int(self.rank) != args.process_index or state.global_step + 1 != int(self.step):
+            return
+        if self.kind == "kill" and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.kind == "hang":
+            signal.signal(signal.SIGTERM, lambda *a: os._exit(1))
+            time.sleep(3600)
+
+
 def main(argv):
     from rl import train
     from rl.config import load_recipe
@@ -48,7 +68,8 @@ def main(argv):
     logging.basicConfig(level=logging.INFO)
     stop_at, overrides = int(argv[0]), argv[1:]
     recipe = load_recipe(ROOT / "recipes" / "shapes_gres.yaml", overrides)
-    train.run(recipe, callbacks=[StopAt(stop_at), DumpWeights(os.environ.get("RESUME_RUN_DUMP", ""))])
+    train.run(recipe, callbacks=[StopAt(stop_at), DumpWeights(os.environ.get("RESUME_RUN_DUMP", "")),
+                                 FaultAt(os.environ.get("RESUME_RUN_FAULT", ""))])
 
 
 # ---------------------------------------------------------------- the state compared

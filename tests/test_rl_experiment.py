@@ -219,6 +219,23 @@ def test_shipped_plans_validate():
     root = Path(experiment.__file__).resolve().parents[1] / "recipes" / "experiments"
     for task in ("gres", "gcg"):
         plan = experiment.load_plan(root / f"{task}.yaml")
-        assert plan.task == task and plan.variants == {"default": []}
+        assert plan.task == task and plan.variants["default"] == []
         assert plan.recipe.name == f"shapes_{task}.yaml"
         assert plan.eval == {"split": "test", "samples": 200, "max_new_tokens": demo.MAX_NEW_TOKENS[task]}
+    for path in root.glob("*_rewards.yaml"):  # the ablations: the paper's reward next to the default
+        plan = experiment.load_plan(path)
+        assert {"paper", "default"} <= plan.variants.keys() and plan.variants["default"] == []
+
+
+def test_settings_added_later_leave_finished_cells_keys_alone():
+    """A setting added to the schema after cells were keyed is left out of the key at its default (and a section
+    that only held such settings disappears), so results made before it existed stay valid."""
+    from rl.config import later_settings, with_later_defaults, without_later_defaults
+
+    old = {"run": {"seed": 0}, "reward_runtime": {"timeout_s": 10.0}}
+    new = with_later_defaults(old)
+    assert new["sampling"]["balance"] is None and new["reward_runtime"]["isolation"] == "none"
+    assert without_later_defaults(new) == old and old == {"run": {"seed": 0}, "reward_runtime": {"timeout_s": 10.0}}
+    changed = with_later_defaults({**old, "sampling": {"balance": {"no_target": 1.0}}})
+    assert without_later_defaults(changed)["sampling"] == {"balance": {"no_target": 1.0}}  # a real choice stays
+    assert set(later_settings()) >= {"sampling.balance", "sampling.dynamic", "reward_runtime.isolation"}

@@ -245,6 +245,16 @@ def test_resuming_with_a_changed_model_tokenizer_or_group_size_is_refused(tmp_pa
                         ("grpo.num_generations=4", "grpo.num_generations")):  # fmt: skip
         with pytest.raises(RecipeError, match=rf"{key}: .* in {run / 'recipe.yaml'}"):
             refuse_changed_resume(load_recipe(recipe, [*base, change]), run)
+    with pytest.raises(RecipeError, match=r"sampling.balance: None in .*, \{'no_target': 1.0\} now"):
+        refuse_changed_resume(load_recipe(recipe, [*base, "sampling.balance={no_target: 1.0}"]), run)
+
+    # A run saved before the sampling section and reward isolation existed ran with their defaults: it resumes.
+    import yaml
+
+    saved = yaml.safe_load((run / "recipe.yaml").read_text())
+    del saved["sampling"], saved["reward_runtime"]["isolation"]
+    (run / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    refuse_changed_resume(load_recipe(recipe, base), run)
 
 
 def test_sigterm_saves_a_complete_checkpoint_exits_0_and_resumes_exactly(tmp_path):
@@ -282,3 +292,43 @@ def test_sigterm_saves_a_complete_checkpoint_exits_0_and_resumes_exactly(tmp_pat
     last = f"checkpoint-{step + 2}"
     assert_same_state(checkpoint_state(straight / last), checkpoint_state(run / last))
     assert completions(straight) == completions(run)
+
+
+# ---------------------------------------------------------------- distributed faults (2 gloo ranks, torchrun)
+
+
+def _torchrun(tmp_path, fault: str, *extra, restarts: int = 0, timeout: int = 300):
+    data = write_prepared(tmp_path / "data", n=8)
+    run = tmp_path / "run"
+    # torchrun's default (static) rendezvous: with --rdzv-backend c10d a restarted gloo job was seen reading the
+    # dead attempt's addresses from the store (torch 2.14) and failing to connect.
+    launcher = ["-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", str(restarts),
+                "--master-port", str(31500 + os.getpid() % 1000)]  # fmt: skip
+    overrides = _overrides(data, run, "grpo.max_steps=4", "grpo.per_device_train_batch_size=4",
+                           "grpo.max_completion_length=4", "grpo.log_completions=false", *extra)  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, *launcher, DRIVER, "0", *overrides], cwd=ROOT,
+                          env=_env(RESUME_RUN_FAULT=fault), capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return done, run, time.perf_counter() - started
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gloo ranks under torchrun are tested on Linux")
+def test_a_rank_killed_under_torchrun_restarts_the_job_which_resumes(tmp_path):
+    """torchrun --max-restarts=1: SIGKILL on rank 1 at step 3 ends the first attempt; the restarted job resumes
+    from the last complete checkpoint (step 2) and finishes with one continuous history."""
+    done, run, _ = _torchrun(tmp_path, "kill:1:3", "run.resume=true", restarts=1)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert f"resuming from {run / 'checkpoint-2'}" in done.stderr
+    state = json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())
+    assert [h["step"] for h in state["log_history"] if "reward" in h] == [1, 2, 3, 4]
+    assert (run / "final" / "config.json").is_file()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gloo ranks under torchrun are tested on Linux")
+def test_a_rank_that_stops_participating_fails_the_others_within_the_timeout(tmp_path):
+    done, run, wall = _torchrun(tmp_path, "hang:1:3", "run.dist_timeout_s=8")
+    assert done.returncode != 0
+    err = done.stderr
+    assert "rank 0 of 2 waited 8 s (run.dist_timeout_s) for the other ranks in" in err, err[-4000:]
+    assert f"Last complete checkpoint: {run / 'checkpoint-2'}" in err
+    assert wall < 120  # not torch's 30-minute default

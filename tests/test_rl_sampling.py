@@ -98,12 +98,18 @@ def test_take_and_join_repad_left_and_right():
     a = {"prompt_ids": torch.tensor([[0, 5], [6, 7]]), "prompt_mask": torch.tensor([[0, 1], [1, 1]]),
          "completion_ids": torch.tensor([[1, 0], [2, 3]]), "completion_mask": torch.tensor([[1, 0], [1, 1]]),
          "advantages": torch.tensor([0.5, -0.5]), "num_items_in_batch": torch.tensor(3),
-         "pixel_values": [torch.ones(2, 3), torch.ones(4, 3)], "num_images": [1, 1]}  # fmt: skip
+         "pixel_values": [torch.ones(2, 3), torch.ones(4, 3)], "num_images": [1, 1],
+         "mm_token_type_ids": torch.tensor([[0, 1, 0, 0], [1, 1, 0, 0]])}  # fmt: skip
     b = {"prompt_ids": torch.tensor([[9, 9, 9]]), "prompt_mask": torch.tensor([[1, 1, 1]]),
          "completion_ids": torch.tensor([[4, 4, 4]]), "completion_mask": torch.tensor([[1, 1, 1]]),
          "advantages": torch.tensor([1.0]), "num_items_in_batch": torch.tensor(3),
-         "pixel_values": [torch.zeros(1, 3)], "num_images": [1]}  # fmt: skip
+         "pixel_values": [torch.zeros(1, 3)], "num_images": [1],
+         "mm_token_type_ids": torch.tensor([[1, 1, 0, 0, 0, 0]])}  # fmt: skip
     out = sampling.join([sampling.take(a, [1]), b], pad_token_id=0)
+    # prompt part left-padded to the joined prompt width (3), completion part right-padded (3): rows stay aligned
+    # with cat(prompt_ids, completion_ids), as the model's rope index needs
+    assert out["mm_token_type_ids"].tolist() == [[0, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]]
+    assert out["mm_token_type_ids"].shape[1] == out["prompt_ids"].shape[1] + out["completion_ids"].shape[1]
     assert out["prompt_ids"].tolist() == [[0, 6, 7], [9, 9, 9]]  # prompts stay left-padded
     assert out["prompt_mask"].tolist() == [[0, 1, 1], [1, 1, 1]]
     assert out["completion_ids"].tolist() == [[2, 3, 0], [4, 4, 4]]  # completions right-padded
