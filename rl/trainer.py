@@ -426,6 +426,14 @@ class SamtokGRPOTrainer(GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._round_rewards = rewards  # every rank's rewards of this generation round, for dynamic sampling
+        # TRL gives a completion that every reward scored None (NaN here) zero advantage; count them, and the
+        # groups made only of such completions (a prompt that taught nothing), so that a broken reward shows.
+        mode = "train" if self.model.training else "eval"
+        g = self.num_generations if mode == "train" else self.num_generations_eval
+        unscorable = torch.isnan(rewards).all(1)
+        if g and len(unscorable) % g == 0:
+            self._metrics[mode]["rewards/unscorable_groups"].append(unscorable.view(-1, g).all(1).sum().item())
+        self._metrics[mode]["rewards/unscorable_completions"].append(unscorable.sum().item())
         return rewards
 
     def _generate_and_score_completions(self, inputs):

@@ -113,3 +113,27 @@ def test_the_cli_exits_1_on_out_of_memory(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_mod, "preflight", lambda recipe: None)
     assert train_mod.main(["recipes/shapes_gres.yaml", f"run.output_dir={tmp_path}"]) == 1
     assert "error: out of memory in step 1" in capsys.readouterr().err
+
+
+def none_on_no_target(completions, no_target=None, **kwargs):
+    """Not applicable (None) on no-target rows, a varied score elsewhere."""
+    return [None if nt else len(c if isinstance(c, str) else c[0]["content"]) % 7 / 7
+            for c, nt in zip(completions, no_target)]  # fmt: skip
+
+
+def test_a_group_whose_rewards_are_all_none_contributes_nothing_and_is_counted(tmp_path):
+    torch.manual_seed(0)
+    snap = NaNGradientsAt(())
+    trainer = _trainer(tmp_path, "rewards=[{name: 'test_rl_nonfinite:none_on_no_target'}]",
+                       "sampling.balance={no_target: 1.0}", "grpo.max_steps=1", "grpo.log_completions=true",
+                       callback=snap)  # fmt: skip
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "rewards/unscorable_groups" in h]
+    assert logs[0]["rewards/unscorable_groups"] == 2 and logs[0]["rewards/unscorable_completions"] == 8
+    import pandas as pd
+
+    logged = pd.read_parquet(sorted((tmp_path / "run" / "completions").glob("*.parquet"))[-1])
+    assert (logged["advantage"] == 0).all()
+    weights, _ = snap.after[1]
+    assert all(torch.equal(before[k], weights[k]) for k in before)  # nothing to learn from: nothing moved
