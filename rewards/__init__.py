@@ -3,6 +3,10 @@
 
 * ``rewards.answer_match``: the paper's textual answer-matching reward (no decoding), pure functions
   ``score``, ``no_repeat``, ``gcg_scores``.
+* ``rewards.parsing``: the completion-parsing helpers every reward shares (text of a completion, the strict
+  mask-group grammar, GCG phrases, GT answers parsed once).
+* ``rewards.latent``: ``latent_match``, partial credit from the tokenizer's codebook latents (no decoding).
+* ``rewards.isolation``: rewards in worker processes (``reward_runtime.isolation: process``).
 * ``rewards.format``: format rewards (well-formed mask groups, GRES answer format, GCG format).
 * ``rewards.iou``: IoU from SAMTok decoding (``mask_iou``; imports torch when built).
 * ``rewards.registry``: ``get_reward(spec, **params)`` for built-in names, ``module:function`` and

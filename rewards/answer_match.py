@@ -26,44 +26,14 @@ Everything here is pure Python on strings and never raises on any input.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
-from functools import lru_cache
+
+from rewards.parsing import OBJ_START, completion_text, gcg_parse, gt_gcg, gt_groups, strict_groups
 
 GRADINGS = ("binary", "coarse")
 TASKS = ("auto", "gres", "gcg")
 COARSE_CREDIT = 0.4
 MAX_REPEATS = 3
-
-_GROUP_RE = re.compile(r"<\|mt_start\|><\|mt_(\d{4})\|><\|mt_(\d{4})\|><\|mt_end\|>")
-_OBJ_START = "<|object_ref_start|>"
-# A phrase is the text between an object-ref start and end that contains neither marker, so that
-# "<s>a <s>b<e>" yields "b" (the unrolled loop keeps the match linear-time). The mask group that directly
-# follows the phrase, after optional whitespace, is captured when present. One C-level pass: measured faster
-# than splitting on the markers in Python.
-_PHRASE = (
-    r"<\|object_ref_start\|>"
-    r"([^<]*(?:<(?!\|object_ref_(?:start|end)\|>)[^<]*)*)"
-    r"<\|object_ref_end\|>"
-)
-_PHRASE_RE = re.compile(_PHRASE + r"(?:\s*<\|mt_start\|><\|mt_(\d{4})\|><\|mt_(\d{4})\|><\|mt_end\|>)?")
-# The same phrases with the whitespace after them: a mask group that directly follows a phrase starts where
-# the match ends (``rewards.iou`` pairs phrases with repaired groups this way).
-_PHRASE_WS_RE = re.compile(_PHRASE + r"\s*")
-
-
-def _text(completion) -> str:
-    """The text of a completion: a string, or TRL's chat form ``[{"role": "assistant", "content": str}]``."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        content = completion[-1].get("content")
-        if isinstance(content, str):
-            return content
-        if isinstance(content, list):  # content parts: keep the text ones
-            return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
 
 def _check_grading(grading: str) -> None:
     if grading not in GRADINGS:
@@ -86,46 +56,16 @@ def _match(pred: list[tuple[str, str]], gt: list[tuple[str, str]], coarse: bool)
     return hits / max(len(pred), len(gt))
 
 
-@lru_cache(maxsize=4096)
-def _gt_groups(answer: str) -> list[tuple[str, str]]:
-    # Each answer is scored against num_generations completions: parse it once.
-    return _GROUP_RE.findall(answer)
-
-
-def _normalize_phrase(phrase: str) -> str:
-    return " ".join(phrase.lower().split())
-
-
-def _phrases(text: str) -> list[tuple[str, str, str]]:
-    """``(phrase, c1, c2)`` per phrase; c1/c2 are the digits of the group right after it, or empty strings."""
-    return _PHRASE_RE.findall(text)
-
-
-def _gcg_parse(text: str) -> tuple[list[tuple[str, str]], list[str]]:
-    """(mask groups that directly follow a phrase, all normalised phrases)."""
-    groups, phrases = [], []
-    for phrase, c1, c2 in _phrases(text):
-        phrases.append(_normalize_phrase(phrase))
-        if c1:
-            groups.append((c1, c2))
-    return groups, phrases
-
-
-@lru_cache(maxsize=4096)
-def _gt_gcg(answer: str) -> tuple[list[tuple[str, str]], list[str]]:
-    return _gcg_parse(answer)
-
-
 def score(completion, answer, grading: str = "binary") -> float:
     """Answer-matching score of one completion against one GT answer, in [0, 1]."""
     _check_grading(grading)
     answer = answer if isinstance(answer, str) else ""
-    return _match(_GROUP_RE.findall(_text(completion)), _gt_groups(answer), grading == "coarse")
+    return _match(strict_groups(completion_text(completion)), gt_groups(answer), grading == "coarse")
 
 
 def no_repeat(completion) -> float:
     """0.0 if any well-formed mask group occurs more than 3 times in the completion, else 1.0."""
-    return _no_repeat(_GROUP_RE.findall(_text(completion)))
+    return _no_repeat(strict_groups(completion_text(completion)))
 
 
 def _no_repeat(groups: list) -> float:
@@ -146,10 +86,10 @@ def gcg_scores(completion, answer, grading: str = "binary") -> dict[str, float]:
     """GCG terms: ``mask`` (groups paired with a phrase, graded as in ``score``) and ``phrase`` accuracy."""
     _check_grading(grading)
     answer = answer if isinstance(answer, str) else ""
-    pred_groups, pred_phrases = _gcg_parse(_text(completion))
-    gt_groups, gt_phrases = _gt_gcg(answer)
+    pred_groups, pred_phrases = gcg_parse(completion_text(completion))
+    gt_masks, gt_phrases = gt_gcg(answer)
     return {
-        "mask": _match(pred_groups, gt_groups, grading == "coarse"),
+        "mask": _match(pred_groups, gt_masks, grading == "coarse"),
         "phrase": _phrase_accuracy(pred_phrases, gt_phrases),
     }
 
@@ -174,19 +114,19 @@ class AnswerMatch:
     def score(self, completion, answer) -> float | None:
         if not isinstance(answer, str):  # no ground truth for this row: not applicable (TRL's None)
             return None
-        text, coarse = _text(completion), self.grading == "coarse"
-        if self.task == "gcg" or (self.task == "auto" and _OBJ_START in answer):
-            pred_groups, pred_phrases = _gcg_parse(text)
-            gt_groups, gt_phrases = _gt_gcg(answer)
-            value = _match(pred_groups, gt_groups, coarse)
+        text, coarse = completion_text(completion), self.grading == "coarse"
+        if self.task == "gcg" or (self.task == "auto" and OBJ_START in answer):
+            pred_groups, pred_phrases = gcg_parse(text)
+            gt_masks, gt_phrases = gt_gcg(answer)
+            value = _match(pred_groups, gt_masks, coarse)
             if self.phrase_weight:
                 value += self.phrase_weight * _phrase_accuracy(pred_phrases, gt_phrases)
             if self.no_repeat_weight:  # with at most 3 starts no group can repeat: skip the second parse
                 few = text.count("<|mt_start|>") <= MAX_REPEATS
-                value += self.no_repeat_weight * (1.0 if few else _no_repeat(_GROUP_RE.findall(text)))
+                value += self.no_repeat_weight * (1.0 if few else _no_repeat(strict_groups(text)))
         else:
-            groups = _GROUP_RE.findall(text)
-            value = _match(groups, _gt_groups(answer), coarse) + self.phrase_weight  # full phrase credit
+            groups = strict_groups(text)
+            value = _match(groups, gt_groups(answer), coarse) + self.phrase_weight  # full phrase credit
             if self.no_repeat_weight:
                 value += self.no_repeat_weight * _no_repeat(groups)
         return value / self.total

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 
-from rewards.answer_match import _phrases, _text
+from rewards.parsing import completion_text, phrases
 
 NO_TARGET = "No target."
 
@@ -65,7 +65,7 @@ def gres_ok(text: str) -> bool:
 def gcg_ok(text: str) -> bool:
     """At least one phrase; every phrase non-empty and followed by exactly one well-formed group; no other
     mask tokens and no unpaired object-ref markers."""
-    pairs = _phrases(text)
+    pairs = phrases(text)
     if not pairs:
         return False
     for phrase, c1, c2 in pairs:
@@ -82,7 +82,7 @@ class FormatReward:
         self.__name__, self.check = name, check
 
     def __call__(self, prompts=None, completions=(), completion_ids=None, **columns):
-        return [float(self.check(_text(c))) for c in completions]
+        return [float(self.check(completion_text(c))) for c in completions]
 
 
 def mask_format() -> FormatReward:

@@ -31,8 +31,8 @@ Measured by ``bench/rewards.py --tokenizer hiera_t`` on an H200: peak 889 MiB of
 
 from __future__ import annotations
 
-from rewards.answer_match import _PHRASE_WS_RE, _gt_gcg, _normalize_phrase, _text
-from tokenizer.codec import mask_groups, parse_masks
+from rewards.parsing import completion_text, gcg_pred, gt_gcg
+from tokenizer.codec import parse_masks
 
 MODES = ("gres", "instances", "gcg")
 
@@ -51,19 +51,6 @@ def _load_tokenizer(mask_tokenizer, device):
     if not hasattr(mask_tokenizer, "decode"):
         raise TypeError(f"mask_tokenizer must have a decode(image, codes) method, got {type(mask_tokenizer).__name__}")
     return mask_tokenizer  # a ready object stays where its owner put it
-
-
-def _gcg_pred(text: str) -> tuple[list[str], list[tuple[int, int]]]:
-    """(normalised phrase, codes) of every phrase directly followed by a (repaired, decodable) mask group."""
-    groups = {g.start: g.codes for g in mask_groups(text)}
-    phrases, codes = [], []
-    for m in _PHRASE_WS_RE.finditer(text):
-        pair = groups.get(m.end())
-        if pair is None:
-            continue  # a phrase without a (decodable) mask predicts nothing
-        phrases.append(_normalize_phrase(m.group(1)))
-        codes.append(pair)
-    return phrases, codes
 
 
 def _matched_iou(iou, allowed=None) -> float:
@@ -156,10 +143,10 @@ class MaskIoU:
         if image is None:
             raise ValueError("mask_iou needs the dataset column 'image'")
         gt = _gt_masks(rles, _image_shape(image), cache)
-        text = _text(completion)
+        text = completion_text(completion)
         if self.mode == "gcg":
-            pred_phrases, codes = _gcg_pred(text)
-            gt_phrases = _gt_gcg(answer if isinstance(answer, str) else "")[1]
+            pred_phrases, codes = gcg_pred(text)
+            gt_phrases = gt_gcg(answer if isinstance(answer, str) else "")[1]
             if len(gt_phrases) != len(gt):
                 raise ValueError(f"row has {len(gt_phrases)} phrases in 'answer' but {len(gt)} masks in 'masks'")
         else:

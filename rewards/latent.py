@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from rewards.answer_match import _gt_gcg, _text
+from rewards.parsing import completion_text, gcg_pred, gt_gcg
 from tokenizer.codec import CODEBOOK_SIZE, parse_masks
 
 SIMILARITIES = ("rbf", "cosine")
@@ -90,14 +90,12 @@ class LatentMatch:
         return [(c1, c2) for c1, c2 in codes if 0 <= c1 < self.k and -1 <= c2 < self.k]
 
     def score(self, completion, answer) -> float:
-        text, answer = _text(completion), answer if isinstance(answer, str) else ""
+        text, answer = completion_text(completion), answer if isinstance(answer, str) else ""
         if self.mode == "gcg":
-            from rewards.iou import _gcg_pred
-
-            pred_phrases, pred = _gcg_pred(text)
+            pred_phrases, pred = gcg_pred(text)
             keep = [i for i, c in enumerate(pred) if self._valid([c])]
             pred_phrases, pred = [pred_phrases[i] for i in keep], [pred[i] for i in keep]
-            gt_groups, gt_phrases = _gt_gcg(answer)
+            gt_groups, gt_phrases = gt_gcg(answer)
             gt = [(int(c1), int(c2) - CODEBOOK_SIZE) for c1, c2 in gt_groups]  # level-2 tokens follow level 1's
             keep = [i for i, c in enumerate(gt) if self._valid([c])]
             gt, gt_phrases = [gt[i] for i in keep], [gt_phrases[i] for i in keep]
