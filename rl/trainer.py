@@ -343,9 +343,12 @@ def _wandb_available() -> bool:
 def build_rewards(recipe: Recipe, tokenizer) -> list:
     """Registry rewards wrapped by the robust runtime: raw-text decoding of ``completion_ids`` (mask and
     object-ref tokens kept), None on failure or timeout, failure-rate stop, time per call logged."""
-    from rewards import get_reward, wrap_rewards
+    import dataclasses
 
-    funcs = [get_reward(r.name, **r.params) for r in recipe.rewards]
+    from rewards import build_rewards as registry_rewards
+    from rewards import wrap_rewards
+
+    funcs, _ = registry_rewards([dataclasses.asdict(r) for r in recipe.rewards])  # weights: GRPOConfig's
     rt = recipe.reward_runtime
     wrapped = wrap_rewards(funcs, tokenizer=tokenizer, timeout_s=rt.timeout_s, max_failure_rate=rt.max_failure_rate,
                            isolation=rt.isolation)  # fmt: skip
