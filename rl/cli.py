@@ -11,6 +11,7 @@ COMMANDS = {
     "prepare": ("envs.prepare", "encode a dataset's ground-truth masks into SAMTok answers for RL"),
     "tokenizer": ("rl.tokenizer_cli", "train or evaluate a SAMTok mask tokenizer (tokenizer train|eval)"),
     "demo": ("rl.demo", "the CPU default run: tiny policy, shapes world, SFT then GRPO, SFT-vs-RL report"),
+    "env": ("rl.env_report", "versions, GPUs and what a recipe needs that this environment lacks (for bug reports)"),
     "experiment": ("rl.experiment",
                    "variants x seeds of SFT then GRPO from a plan, evaluated on held-out data: mean ± std report"),
 }

@@ -1,0 +1,41 @@
+"""samtok-rl env: the versions a bug report needs, and one line per thing a recipe needs that is missing."""
+
+from pathlib import Path
+
+from rl import cli, env_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_report_names_every_package_and_the_gpus(capsys):
+    assert cli.main(["env"]) == 0
+    out = capsys.readouterr().out
+    for name in ("python", "torch", "transformers", "trl", "deepspeed", "vllm", "sam2", "flash-attn", "gpus:"):
+        assert any(line.startswith(name) for line in out.splitlines()), name
+    assert "CUDA" in out and "TRL supports 0.22.0-0.31.0" in out  # read from TRL's own vllm extra
+
+
+def test_a_cpu_default_recipe_needs_nothing(capsys):
+    assert cli.main(["env", "--recipe", str(ROOT / "recipes" / "shapes_gres.yaml")]) == 0
+    assert "nothing missing" in capsys.readouterr().out
+
+
+def test_a_gpu_recipe_on_this_machine_lists_each_missing_thing_and_exits_1(capsys, monkeypatch):
+    monkeypatch.setattr(env_report, "version", lambda dist: None if dist in ("vllm", "flash-attn") else "1.0")
+    code = cli.main(["env", "--recipe", str(ROOT / "recipes" / "gres_grpo.yaml"), "grpo.use_vllm=true",
+                     "model.attn_implementation=flash_attention_2"])  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    problems = [line for line in lines if line.startswith("problem: ")]
+    assert code == 1
+    assert any("data.train" in p for p in problems)  # validation's own problems, then the rest still checked
+    assert any("needs vLLM" in p for p in problems) and any("flash-attn" in p for p in problems)
+    import torch
+
+    if not torch.cuda.is_available():
+        assert any("grpo.bf16=true needs a GPU" in p for p in problems)
+    assert any(line.startswith("note: model.path") for line in lines)  # a hub id: noted, not a problem
+
+
+def test_vllm_outside_trls_window_is_flagged():
+    assert env_report._in_window("0.24.0+cu129", ("0.22.0", "0.31.0"))
+    assert not env_report._in_window("0.32.1", ("0.22.0", "0.31.0"))
