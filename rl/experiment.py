@@ -629,6 +629,8 @@ def parse_args(argv):
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides applied to every variant")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="run.seed values (default: 0 1 2)")
     p.add_argument("--out", required=True, help="output directory; a re-run with the same one skips finished cells")
+    p.add_argument("--variants", nargs="+", metavar="NAME",
+                   help="run and report only these variants of the plan (default: all)")  # fmt: skip
     return p.parse_intermixed_args(argv)  # overrides may follow --out, as the usage line shows
 
 
@@ -641,6 +643,13 @@ def main(argv: list[str] | None = None) -> int:
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.variants:
+        unknown = [v for v in args.variants if v not in plan.variants]
+        if unknown:
+            print(f"error: {args.plan}: no variant {', '.join(map(repr, unknown))}; the plan has "
+                  f"{', '.join(plan.variants)}", file=sys.stderr)  # fmt: skip
+            return 2
+        plan.variants = {v: o for v, o in plan.variants.items() if v in args.variants}
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # as the demo: tiny matrices on a small CPU gain nothing from more threads
     try:

@@ -239,3 +239,18 @@ def test_settings_added_later_leave_finished_cells_keys_alone():
     changed = with_later_defaults({**old, "sampling": {"balance": {"no_target": 1.0}}})
     assert without_later_defaults(changed)["sampling"] == {"balance": {"no_target": 1.0}}  # a real choice stays
     assert set(later_settings()) >= {"sampling.balance", "sampling.dynamic", "reward_runtime.isolation"}
+
+
+def test_variants_flag_runs_a_subset_and_refuses_unknown_names(tmp_path, monkeypatch, capsys):
+    plan = _plan(tmp_path, TOY_PLAN)
+    seen = {}
+    def fake_run(p, seeds, out):
+        seen.update(variants=dict(p.variants))
+        (tmp_path / "out").mkdir(exist_ok=True)
+        (tmp_path / "out" / "report.md").write_text("report\n")
+
+    monkeypatch.setattr(experiment, "run_experiment", fake_run)
+    assert experiment.main([str(plan), *TOY, "--out", str(tmp_path / "out"), "--variants", "beta0"]) == 0
+    assert seen["variants"] == {"beta0": ["grpo.beta=0.0"]}
+    assert experiment.main([str(plan), "--out", str(tmp_path / "out"), "--variants", "nope"]) == 2
+    assert "no variant 'nope'; the plan has default, beta0" in capsys.readouterr().err
