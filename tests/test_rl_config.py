@@ -112,3 +112,17 @@ def test_dry_run_lists_trl_config_refusals_before_any_training():
         load_recipe(path, ["grpo.num_generations=1"])
     with pytest.raises(RecipeError, match="divisible by num_generations"):
         load_recipe(path, ["grpo.per_device_train_batch_size=30"])
+
+
+@pytest.mark.parametrize("name", ["gres_grpo_plus.yaml", "gres_grpo_plus_qwen3.yaml"])
+def test_plus_recipes_keep_the_released_setup_and_add_the_miniatures_winner(name, tmp_path):
+    path = next(p for p in RECIPES if p.name == name)
+    released = load_recipe(next(p for p in RECIPES if p.name == "gres_grpo.yaml"), _data_overrides(path, tmp_path))
+    r = load_recipe(path, _data_overrides(path, tmp_path))
+    keep = ("num_generations", "temperature", "top_p", "learning_rate", "weight_decay", "beta", "epsilon",
+            "epsilon_high", "loss_type", "per_device_train_batch_size", "gradient_accumulation_steps")  # fmt: skip
+    assert {k: r.grpo[k] for k in keep} == {k: released.grpo[k] for k in keep}
+    assert [w.name for w in r.rewards] == ["answer_match", "mask_iou"] and r.rewards[0].params["grading"] == "coarse"
+    assert r.sampling.balance == {"no_target": 0.35, "single": 0.45, "multi": 0.2}
+    base = {"gres_grpo_plus.yaml": "zhouyik/Qwen2.5-VL-3B-SAMTok-co", "gres_grpo_plus_qwen3.yaml": "zhouyik/Qwen3-VL-4B-SAMTok"}
+    assert r.model.path == base[name] and not r.model.add_mask_tokens
