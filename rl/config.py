@@ -445,6 +445,9 @@ def _check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
         problems.append(f"run.dist_timeout_s: {r.run.dist_timeout_s} must be > 0")
     if r.run.max_nonfinite_steps < 1:
         problems.append(f"run.max_nonfinite_steps: {r.run.max_nonfinite_steps} must be >= 1")
+    if r.grpo.get("use_transformers_continuous_batching"):  # TRL checks this only when the trainer is built
+        problems.append("grpo.use_transformers_continuous_batching: TRL 1.16 refuses it for multimodal models "
+                        "(every QwenVL-SAMTok policy); use grpo.use_vllm=true for faster rollouts")  # fmt: skip
     weights = r.grpo.get("reward_weights")
     if weights is not None:
         problems.append("grpo.reward_weights: set each reward's weight under rewards[] instead")

@@ -126,3 +126,10 @@ def test_plus_recipes_keep_the_released_setup_and_add_the_miniatures_winner(name
     assert r.sampling.balance == {"no_target": 0.35, "single": 0.45, "multi": 0.2}
     base = {"gres_grpo_plus.yaml": "zhouyik/Qwen2.5-VL-3B-SAMTok-co", "gres_grpo_plus_qwen3.yaml": "zhouyik/Qwen3-VL-4B-SAMTok"}
     assert r.model.path == base[name] and not r.model.add_mask_tokens
+
+
+def test_continuous_batching_is_refused_before_training():
+    """TRL 1.16 raises for it with a multimodal processor only when the trainer is built (after SFT)."""
+    with pytest.raises(RecipeError, match="use_transformers_continuous_batching: TRL 1.16 refuses it"):
+        load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "shapes_gres.yaml",
+                    ["grpo.use_transformers_continuous_batching=true"])
