@@ -165,6 +165,12 @@ class Monitor:
     image_steps: int = 0
     image_samples: int = 6
     max_new_tokens: int | None = None
+    # vLLM weight-sync self-check (``rl.monitor.VllmSyncCheck``): every N steps (0: off), the largest gap between
+    # the policy's and vLLM's per-token log-probs of the sampled completions (TRL computes both for its
+    # importance-sampling correction) is logged as ``sampling/vllm_sync_max_logp_gap``, with a warning above
+    # ``vllm_sync_tolerance`` nats: stale vLLM weights after a sync make the gap jump (huggingface/trl#5312).
+    vllm_sync_steps: int = 0
+    vllm_sync_tolerance: float = 1.0
 
 
 ANSWER_KINDS = ("no_target", "single", "multi")
@@ -474,6 +480,13 @@ def _check_monitor(r: Recipe, problems: list[str]) -> None:
         value = getattr(m, key)
         if value is not None and value < 1:
             problems.append(f"monitor.{key}: {value} must be >= 1")
+    if m.vllm_sync_steps < 0 or not m.vllm_sync_tolerance > 0:
+        problems.append("monitor.vllm_sync_steps must be >= 0 (0: off) and monitor.vllm_sync_tolerance > 0")
+    if m.vllm_sync_steps > 0 and not r.grpo.get("use_vllm"):
+        problems.append("monitor.vllm_sync_steps: checks vLLM rollouts, but grpo.use_vllm is off")
+    if m.vllm_sync_steps > 0 and r.grpo.get("vllm_importance_sampling_correction") is False:
+        problems.append("monitor.vllm_sync_steps reads the log-probs TRL computes for its importance-sampling "
+                        "correction: keep grpo.vllm_importance_sampling_correction on")  # fmt: skip
     if m.eval_steps <= 0 and m.image_steps <= 0:
         return
     if r.data.env in ("gres", "gcg") and not r.data.eval:

@@ -276,5 +276,30 @@ class HeldOutEval(TrainerCallback):
         path.write_text("".join(f"{line}\n" for line in keep))
 
 
+class VllmSyncCheck(TrainerCallback):
+    """Every ``steps`` steps, the largest per-token gap between the policy's log-probs of the sampled completions and
+    vLLM's own, logged as ``sampling/vllm_sync_max_logp_gap``; above ``tolerance`` nats a warning says the vLLM
+    engine may be running stale weights. TRL logs the gap of every step (``sampling/sampling_logp_difference/max``,
+    from its importance-sampling correction); this reads it, so the check costs nothing."""
+
+    SOURCE = "sampling/sampling_logp_difference/max"
+
+    def __init__(self, steps: int, tolerance: float):
+        self.steps, self.tolerance = steps, tolerance
+        self.flagged: list[tuple[int, float]] = []  # (step, gap) of every warning
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or self.SOURCE not in logs or state.global_step % self.steps:
+            return
+        gap = float(logs[self.SOURCE])
+        logs["sampling/vllm_sync_max_logp_gap"] = gap
+        if not gap <= self.tolerance:  # NaN too
+            self.flagged.append((state.global_step, gap))
+            log.warning("step %d: vLLM's log-probs of its own samples differ from the policy's by up to %.3g nats "
+                        "(monitor.vllm_sync_tolerance %.3g): the vLLM engine may hold stale weights after a sync "
+                        "(huggingface/trl#5312); check vllm_mode and the weight-sync logs", state.global_step, gap,
+                        self.tolerance)  # fmt: skip
+
+
 def _env_true(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")

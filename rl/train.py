@@ -124,6 +124,8 @@ def run(recipe: Recipe, callbacks=()) -> Path:
     trainer = tr.build_trainer(recipe, run_dir, train_ds, eval_ds, model, processor, callbacks, args)
     if monitor.enabled(recipe):  # held-out metrics and rollout images every monitor.eval_steps/image_steps
         trainer.add_callback(monitor.HeldOutEval(trainer, recipe))
+    if recipe.monitor.vllm_sync_steps:
+        trainer.add_callback(monitor.VllmSyncCheck(recipe.monitor.vllm_sync_steps, recipe.monitor.vllm_sync_tolerance))
     stop = StopOnSigterm(args.num_iterations)
     trainer.add_callback(stop)
     with stop.installed():

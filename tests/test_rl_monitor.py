@@ -187,3 +187,32 @@ def test_wandb_gets_the_metrics_and_the_image(tmp_path, monkeypatch):
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     images = sorted(p.name for p in (run_dir / "files" / "media" / "images").rglob("*.png"))
     assert len(images) == 2 and all(name.startswith("rollouts_") for name in images)  # steps 0 and 1
+
+
+def test_vllm_sync_check_logs_the_gap_and_warns_above_the_tolerance(caplog):
+    """TRL logs, per step, the largest gap between the policy's and vLLM's log-probs of vLLM's samples; the check
+    republishes it every N steps and warns when it exceeds the tolerance (stale weights after a sync)."""
+    import logging
+    from types import SimpleNamespace
+
+    from rl.monitor import VllmSyncCheck
+
+    check = VllmSyncCheck(steps=2, tolerance=0.5)
+    seen = []
+    for step, gap in [(1, 9.0), (2, 0.1), (4, 3.2), (6, float("nan"))]:
+        logs = {VllmSyncCheck.SOURCE: gap, "loss": 0.0}
+        with caplog.at_level(logging.WARNING, logger="rl.monitor"):
+            check.on_log(None, SimpleNamespace(global_step=step), None, logs=logs)
+        seen.append(logs.get("sampling/vllm_sync_max_logp_gap"))
+    assert seen[0] is None and seen[1] == 0.1 and seen[2] == 3.2  # step 1 is not a check step
+    assert [s for s, _ in check.flagged] == [4, 6]  # 3.2 > 0.5, and NaN is never fine
+    assert "step 4: vLLM's log-probs" in caplog.text and "trl#5312" in caplog.text
+    check.on_log(None, SimpleNamespace(global_step=8), None, logs={"loss": 0.0})  # no vLLM metric: nothing
+
+
+def test_vllm_sync_check_is_validated():
+    with pytest.raises(RecipeError, match="grpo.use_vllm is off"):
+        load_recipe(ROOT / "recipes" / "shapes_gres.yaml", ["monitor.vllm_sync_steps=10"])
+    with pytest.raises(RecipeError, match="keep grpo.vllm_importance_sampling_correction on"):
+        load_recipe(ROOT / "recipes" / "gres_grpo.yaml", ["monitor.vllm_sync_steps=10", "grpo.use_vllm=true",
+                    "grpo.vllm_importance_sampling_correction=false"], check_files=False)  # fmt: skip
