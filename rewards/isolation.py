@@ -34,7 +34,10 @@ class WorkerTimeout(BaseException):
 
 
 def _serve(conn, func) -> None:
+    import faulthandler
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the trainer, which then closes the pipe
+    faulthandler.disable()  # a crash is reported by its exit code; a forked dump of every thread is only noise
     while True:
         try:
             kwargs = conn.recv()
