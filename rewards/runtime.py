@@ -35,6 +35,8 @@ import time
 from collections import Counter, deque
 from contextlib import contextmanager
 
+from rewards.isolation import ProcessReward, WorkerTimeout, _Remote  # stdlib only: cheap, and off the per-sample path
+
 ISOLATION = ("none", "process")
 
 
@@ -180,8 +182,6 @@ class SafeReward:
         self.func = func
         self.worker = None
         if isolation == "process":
-            from rewards.isolation import ProcessReward
-
             self.worker = ProcessReward(func)
         self.__name__ = name or getattr(func, "__name__", type(func).__name__)
         self.raw_text = raw_text or _RawText(None)
@@ -229,8 +229,6 @@ class SafeReward:
             return v[i : i + 1] if isinstance(v, (list, tuple)) and len(v) == n else v
 
         args = (pick(prompts), pick(texts), pick(completion_ids), {k: pick(v) for k, v in columns.items()})
-        from rewards.isolation import WorkerTimeout, _Remote
-
         try:
             if self.worker is not None:
                 out = self.worker.call(self.timeout_s, prompts=args[0], completions=args[1], completion_ids=args[2],
