@@ -520,8 +520,30 @@ def init_process_group(timeout_s: float):
     import torch
     from accelerate import PartialState
 
+    timeout = timedelta(seconds=timeout_s)
+    _join_restarted_attempt(timeout)
     # cpu=True where training will run on the CPU (TRL's use_cpu): accelerate's CPU rendezvous, as transformers'.
-    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=timeout_s))
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timeout)
+
+
+def _join_restarted_attempt(timeout) -> None:
+    """A job that torchrun restarted (``--max-restarts``) joins its process group under a key prefix of its own.
+    The elastic agent keeps one store for every attempt, and the process group's keys (each rank's address) are
+    the same names each time: a restarted rank could read a dead rank's address before the new one was written
+    and fail to connect (gloo's ``connectFullMesh ... Connection refused``, seen on about half the restarts).
+    torch's ``_create_c10d_store`` assumes a new store per retry and adds no prefix. The first attempt is left to
+    accelerate, as every launch without restarts is."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if attempt == 0 or dist.is_initialized() or "MASTER_ADDR" not in os.environ:
+        return
+    store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout, rank=rank,
+                            world_size=world_size, store=dist.PrefixStore(f"samtok-rl/attempt-{attempt}", store))  # fmt: skip
 
 
 def _check_trl_builds(config_cls, values: dict, where: str, problems: list[str], dist_timeout_s=None) -> None:

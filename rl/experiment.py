@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rl import report as flags_mod
-from rl.config import RecipeError, load_recipe, to_dict, without_later_defaults
+from rl.config import Model, RecipeError, load_recipe, to_dict, without_later_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_RECIPES = {"gres": "recipes/shapes_gres.yaml", "gcg": "recipes/shapes_gcg.yaml"}
@@ -49,6 +49,8 @@ PLAN_KEYS = ("task", "recipe", "eval", "variants")
 EVAL_DEFAULTS = {"split": "test", "samples": 200, "max_new_tokens": None}  # None: the demo's length for the task
 EVAL_SPLITS = ("val", "test")
 SFT_SECTIONS = ("model", "data", "sft")
+# rl.sft trains the whole policy with the vision tower: these apply from GRPO on (rl.trainer.load_for_training).
+GRPO_ONLY_MODEL_KEYS = ("freeze_vision", "finetune", "lora")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CELL_FILE = "cell.json"
 
@@ -281,8 +283,12 @@ def _variant_recipe(plan: Plan, variant: str, seed: int):
 
 
 def sft_key(recipe) -> str:
-    """Hash of what the SFT policy depends on: model, data, sft sections and the seed."""
+    """Hash of what the SFT policy depends on: model, data, sft sections and the seed. The model settings that
+    only GRPO reads (freezing the vision tower, LoRA) count at their defaults, so that variants differing in them
+    share one SFT (and a recipe that leaves them at the defaults keeps its key)."""
     d = to_dict(recipe)
+    defaults = to_dict(Model())
+    d["model"] = {**d["model"], **{k: defaults[k] for k in GRPO_ONLY_MODEL_KEYS}}
     return _hash({**{k: d[k] for k in SFT_SECTIONS}, "seed": recipe.run.seed})
 
 

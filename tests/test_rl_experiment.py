@@ -166,6 +166,7 @@ task: gres
 variants:
   default: []
   beta0: [grpo.beta=0.0]
+  unfrozen: [model.freeze_vision=false, model.finetune=lora, model.lora.r=4]
   slow_sft: [sft.args.learning_rate=1e-4]
 """), TOY)
     cells = experiment.build_cells(plan, [0, 1], tmp_path / "exp")
@@ -173,14 +174,15 @@ variants:
     rl = {(c.variant, c.seed): c for c in cells if c.kind == "rl"}
     assert len(sft) == 4 and len({c.dir for c in sft}) == 4  # 2 SFTs per seed, none shared across seeds
     for seed in (0, 1):
-        assert rl[("default", seed)].needs is rl[("beta0", seed)].needs
+        # The vision tower and LoRA apply from GRPO on: SFT trains the same policy for them.
+        assert rl[("default", seed)].needs is rl[("beta0", seed)].needs is rl[("unfrozen", seed)].needs
         assert rl[("slow_sft", seed)].needs is not rl[("default", seed)].needs
-        assert rl[("default", seed)].key != rl[("beta0", seed)].key
-    assert {c.variant for c in sft} == {"sft:default+beta0", "sft:slow_sft"}
-    assert experiment.sft_of(cells) == {"default": "sft:default+beta0", "beta0": "sft:default+beta0",
-                                          "slow_sft": "sft:slow_sft"}  # fmt: skip
+        assert len({rl[(v, seed)].key for v in ("default", "beta0", "unfrozen")}) == 3
+    assert {c.variant for c in sft} == {"sft:default+beta0+unfrozen", "sft:slow_sft"}
+    assert experiment.sft_of(cells) == {"default": "sft:default+beta0+unfrozen", "beta0": "sft:default+beta0+unfrozen",
+                                          "unfrozen": "sft:default+beta0+unfrozen", "slow_sft": "sft:slow_sft"}  # fmt: skip
     labels = [c.label for c in cells]
-    assert len(labels) == 2 * (2 + 3 + 2 + 3) and labels[0] == "SFT seed=0 (sft:default+beta0)"
+    assert len(labels) == 2 * (2 + 4 + 2 + 4) and labels[0] == "SFT seed=0 (sft:default+beta0+unfrozen)"
 
 
 def test_report_on_a_constructed_summary_pairs_rl_with_its_seeds_sft(tmp_path):
