@@ -12,11 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
-
-from rl.policy import load_policy
-from rl.trainer import mask_token_ids
+from tiny_runs import assert_mask_rows_trained, before_after, changed_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import torch
     from accelerate.state import AcceleratorState, PartialState
-    from test_rl_trainer import write_prepared
+    from tiny_runs import write_prepared
     from rl.config import load_recipe
     from rl import train
     from transformers import TrainerCallback
@@ -46,7 +42,7 @@ SCRIPT = textwrap.dedent("""
             "grpo.learning_rate=0.05" if finetune == "lora" else "grpo.learning_rate=0.01",
             "grpo.per_device_train_batch_size=8", "grpo.num_generations=4", "grpo.max_completion_length=8",
             f"grpo.deepspeed=recipes/accelerate/ds_zero{stage}.json",
-            "rewards=[{name: answer_match}, {name: 'test_rl_trainer:varied_reward'}]",
+            "rewards=[{name: answer_match}, {name: 'tiny_runs:varied_reward'}]",
         ])
         seen = Seen()
         final = train.run(recipe, callbacks=[seen])
@@ -54,29 +50,6 @@ SCRIPT = textwrap.dedent("""
         assert seen.optimizer == {2: "DeepSpeedZeroOptimizer", 3: "DeepSpeedZeroOptimizer_Stage3"}[stage]
         print(f"ZERO{stage} {finetune} OK", flush=True)
 """)
-
-
-def before_after(run: Path):
-    """``(policy-init, final, tokenizer)`` of a run. Loaded here, in the test process: inside a training
-    process a live ZeRO-3 config would load them partitioned."""
-    (m0, proc), (m1, _) = load_policy(run / "policy-init"), load_policy(run / "final")
-    return m0, m1, proc.tokenizer
-
-
-def changed_params(m0, m1) -> list[str]:
-    before, after = dict(m0.named_parameters()), dict(m1.named_parameters())
-    return [k for k in before if not torch.equal(before[k], after[k])]
-
-
-def assert_mask_rows_trained(run: Path, m0, m1, tokenizer, step: int = 2) -> None:
-    """Only the mask-token rows of the embedding moved in ``run/final``, and ``checkpoint-<step>`` carries them."""
-    rows = mask_token_ids(tokenizer)
-    e0, e1 = m0.get_input_embeddings().weight, m1.get_input_embeddings().weight
-    others = torch.ones(len(e0), dtype=torch.bool)
-    others[rows] = False
-    assert not torch.equal(e0[rows], e1[rows]) and torch.equal(e0[others], e1[others])
-    saved = load_file(run / f"checkpoint-{step}" / "mask_token_rows.safetensors")
-    assert torch.allclose(saved["rows_0"], e1[rows])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="DeepSpeed's CPU backend is tested on Linux")

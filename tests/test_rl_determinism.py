@@ -2,11 +2,15 @@
 gives other rollouts; data-loading workers do not change the batches."""
 
 import pandas as pd
+import pytest
 import torch
 from resume_run import TIMING
-from test_rl_trainer import one_thread, tiny_recipe  # noqa: F401 (fixture)
+from tiny_runs import tiny_recipe
 
 from rl import trainer as tr
+
+# Tiny matrices: one thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trajectory(tmp_path, name, *overrides):

@@ -4,7 +4,6 @@ where it may be, summary.json/report.md/deltas.png are written, and a re-run ski
 import json
 
 import pytest
-import torch
 
 from rl import demo, experiment
 from rl import train as train_mod
@@ -47,14 +46,6 @@ def _forbid(monkeypatch, *names):
 
 def _cell_mtimes(out):
     return {p: p.stat().st_mtime_ns for p in out.rglob(experiment.CELL_FILE)}
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_toy_experiment_writes_summary_report_plot_and_resumes(tmp_path, monkeypatch, capsys, one_thread):

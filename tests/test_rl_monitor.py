@@ -6,12 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_rl_trainer import one_thread, tiny_recipe, write_prepared  # noqa: F401  (one_thread: autouse fixture)
+from tiny_runs import tiny_recipe, write_prepared
 from transformers import TrainerCallback
 
 from rl import monitor
 from rl import train as train_mod
 from rl.config import RecipeError, load_recipe
+
+# Tiny matrices: one thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 GRES = ("gIoU", "cIoU", "N-acc", "T-acc")

@@ -3,11 +3,14 @@ too many in a row stop the run with a clear error and the last checkpoint intact
 
 import pytest
 import torch
-from test_rl_trainer import one_thread, tiny_recipe  # noqa: F401 (fixture)
+from tiny_runs import tiny_recipe
 from transformers import TrainerCallback
 
 from rl import checkpoint
 from rl import trainer as tr
+
+# Tiny matrices: one thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class NaNGradientsAt(TrainerCallback):

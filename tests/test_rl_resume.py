@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 from resume_run import assert_same_state, checkpoint_state, completions
-from test_rl_trainer import write_prepared
+from tiny_runs import write_prepared
 
 from rl import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = str(ROOT / "tests" / "resume_run.py")
-REWARDS = "rewards=[{name: answer_match, params: {grading: coarse}}, {name: 'test_rl_trainer:varied_reward'}]"
+REWARDS = "rewards=[{name: answer_match, params: {grading: coarse}}, {name: 'tiny_runs:varied_reward'}]"
 
 
 def _overrides(data: Path, run: Path, *extra) -> list[str]:
@@ -137,7 +137,7 @@ def test_two_ranks_zero3_lora_resume_equals_straight(tmp_path):
     partitioned optimizer state of every rank, the gathered mask-token rows and both ranks' RNG streams continue
     exactly. The straight run
     is also checked as a plain ZeRO-3 LoRA run: final/ is the merged policy with trained mask-token rows."""
-    from test_rl_deepspeed import assert_mask_rows_trained, before_after, changed_params
+    from tiny_runs import assert_mask_rows_trained, before_after, changed_params
 
     launcher = ["-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/zero3.yaml",
                 "--num_processes", "2", "--main_process_port", str(30500 + os.getpid() % 1000)]  # fmt: skip
@@ -265,7 +265,7 @@ def test_checkpoints_inside_a_generation_block_are_refused():
 
 
 def test_resuming_with_a_changed_model_tokenizer_or_group_size_is_refused(tmp_path):
-    from test_rl_trainer import _fake_checkpoint
+    from tiny_runs import fake_checkpoint
 
     from rl.config import RecipeError, load_recipe, save_resolved
     from rl.train import refuse_changed_resume
@@ -273,7 +273,7 @@ def test_resuming_with_a_changed_model_tokenizer_or_group_size_is_refused(tmp_pa
     run = tmp_path / "run"
     base = [f"run.output_dir={run}", "run.resume=true"]
     recipe = ROOT / "recipes" / "shapes_gres.yaml"
-    _fake_checkpoint(run, 1)
+    fake_checkpoint(run, 1)
     save_resolved(load_recipe(recipe, base), run / "recipe.yaml")
     refuse_changed_resume(load_recipe(recipe, [*base, "grpo.learning_rate=1e-6"]), run)  # may change
     for change, key in (("model.tiny.hidden_size=32", "model"), ("data.mask_tokenizer=random", "data.mask_tokenizer"),

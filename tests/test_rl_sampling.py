@@ -63,12 +63,12 @@ def test_recipe_refuses_bad_shares():
 
 def test_the_trainer_draws_balanced_prompts(tmp_path):
     """Through the recipe: every prompt GRPO generates for is a no-target one when the share says so."""
-    from test_rl_trainer import _train, tiny_recipe
+    from tiny_runs import tiny_recipe, train_tiny
 
     torch.set_num_threads(1)
     recipe = tiny_recipe(tmp_path, "sampling.balance={no_target: 1.0}", "grpo.max_steps=1",
                          "grpo.log_completions=true")
-    trainer, _, _ = _train(recipe)
+    trainer, _, _ = train_tiny(recipe)
     sampler = trainer._get_train_sampler(trainer.train_dataset)
     assert isinstance(sampler, sampling.BalancedRepeatSampler)
     rows = trainer.train_dataset
@@ -127,7 +127,7 @@ def target_only_reward(completions, no_target=None, **kwargs):
 
 
 def test_dynamic_sampling_trains_only_groups_with_spread(tmp_path, monkeypatch):
-    from test_rl_trainer import _train, tiny_recipe
+    from tiny_runs import tiny_recipe, train_tiny
 
     torch.set_num_threads(1)
     batches = []
@@ -137,7 +137,7 @@ def test_dynamic_sampling_trains_only_groups_with_spread(tmp_path, monkeypatch):
                          "sampling.balance={no_target: 0.5, single: 0.5}", "sampling.dynamic.enabled=true",
                          "sampling.dynamic.max_rounds=4", "grpo.max_steps=2", "grpo.gradient_accumulation_steps=2",
                          "grpo.per_device_train_batch_size=4", "grpo.save_strategy=no")  # fmt: skip
-    trainer, _, _ = _train(recipe)
+    trainer, _, _ = train_tiny(recipe)
     assert len(batches) == 2  # one generation batch per step (steps_per_generation = GA = 2)
     for batch in batches:
         assert batch["completion_ids"].shape[0] == 8  # the batch keeps its size (2 micro-steps x 4)

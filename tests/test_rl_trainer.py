@@ -5,79 +5,24 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from tiny_runs import fake_checkpoint, tiny_recipe, train_tiny
 
 from rl import checkpoint
 from rl import trainer as tr
 from rl.config import load_recipe
 
+# Tiny matrices: one thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matrices gain nothing from a second thread, and OpenMP spin-waits make them many times slower
-    # when the other core is busy.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class CentroidCodes:
-    """A stand-in MaskTokenizer encoder: deterministic codes from a mask's centroid and area (fast, no model)."""
-
-    def encode(self, image, masks, boxes=None):
-        out = []
-        for m in np.asarray(masks, bool):
-            ys, xs = np.nonzero(m)
-            out.append([int(ys.mean() // 14) * 8 + int(xs.mean() // 14), min(255, int(m.sum()) // 8)])
-        return torch.tensor(out, dtype=torch.long).reshape(-1, 2)
-
-
-def varied_reward(completions, **kwargs):
-    """A reward with variance even for an untrained policy (text length), so GRPO has a signal to follow."""
-    return [len(c[0]["content"] if isinstance(c, list) else c) % 7 / 7 for c in completions]
-
-
-def write_prepared(out: Path, n: int = 16, split: str = "train") -> Path:
-    """A prepared GRES dataset (save_to_disk) of shapes rows with CentroidCodes answers."""
-    from envs.base import build_rows, rows_to_dataset
-    from envs.shapes import gres_samples
-
-    rows = [r for s in gres_samples(split, n, seed=0) for r in build_rows([s], CentroidCodes())]
-    rows_to_dataset(rows).save_to_disk(str(out))
-    return out
-
-
-def tiny_recipe(tmp_path, *overrides):
-    data = write_prepared(tmp_path / "data") if not (tmp_path / "data").exists() else tmp_path / "data"
-    return load_recipe(ROOT / "recipes" / "shapes_gres.yaml", [
-        "data.env=gres", f"data.train={data}", "sft.enabled=false", f"run.output_dir={tmp_path / 'run'}",
-        "run.report_to=[tensorboard]", "grpo.max_steps=2", "grpo.save_strategy=no", "grpo.logging_steps=1",
-        "grpo.per_device_train_batch_size=8", "grpo.num_generations=4", "grpo.max_completion_length=12",
-        "grpo.learning_rate=0.01", "grpo.temperature=1.5",
-        "rewards=[{name: answer_match, params: {grading: coarse}}, {name: mask_format}, "
-        "{name: 'test_rl_trainer:varied_reward'}]", *overrides,
-    ])  # fmt: skip
-
-
-def _train(recipe):
-    run_dir = Path(recipe.run.output_dir)
-    ds, _ = tr.load_datasets(recipe)
-    model, processor = tr.prepare_policy(recipe, run_dir)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = tr.build_trainer(recipe, run_dir, ds, None, model, processor)
-    trainer.train()
-    return trainer, model, before
 
 
 def test_two_grpo_steps_change_weights_and_log_each_reward(tmp_path):
     torch.manual_seed(0)
     recipe = tiny_recipe(tmp_path)
-    trainer, model, before = _train(recipe)
+    trainer, model, before = train_tiny(recipe)
     after = dict(model.named_parameters())
     changed = [n for n, p in after.items() if not torch.equal(before[n], p.detach())]
     assert any("language_model" in n for n in changed)
@@ -102,7 +47,7 @@ def test_lora_trains_adapters_and_mask_rows_only(tmp_path):
     torch.manual_seed(0)
     recipe = tiny_recipe(tmp_path, "model.finetune=lora", "model.lora.r=4", "grpo.save_strategy=steps",
                          "grpo.save_steps=2")
-    trainer, model, before = _train(recipe)
+    trainer, model, before = train_tiny(recipe)
     tok = trainer.processing_class.tokenizer
     rows = tr.mask_token_ids(tok)
     emb = model.get_input_embeddings().weight.detach()
@@ -129,7 +74,7 @@ def test_lora_trains_adapters_and_mask_rows_only(tmp_path):
 def test_checkpoints_are_staged_then_committed(tmp_path):
     torch.manual_seed(0)
     recipe = tiny_recipe(tmp_path, "grpo.save_strategy=steps", "grpo.save_steps=1", "run.keep_checkpoints=1")
-    trainer, _, _ = _train(recipe)
+    trainer, _, _ = train_tiny(recipe)
     run = tmp_path / "run"
     assert [p.name for p in checkpoint.complete_checkpoints(run)] == ["checkpoint-2"]  # rotation kept the last
     assert (run / "checkpoint-2" / checkpoint.MARKER).is_file()
@@ -158,7 +103,7 @@ def test_wandb_logging_with_image_prompts(tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     torch.manual_seed(0)
     try:
-        _train(tiny_recipe(tmp_path, "run.report_to=[wandb]"))
+        train_tiny(tiny_recipe(tmp_path, "run.report_to=[wandb]"))
     finally:
         wandb.finish()
         wandb.teardown()  # wandb keeps its settings (WANDB_DIR) in a process-wide singleton otherwise
@@ -182,7 +127,7 @@ def test_a_base_qwen_vl_gets_the_mask_tokens_and_trains(tmp_path):
     with pytest.raises(ValueError, match="has no mask tokens; set model.add_mask_tokens=true"):
         tr.initial_policy(tiny_recipe(tmp_path, f"model.path={base}"))
     torch.manual_seed(0)
-    trainer, _, _ = _train(tiny_recipe(tmp_path, f"model.path={base}", "model.add_mask_tokens=true"))
+    trainer, _, _ = train_tiny(tiny_recipe(tmp_path, f"model.path={base}", "model.add_mask_tokens=true"))
     final, final_processor = load_policy(tr.save_final(trainer, trainer.processing_class, tmp_path / "final"))
     tok = final_processor.tokenizer
     assert len(tok) == n_vocab + 514 and final.get_input_embeddings().weight.shape[0] >= len(tok)
@@ -237,18 +182,10 @@ def test_shapes_rows_are_cached_on_disk_and_identical(tmp_path, monkeypatch):
     assert calls  # a different world is built, not read from the cache
 
 
-def _fake_checkpoint(run: Path, step: int) -> Path:
-    staged = Path(checkpoint.staging_dir(run)) / f"checkpoint-{step}"
-    (staged / "sub").mkdir(parents=True)
-    (staged / "model.safetensors").write_bytes(bytes(range(256)) * (step + 1))
-    (staged / "sub" / "optim_states.pt").write_bytes(b"moments" * step)
-    return checkpoint.commit(run, f"checkpoint-{step}")
-
-
 def test_damaged_checkpoints_are_skipped_and_rotation_keeps_a_good_one(tmp_path, caplog):
     run = tmp_path / "run"
     for step in (1, 2, 3):
-        _fake_checkpoint(run, step)
+        fake_checkpoint(run, step)
     assert checkpoint.last_checkpoint(run).name == "checkpoint-3"
     # Truncated after the marker was written: the size no longer matches.
     with open(run / "checkpoint-3" / "model.safetensors", "r+b") as f:
@@ -263,6 +200,6 @@ def test_damaged_checkpoints_are_skipped_and_rotation_keeps_a_good_one(tmp_path,
     # Rotation to 1 counts good checkpoints only: checkpoint-1 stays, the damaged newer ones do not push it out.
     checkpoint.rotate(run, 1)
     assert checkpoint.last_checkpoint(run).name == "checkpoint-1"
-    _fake_checkpoint(run, 4)
+    fake_checkpoint(run, 4)
     checkpoint.rotate(run, 1)
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-4"]
