@@ -64,9 +64,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from envs.base import NO_TARGET_ANSWER, OBJ_END, OBJ_START, gcg_answer, gres_answer  # noqa: E402
+from envs.base import NO_TARGET_ANSWER, gcg_answer, gres_answer  # noqa: E402
 from rewards import get_reward  # noqa: E402
-from tokenizer.codec import CODEBOOK_SIZE, MT_END, MT_START, format_mask, mask_groups, parse_masks  # noqa: E402
+from tokenizer.codec import CODEBOOK_SIZE, MT_END, MT_START, OBJ_END, OBJ_START, format_mask, mask_groups, parse_masks  # noqa: E402  # noqa: E402
 from tokenizer.masks import encode_rle  # noqa: E402
 
 GROUP = 8  # completions per prompt (TRL's num_generations): they share one dataset row

@@ -32,11 +32,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tokenizer.codec import format_mask
+from tokenizer.codec import NO_TARGET, OBJ_END, OBJ_START, format_mask
 from tokenizer.masks import compact_rle, decode_rle, mask_to_box
 
-NO_TARGET_ANSWER = "No target."
-OBJ_START, OBJ_END = "<|object_ref_start|>", "<|object_ref_end|>"
+NO_TARGET_ANSWER = NO_TARGET  # the name envs and bench/fuzz.py use
 TASKS = ("gres", "gcg")
 
 

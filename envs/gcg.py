@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.base import OBJ_END, OBJ_START, RECOMMENDED_REWARDS, BadRows, Environment, load_json, safe_image_path
+from envs.base import RECOMMENDED_REWARDS, BadRows, Environment, load_json, safe_image_path
+from tokenizer.codec import OBJ_END, OBJ_START
 
 # GLaMM's "brief description" GCG questions, as SAMTok uses them.
 QUESTIONS = (

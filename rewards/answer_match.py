@@ -28,7 +28,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from rewards.parsing import OBJ_START, completion_text, gcg_parse, gt_gcg, gt_groups, strict_groups
+from rewards.parsing import completion_text, gcg_parse, gt_gcg, gt_groups, strict_groups
+from tokenizer.codec import OBJ_START
 
 GRADINGS = ("binary", "coarse")
 TASKS = ("auto", "gres", "gcg")

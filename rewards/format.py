@@ -12,8 +12,7 @@ import json
 import re
 
 from rewards.parsing import completion_text, phrases
-
-NO_TARGET = "No target."
+from tokenizer.codec import NO_TARGET
 
 _MASK_TOKEN_RE = re.compile(r"<\|mt_(?:start|end|\d{4})\|>")
 # A well-formed group with both codes in their level's range: 0000-0255, then 0256-0511.

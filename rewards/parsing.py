@@ -16,7 +16,6 @@ from functools import lru_cache
 from tokenizer.codec import mask_groups
 
 GROUP_RE = re.compile(r"<\|mt_start\|><\|mt_(\d{4})\|><\|mt_(\d{4})\|><\|mt_end\|>")
-OBJ_START = "<|object_ref_start|>"
 # A phrase is the text between an object-ref start and end that contains neither marker, so that
 # "<s>a <s>b<e>" yields "b" (the unrolled loop keeps the match linear-time). The mask group that directly
 # follows the phrase, after optional whitespace, is captured when present. One C-level pass: measured faster

@@ -104,7 +104,7 @@ def test_a_changed_recipe_is_refused_instead_of_mixed_into_finished_cells(tmp_pa
     for c in cells:  # finished cells of the TOY recipe, without training them
         experiment.write_json(c.file, {"kind": c.kind, "key": c.key, "done": True, "upstream": None})
     _forbid(monkeypatch, "run", "run_sft_stage", "evaluate_policy")
-    rc = experiment.main([str(plan), "--seeds", "0", "--out", str(tmp_path / "exp"), *TOY, "grpo.learning_rate=1e-4"])
+    rc = experiment.main([str(plan), "--seeds", "0", "--out", str(tmp_path / "exp"), *TOY, "grpo.learning_rate=2.5e-4"])  # not the recipe's value
     assert rc == 2
     err = capsys.readouterr().err
     assert "different plan, recipe or override" in err

@@ -29,6 +29,11 @@ MT_END = "<|mt_end|>"
 CODE_TOKENS = [f"<|mt_{i:04d}|>" for i in range(CODEBOOK_SIZE * CODEBOOK_DEPTH)]
 MASK_TOKENS = [MT_START, *CODE_TOKENS, MT_END]
 
+# The answer formats around the masks (SAMTok reference, sections 3.3 and 3.4), written by envs, read by rewards.
+NO_TARGET = "No target."  # the whole GRES answer when no object matches the expression
+# GCG: a grounded phrase is ``<|object_ref_start|> phrase <|object_ref_end|>`` followed by its mask group.
+OBJ_START, OBJ_END = "<|object_ref_start|>", "<|object_ref_end|>"
+
 # Every token the official repair regexes look at. Quirk kept: they take a code of *any* number of digits
 # (``<|mt_\d+|>``) when repairing, but only exactly four (``\d{4}``) when extracting, so a group with a
 # 3- or 5-digit code still takes part in the repair (it is a group, it can be truncated) and is then
