@@ -64,9 +64,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from envs.base import NO_TARGET_ANSWER, gcg_answer, gres_answer  # noqa: E402
+from envs.base import gcg_answer, gres_answer  # noqa: E402
 from rewards import get_reward  # noqa: E402
-from tokenizer.codec import CODEBOOK_SIZE, MT_END, MT_START, OBJ_END, OBJ_START, format_mask, mask_groups, parse_masks  # noqa: E402  # noqa: E402
+from tokenizer.codec import (  # noqa: E402
+    CODEBOOK_SIZE,
+    MT_END,
+    MT_START,
+    NO_TARGET,
+    OBJ_END,
+    OBJ_START,
+    format_mask,
+    mask_groups,
+    parse_masks,
+)
 from tokenizer.masks import encode_rle  # noqa: E402
 
 GROUP = 8  # completions per prompt (TRL's num_generations): they share one dataset row
@@ -190,7 +200,7 @@ class Gen:
             answer, phrases = self.gcg_gt(codes)
             dup = len({" ".join(p.lower().split()) for p in phrases}) < len(phrases)
         else:
-            answer = NO_TARGET_ANSWER
+            answer = NO_TARGET
         form = r.choice(["str"] * 18 + ["bytes", "list"])
         row = {"task": task, "answer": answer,
                "image": image, "masks": self.gt_rles(image, codes, form) if codes else [], "bad": None,
@@ -198,7 +208,7 @@ class Gen:
         if bad:
             self._break(row, codes)
         self.row_counts[row["bad"] or f"valid {row['task']}"] += 1
-        if not bad and answer != NO_TARGET_ANSWER:
+        if not bad and answer != NO_TARGET:
             self.recent.append(answer)
             if len(self.recent) > 256:
                 del self.recent[: len(self.recent) - 256]
@@ -263,7 +273,7 @@ class Gen:
         elif kind < 0.9:
             text = self.gcg_text(self.codes(r.choice([1, 2, 3, 4])))[0]
         else:
-            text = NO_TARGET_ANSWER
+            text = NO_TARGET
         return text if r.random() < 0.9 else r.choice([" ", "\n", ""]) + text + r.choice([" ", "\n", "<|im_end|>"])
 
     def soup(self, k=None) -> str:

@@ -102,13 +102,9 @@ def build(qwen_3b: bool, shrink: int, folder: Path):
 
     cuda = torch.cuda.is_available()
     if qwen_3b:
-        import importlib.util
+        from trainer import qwen25vl_3b  # bench/trainer.py: this script's folder is on sys.path, after ROOT
 
-        # bench/trainer.py by its path: bench/ on sys.path would shadow the tokenizer package with bench/tokenizer.py
-        spec = importlib.util.spec_from_file_location("bench_trainer", Path(__file__).with_name("trainer.py"))
-        bench_trainer = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench_trainer)
-        path = bench_trainer.qwen25vl_3b(folder / "policy", "cuda" if cuda else "cpu", shrink)
+        path = qwen25vl_3b(folder / "policy", "cuda" if cuda else "cpu", shrink)
         model, processor = load_policy(path, dtype=torch.bfloat16 if cuda else torch.float32)
         label = "random Qwen2.5-VL-3B architecture" + (f" / {shrink}" if shrink > 1 else "")
     else:

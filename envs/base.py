@@ -35,7 +35,6 @@ from PIL import Image
 from tokenizer.codec import NO_TARGET, OBJ_END, OBJ_START, format_mask
 from tokenizer.masks import compact_rle, decode_rle, mask_to_box
 
-NO_TARGET_ANSWER = NO_TARGET  # the name envs and bench/fuzz.py use
 TASKS = ("gres", "gcg")
 
 
@@ -128,7 +127,7 @@ def gres_answer(mask_texts: list[str], label: str) -> str:
     answer-matching reward only reads mask groups, so the label variant does not change rewards.
     """
     if not mask_texts:
-        return NO_TARGET_ANSWER
+        return NO_TARGET
     items = [f'{{"mask_2d": {m}, "label": {json.dumps(label, ensure_ascii=False)}}}' for m in mask_texts]
     return "```json\n[" + ",\n".join(items) + "]\n```"
 

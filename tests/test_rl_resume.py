@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,18 @@ def _train(stop_at: int, overrides: list[str], launcher=(), **env) -> subprocess
     return _finish(_start(stop_at, overrides, launcher, **env))
 
 
+@contextmanager
+def _alongside(stop_at: int, overrides: list[str]):
+    """A training job that runs while the block does, checked once the block is done (killed if it fails)."""
+    proc = _start(stop_at, overrides)
+    try:
+        yield proc
+    except BaseException:
+        _finish(proc, kill=True)
+        raise
+    _finish(proc)
+
+
 def _straight_and_resumed(tmp_path, stops, *extra, launcher=()):
     """Train 6 steps straight, and again stopped after each step in ``stops`` and resumed in a new process.
     A single-process straight run goes alongside the resumed chain (start-up is mostly single-threaded: on 2
@@ -81,19 +94,15 @@ def _straight_and_resumed(tmp_path, stops, *extra, launcher=()):
     took twice as long as one job after the other)."""
     data = write_prepared(tmp_path / "data", n=8)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    alongside = _start(0, _overrides(data, straight, "grpo.max_steps=6", *extra), launcher)
+    straight_run = _overrides(data, straight, "grpo.max_steps=6", *extra)
     if launcher:
-        _finish(alongside)
-    try:
+        _train(0, straight_run, launcher)
+    with nullcontext() if launcher else _alongside(0, straight_run):
         for i, stop in enumerate([*stops, 0]):
             resume = ["run.resume=true"] if i else []
             done = _train(stop, _overrides(data, resumed, "grpo.max_steps=6", *extra, *resume), launcher)
             if i:
                 assert f"resuming from {resumed / f'checkpoint-{stops[i - 1]}'}" in done.stderr
-    except BaseException:
-        _finish(alongside, kill=alongside.poll() is None)
-        raise
-    _finish(alongside)
     return straight, resumed
 
 
@@ -322,13 +331,8 @@ def test_sigterm_saves_a_complete_checkpoint_exits_0_and_resumes_exactly(tmp_pat
     assert step >= 2
 
     straight = tmp_path / "straight"
-    alongside = _start(0, _overrides(data, straight, f"grpo.max_steps={step + 2}", "grpo.save_steps=1000"))
-    try:
+    with _alongside(0, _overrides(data, straight, f"grpo.max_steps={step + 2}", "grpo.save_steps=1000")):
         _train(0, [*base, f"grpo.max_steps={step + 2}", "run.resume=true"])
-    except BaseException:
-        _finish(alongside, kill=True)
-        raise
-    _finish(alongside)
     last = f"checkpoint-{step + 2}"
     assert_same_state(checkpoint_state(straight / last), checkpoint_state(run / last))
     assert completions(straight) == completions(run)
