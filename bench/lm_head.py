@@ -40,7 +40,9 @@ def one_round(dense: bool, sft_steps: int, grpo_steps: int) -> tuple[float, floa
     from trl.kernels import ChunkedLogProbFunction
     from trl.kernels.chunked_logprob import _use_triton
 
+    from rl import data as rl_data
     from rl import lm_head
+    from rl import policy as rl_policy
     from rl import trainer as tr
     from rl.sft import run_sft
 
@@ -53,8 +55,8 @@ def one_round(dense: bool, sft_steps: int, grpo_steps: int) -> tuple[float, floa
         with tempfile.TemporaryDirectory() as d:
             recipe = _recipe(d, sft_steps, grpo_steps)
             torch.manual_seed(0)
-            model, processor = tr.prepare_policy(recipe, d)
-            data = tr.shapes_dataset(recipe, "train", recipe.data.shapes.n_train)
+            model, processor = rl_policy.prepare_policy(recipe, d)
+            data = rl_data.shapes_dataset(recipe, "train", recipe.data.shapes.n_train)
             sft_timer, grpo_timer = StepTimer(), StepTimer()
             history = run_sft(recipe, model, processor, data, Path(d) / "sft", [sft_timer])
             trainer = tr.build_trainer(recipe, d, data, None, model, processor, [grpo_timer])

@@ -58,11 +58,12 @@ def recipe_for(run_dir: Path, steps: int):
 
 
 def run_ours(recipe, dataset, steps):
+    from rl import policy as rl_policy
     from rl import trainer as tr
 
     timer = StepTimer()
     torch.manual_seed(0)
-    model, processor = tr.prepare_policy(recipe, recipe.run.output_dir)
+    model, processor = rl_policy.prepare_policy(recipe, recipe.run.output_dir)
     trainer = tr.build_trainer(recipe, recipe.run.output_dir, dataset, None, model, processor, [timer])
     trainer.train()
     return timer.times
@@ -72,13 +73,14 @@ def run_plain(recipe, dataset, steps):
     from trl import GRPOTrainer
 
     from rewards import get_reward
+    from rl import trainable
     from rl import trainer as tr
     from rl.policy import load_policy
 
     timer = StepTimer()
     torch.manual_seed(0)
     model, processor = load_policy(Path(recipe.run.output_dir) / "policy-init")
-    tr.freeze_vision_tower(model)  # same trainable parameters as ours
+    trainable.freeze_vision_tower(model)  # same trainable parameters as ours
     reward = get_reward("answer_match")
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=tr.grpo_config(recipe, recipe.run.output_dir),
                           train_dataset=dataset, processing_class=processor, callbacks=[timer])

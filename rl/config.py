@@ -58,7 +58,7 @@ class Lora:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    # Mask-token embedding rows stay trainable next to the adapters (see rl/trainer.py for how, with tied
+    # Mask-token embedding rows stay trainable next to the adapters (see rl/trainable.py for how, with tied
     # embeddings).
     train_mask_tokens: bool = True
 
@@ -511,41 +511,6 @@ def _check_sampling(s: Sampling, problems: list[str]) -> None:
         problems.append("sampling.balance: the shares sum to 0; give at least one kind a positive share (or null)")
 
 
-def init_process_group(timeout_s: float):
-    """accelerate's process state (a process group under a launcher) with collectives timing out after
-    ``timeout_s``. The first call in a process wins: transformers' own (``TrainingArguments``, when TRL's config
-    is built) passes no timeout with ``use_cpu``, so gloo ranks would wait torch's default 30 minutes."""
-    from datetime import timedelta
-
-    import torch
-    from accelerate import PartialState
-
-    timeout = timedelta(seconds=timeout_s)
-    _join_restarted_attempt(timeout)
-    # cpu=True where training will run on the CPU (TRL's use_cpu): accelerate's CPU rendezvous, as transformers'.
-    return PartialState(cpu=not torch.cuda.is_available(), timeout=timeout)
-
-
-def _join_restarted_attempt(timeout) -> None:
-    """A job that torchrun restarted (``--max-restarts``) joins its process group under a key prefix of its own.
-    The elastic agent keeps one store for every attempt, and the process group's keys (each rank's address) are
-    the same names each time: a restarted rank could read a dead rank's address before the new one was written
-    and fail to connect (gloo's ``connectFullMesh ... Connection refused``, seen on about half the restarts).
-    torch's ``_create_c10d_store`` assumes a new store per retry and adds no prefix. The first attempt is left to
-    accelerate, as every launch without restarts is."""
-    import os
-
-    import torch
-    import torch.distributed as dist
-
-    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-    if attempt == 0 or dist.is_initialized() or "MASTER_ADDR" not in os.environ:
-        return
-    store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout, rank=rank,
-                            world_size=world_size, store=dist.PrefixStore(f"samtok-rl/attempt-{attempt}", store))  # fmt: skip
-
-
 def _check_trl_builds(config_cls, values: dict, where: str, problems: list[str], dist_timeout_s=None) -> None:
     """Build TRL's config as training will, so that its ``__post_init__`` refusals (``num_generations=1``, a
     batch not divisible by the generations, ...) are listed now instead of after the SFT stage. The world size
@@ -559,6 +524,8 @@ def _check_trl_builds(config_cls, values: dict, where: str, problems: list[str],
     kwargs = {k: v for k, v in values.items() if k not in OWNED_BY_RUN and k != "deepspeed"}  # DeepSpeed: at launch
     if dist_timeout_s is not None and dist_timeout_s > 0:
         kwargs.setdefault("ddp_timeout", math.ceil(dist_timeout_s))
+        from rl.distributed import init_process_group
+
         init_process_group(dist_timeout_s)
     if not torch.cuda.is_available():
         kwargs = {"use_cpu": True, "bf16": False, **kwargs}

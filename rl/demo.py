@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_demo(recipe, out: Path, test_samples: int, start: float, task: str = "gres") -> str:
     from envs.prepare import load_mask_tokenizer
     from rl import train as train_mod
+    from rl.data import shapes_rows
     from rl.policy import load_policy
-    from rl.trainer import shapes_rows
 
     _say(start, "loading the tiny mask tokenizer")
     mask_tok = load_mask_tokenizer(recipe.data.mask_tokenizer)  # FileNotFoundError names the rebuild command
@@ -114,7 +114,8 @@ def evaluate_policy(model, processor, mask_tok, rows, out_dir: Path, grading: st
                     max_new_tokens: int | None = None, reward_params: dict | None = None) -> dict:
     """The task's official metrics + mean answer_match reward (x100) of greedy completions, predictions and a
     rollout grid. ``reward_params``: the recipe's answer_match parameters (GCG's phrase/no-repeat terms)."""
-    from rl.evaluate import decode_predictions, generate, render_grid
+    from rl.evaluate import decode_predictions, render_grid
+    from rl.generation import generate
 
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = generate(model, processor, rows, max_new_tokens=max_new_tokens or MAX_NEW_TOKENS[task], batch_size=16)

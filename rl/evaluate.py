@@ -3,7 +3,7 @@
 Pipeline (each step is a function the demo can call on its own):
 
 1. ``eval_rows``: the split's rows (GT masks as RLE; answers are not needed to score);
-2. ``generate``: HF ``generate`` in batches, greedy by default, decoded with special tokens kept
+2. ``rl.generation.generate``: HF ``generate`` in batches, greedy by default, decoded with special tokens kept
    (mask and object-ref tokens) exactly as the rewards read completions; or ``rl.vllm_backend.generate``,
    the same prompts, images and decoding served by vLLM (``--backend vllm``, or ``auto`` on a GPU);
 3. ``predicted_masks``: every mask group of a completion, parsed with the codec's repair rules and
@@ -29,7 +29,7 @@ import numpy as np
 
 from envs import BadRows, get_env
 from envs.base import build_rows, group_by_image, load_image, merged_mask
-from rewards.runtime import decode_raw
+from rl.generation import generate
 from tokenizer.codec import parse_masks
 from tokenizer.masks import decode_rle, encode_rle
 
@@ -40,33 +40,6 @@ def eval_rows(env, split: str, limit: int | None = None, strict: bool = True) ->
     samples = list(env.samples(split, BadRows(strict=strict)))
     samples = samples[:limit] if limit is not None else samples
     return [r for group in group_by_image(samples) for r in build_rows(group, None)]
-
-
-def chat_input(processor, row) -> tuple:
-    """``(prompt text, image)`` of a row, as both generation backends feed it (one ``<|image_pad|>``)."""
-    return processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False), load_image(row["image"])
-
-
-def generate(model, processor, rows, max_new_tokens: int = 256, batch_size: int = 8, do_sample: bool = False) -> list[str]:
-    """The policy's completion for every row, special tokens kept (pad/eos dropped)."""
-    import torch
-
-    tok = processor.tokenizer
-    image_token = tok.convert_tokens_to_ids("<|image_pad|>")
-    device = next(model.parameters()).device
-    model.eval()
-    out: list[str] = []
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        prompts, images = zip(*(chat_input(processor, r) for r in batch))
-        inputs = processor(text=list(prompts), images=list(images), return_tensors="pt", padding=True).to(device)
-        with torch.no_grad():
-            ids = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id,
-                suppress_tokens=[image_token],  # as TRL does: the policy must not emit image placeholders
-            )  # fmt: skip
-        out += decode_raw(ids[:, inputs["input_ids"].shape[1] :].tolist(), tok)
-    return out
 
 
 def predicted_masks(text: str, row: dict, mask_tokenizer) -> np.ndarray:
@@ -181,13 +154,9 @@ def format_table(metrics: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v:7.2f}" for k, v in metrics.items())
 
 
-def load_policy_spec(spec: str, device: str | None = None):
-    """``tiny`` (random-init tiny policy: smoke tests) or a saved policy folder / hub id."""
-    from rl.policy import build_tiny_policy, load_policy
-
-    if spec == "tiny":
-        return build_tiny_policy(head_dim=32)  # 32: the smallest head vLLM's CPU attention serves
-    return load_policy(spec, device=device)
+# `--policy tiny` (a random tiny policy, for smoke tests): heads of 32, the smallest vLLM's CPU attention serves,
+# so that both backends run the same policy; training recipes keep model.tiny's own head_dim.
+EVAL_TINY = {"head_dim": 32}
 
 
 def vllm_policy_spec(spec: str, out_dir) -> tuple[str, object]:
@@ -195,10 +164,10 @@ def vllm_policy_spec(spec: str, out_dir) -> tuple[str, object]:
     LoRA checkpoint merged, and saved under ``out_dir`` first."""
     from transformers import AutoProcessor
 
-    from rl.policy import save_policy
+    from rl.policy import load_policy_spec, save_policy
 
     if spec == "tiny" or (Path(spec) / "adapter_config.json").is_file():
-        model, processor = load_policy_spec(spec)
+        model, processor = load_policy_spec(spec, tiny=EVAL_TINY)
         name = "policy-tiny" if spec == "tiny" else "policy-merged"
         return str(save_policy(model, processor, Path(out_dir) / name)), processor
     return spec, AutoProcessor.from_pretrained(spec, padding_side="left")
@@ -207,11 +176,12 @@ def vllm_policy_spec(spec: str, out_dir) -> tuple[str, object]:
 def complete(args, rows) -> tuple[list[str], dict]:
     """Completions of ``rows`` from the chosen backend, and what to record about the run."""
     from rl import vllm_backend
+    from rl.policy import load_policy_spec
 
     backend = vllm_backend.pick_backend(args.backend)
     start = time.perf_counter()
     if backend == "hf":
-        model, processor = load_policy_spec(args.policy, args.device)
+        model, processor = load_policy_spec(args.policy, tiny=EVAL_TINY, device=args.device)
         if args.device:
             model = model.to(args.device)
         texts = generate(model, processor, rows, args.max_new_tokens, args.batch_size)

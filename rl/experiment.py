@@ -49,7 +49,7 @@ PLAN_KEYS = ("task", "recipe", "eval", "variants")
 EVAL_DEFAULTS = {"split": "test", "samples": 200, "max_new_tokens": None}  # None: the demo's length for the task
 EVAL_SPLITS = ("val", "test")
 SFT_SECTIONS = ("model", "data", "sft")
-# rl.sft trains the whole policy with the vision tower: these apply from GRPO on (rl.trainer.load_for_training).
+# rl.sft trains the whole policy with the vision tower: these apply from GRPO on (rl.policy.load_for_training).
 GRPO_ONLY_MODEL_KEYS = ("freeze_vision", "finetune", "lora")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CELL_FILE = "cell.json"
@@ -368,7 +368,7 @@ class Evaluator:
         return self._tokenizers[name]
 
     def rows(self) -> list[dict]:
-        from rl.trainer import shapes_rows
+        from rl.data import shapes_rows
 
         if self._rows is None:
             base = _base_recipe(self.plan)
@@ -385,7 +385,7 @@ def run_sft_cell(cell: Cell) -> dict:
 
     from rl import train as train_mod
     from rl.config import save_resolved
-    from rl.trainer import load_datasets
+    from rl.data import load_datasets
 
     # An unfinished cell's sft/ may be half written; rl.train would take any config.json as a finished SFT.
     shutil.rmtree(cell.dir / "sft", ignore_errors=True)

@@ -88,12 +88,12 @@ def preserved_rng():
 def held_out_rows(recipe, n: int, mask_tokenizer) -> list[dict]:
     """The first ``n`` held-out rows: the shapes world's ``val`` split, or the recipe's ``data.eval`` dataset."""
     if recipe.data.env.startswith("shapes"):
-        from rl.trainer import shapes_rows
+        from rl.data import shapes_rows
 
         return shapes_rows(recipe, "val", n, mask_tokenizer)[:n]
     if not recipe.data.eval:  # the recipe validation refuses this already
         raise MonitorError(f"monitor: env {recipe.data.env!r} needs held-out rows in data.eval")
-    from rl.trainer import load_prepared
+    from rl.data import load_prepared
 
     ds = load_prepared(recipe.data.eval, recipe.data.image_root)
     return [ds[i] for i in range(min(n, len(ds)))]
@@ -114,7 +114,7 @@ class HeldOutEval(TrainerCallback):
     per evaluation, every metric the scorer returns). A fresh run starts the file anew; a resumed run keeps
     the lines up to its checkpoint's step.
 
-    The slice is built once, at construction: the shapes world's ``val`` split (``rl.trainer.shapes_rows``), or
+    The slice is built once, at construction: the shapes world's ``val`` split (``rl.data.shapes_rows``), or
     the first rows of ``data.eval``; predicted masks are decoded with ``data.mask_tokenizer``. Generation is HF
     ``generate`` on the unwrapped policy (LoRA adapters active), in eval mode under ``torch.no_grad``, train mode
     restored afterwards; vLLM is not used. The Python, NumPy and torch RNG states are saved and restored around
@@ -216,7 +216,7 @@ class HeldOutEval(TrainerCallback):
         self.trainer.control.should_log = self.trainer.control.should_log or pending
 
     def generate(self, rows) -> list[str]:
-        from rl.evaluate import generate
+        from rl.generation import generate
 
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         device = next(model.parameters()).device

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -31,7 +32,13 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
-from tokenizer.codec import MASK_TOKENS, add_mask_tokens, embedding_weights
+from rl.config import TINY
+from rl.distributed import barrier, is_main_process
+from rl.trainable import ROW_KEYS, ROWS_FILE, apply_lora, freeze_vision_tower, load_rows, mask_token_ids
+from tokenizer.codec import add_mask_tokens, embedding_weights
+
+if TYPE_CHECKING:
+    from rl.config import Recipe
 
 QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -216,14 +223,6 @@ def save_policy(model, processor, path) -> Path:
     return path
 
 
-ROWS_FILE = "mask_token_rows.safetensors"  # trained mask-token rows next to a LoRA adapter (rl.trainer)
-
-
-def mask_token_ids(tokenizer) -> list[int]:
-    vocab = tokenizer.get_vocab()
-    return sorted(vocab[t] for t in MASK_TOKENS)
-
-
 def load_policy(path, dtype=None, device=None):
     """``(model, processor)`` from a local folder or a hub id of a QwenVL-SAMTok checkpoint.
 
@@ -245,6 +244,83 @@ def load_policy(path, dtype=None, device=None):
     return model, processor
 
 
+def load_policy_spec(spec, *, tiny=None, seed: int = 0, dtype=None, device=None):
+    """``(model, processor)`` for any policy spec: ``tiny`` (built from ``tiny``, a ``rl.config.TinyModel`` or a
+    dict of its fields, at ``seed``), a saved folder, a hub id, or a LoRA checkpoint (merged, rows included).
+    The one loader of training (``initial_policy``), ``samtok-rl eval`` and its vLLM path."""
+    if str(spec) != TINY:
+        return load_policy(spec, dtype=dtype, device=device)
+    if tiny is not None and not isinstance(tiny, dict):
+        import dataclasses
+
+        tiny = dataclasses.asdict(tiny)
+    model, processor = build_tiny_policy(**(tiny or {}), seed=seed)
+    if dtype is not None:
+        model = model.to(dtype)
+    return (model.to(device) if device else model), processor
+
+
+# ---------------------------------------------------------------- the policy of a training run
+
+
+def initial_policy(recipe: Recipe):
+    """``(model, processor)`` as the recipe names it: the tiny policy, or a checkpoint (+ mask tokens)."""
+    from tokenizer.codec import MT_START
+
+    m = recipe.model
+    model, processor = load_policy_spec(m.path, tiny=m.tiny, seed=recipe.run.seed, dtype=_dtype(m.dtype))
+    if m.add_mask_tokens:
+        add_mask_tokens(processor.tokenizer, model, seed=recipe.run.seed)
+    elif MT_START not in processor.tokenizer.get_vocab():
+        raise ValueError(f"model.path {m.path!r} has no mask tokens; set model.add_mask_tokens=true for a base Qwen-VL")
+    return model.to(_dtype(m.dtype)), processor
+
+
+def prepare_policy(recipe: Recipe, run_dir: str | os.PathLike, init_from: str | os.PathLike | None = None):
+    """``(model, processor)`` ready for GRPO: ``init_policy_dir`` then ``load_for_training``."""
+    return load_for_training(recipe, init_policy_dir(recipe, run_dir, init_from))
+
+
+def init_policy_dir(recipe: Recipe, run_dir: str | os.PathLike, init_from: str | os.PathLike | None = None) -> Path:
+    """Where GRPO's initial weights live: ``<run>/policy-init`` (written now if missing, from ``init_from`` or
+    ``initial_policy``), or the recipe's checkpoint itself when nothing about it changes.
+
+    Call it before ``grpo_config`` under ZeRO-3: a model built while a ZeRO-3 config is active is created
+    partitioned, and saving it would write empty tensors.
+    """
+    m = recipe.model
+    if init_from is None and m.path != TINY and not m.add_mask_tokens:
+        return Path(m.path)  # a released -SAMTok checkpoint is used as is: no copy of several GB
+    init_dir = Path(run_dir) / "policy-init"
+    # Rank 0 writes it whole under another name and renames it, so that no rank (nor a later resume) can see a
+    # half-written policy-init; every rank then meets at the barrier, whatever it saw on disk (a rank that
+    # skipped it because the folder was already there would race rank 0's writing and leave it waiting).
+    if is_main_process() and not (init_dir / "config.json").is_file():
+        import shutil
+
+        model, processor = load_policy(init_from) if init_from else initial_policy(recipe)
+        partial = init_dir.with_name(init_dir.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        save_policy(model, processor, partial)
+        shutil.rmtree(init_dir, ignore_errors=True)  # a folder left by a run killed before this rule existed
+        os.replace(partial, init_dir)
+    barrier()
+    return init_dir
+
+
+def load_for_training(recipe: Recipe, init_dir: str | os.PathLike):
+    """Load the initial policy, freeze the vision tower and apply LoRA as the recipe says."""
+    m = recipe.model
+    model, processor = load_policy(init_dir, dtype=_dtype(m.dtype))
+    if m.attn_implementation:
+        model.set_attn_implementation(m.attn_implementation)
+    if m.freeze_vision:
+        freeze_vision_tower(model)
+    if m.finetune == "lora":
+        model = apply_lora(model, processor.tokenizer, m.lora)
+    return model, processor
+
+
 def _arch(arch: str):
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
@@ -262,10 +338,9 @@ def _load_adapter_checkpoint(path: Path, dtype, device):
     model, processor = load_policy(base, dtype, device)
     model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     if (path / ROWS_FILE).is_file():
-        from safetensors.torch import load_file
-
-        saved, ids = load_file(path / ROWS_FILE), mask_token_ids(processor.tokenizer)
-        with torch.no_grad():
-            for i, w in enumerate(embedding_weights(model)):
-                w[ids] = saved[f"rows_{i}"].to(device=w.device, dtype=w.dtype)
+        load_rows(dict(zip(ROW_KEYS, embedding_weights(model))), path, mask_token_ids(processor.tokenizer))
     return model, processor
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]

@@ -22,7 +22,8 @@ import logging
 import sys
 from pathlib import Path
 
-from rl.config import Recipe, RecipeError, init_process_group, load_recipe, save_resolved
+from rl.config import Recipe, RecipeError, load_recipe, save_resolved
+from rl.distributed import init_process_group
 from rl.preemption import OutOfMemoryStop, Preempted, StopOnSigterm
 
 log = logging.getLogger("samtok_rl.train")
@@ -91,8 +92,9 @@ def run(recipe: Recipe, callbacks=()) -> Path:
     """SFT warm start (if enabled), then GRPO; returns the directory of the final policy."""
     from transformers import set_seed
 
-    from rl import checkpoint, monitor
+    from rl import checkpoint, monitor, policy
     from rl import trainer as tr
+    from rl.data import load_datasets
 
     if monitor.zero3_problem(recipe):  # before minutes of SFT
         raise monitor.MonitorError(monitor.zero3_problem(recipe))
@@ -108,7 +110,7 @@ def run(recipe: Recipe, callbacks=()) -> Path:
         save_resolved(recipe, run_dir / "recipe.yaml")
         checkpoint.clear_staging(run_dir)
     set_seed(recipe.run.seed)
-    train_ds, eval_ds = tr.load_datasets(recipe)
+    train_ds, eval_ds = load_datasets(recipe)
     log.info("train rows: %d, eval rows: %s", len(train_ds), len(eval_ds) if eval_ds is not None else 0)
 
     init_from = None
@@ -118,9 +120,9 @@ def run(recipe: Recipe, callbacks=()) -> Path:
     resume = checkpoint.last_checkpoint(run_dir) if recipe.run.resume else None
     if recipe.run.resume:
         log.info("resuming from %s", resume or "the start (no complete checkpoint yet)")
-    init_dir = tr.init_policy_dir(recipe, run_dir, init_from)
+    init_dir = policy.init_policy_dir(recipe, run_dir, init_from)
     args = tr.grpo_config(recipe, run_dir)  # before loading: under ZeRO-3 the model then loads partitioned
-    model, processor = tr.load_for_training(recipe, init_dir)
+    model, processor = policy.load_for_training(recipe, init_dir)
     trainer = tr.build_trainer(recipe, run_dir, train_ds, eval_ds, model, processor, callbacks, args)
     if monitor.enabled(recipe):  # held-out metrics and rollout images every monitor.eval_steps/image_steps
         trainer.add_callback(monitor.HeldOutEval(trainer, recipe))
@@ -207,9 +209,8 @@ def run_sft_stage(recipe: Recipe, run_dir: Path, train_ds) -> Path:
     """The SFT policy directory, trained now unless a previous run of this recipe already saved it."""
     from accelerate import PartialState
 
-    from rl.policy import save_policy
+    from rl.policy import initial_policy, save_policy
     from rl.sft import run_sft
-    from rl.trainer import initial_policy
 
     sft_dir = run_dir / "sft"
     if (sft_dir / "config.json").is_file():

@@ -1,23 +1,12 @@
-"""GRPO on TRL: the policy, its trainable parts, the rewards and TRL's ``GRPOTrainer`` with two small hooks.
+"""GRPO on TRL: ``GRPOConfig`` and the rewards from a recipe, and TRL's ``GRPOTrainer`` with small hooks.
 
-What we add to TRL, and where:
-
-* ``prepare_policy``: load or build the policy, add mask tokens if asked, save it to ``<run>/policy-init``
-  first (TRL rebuilds the KL reference model, and vLLM loads weights, from ``model.name_or_path``: a
-  vocabulary resized only in memory would not match), then freeze the vision tower and set up LoRA.
-* LoRA with trainable mask-token rows. TRL refuses a PEFT layer on ``lm_head`` because it computes
-  log-probs from ``lm_head.weight`` directly, and with tied embeddings (all Qwen-VL 2B-4B checkpoints)
-  PEFT's ``trainable_token_indices`` wraps that tied head. Our arrangement: LoRA adapters on the
-  projections only, and the tied embedding matrix itself left trainable with a gradient hook that zeroes
-  every row except the 514 mask tokens (and no weight decay on it). The rows then move in the input
-  embedding and in the output projection alike, ``lm_head`` stays a plain Linear, and TRL accepts it.
-  Checkpoints carry those rows next to the adapter (``mask_token_rows.safetensors``).
-  Under ZeRO-3 the rows are gathered from the partitions for checkpoints, and ``save_final`` rebuilds
-  the policy whole on rank 0 from the gathered state to merge LoRA (the Trainer would save the adapter
-  alone and lose the rows).
-* ``SamtokGRPOTrainer``: checkpoints are staged and renamed when complete (``rl.checkpoint``), the
-  completions logged for W&B carry prompts as text (TRL's VLM message lists make wandb raise), and
-  colocated vLLM rollouts get one image placeholder per image (``vllm_backend.one_placeholder_per_image``).
+What ``SamtokGRPOTrainer`` adds to TRL: checkpoints are staged and renamed when complete (``rl.checkpoint``) and
+carry the trainable mask-token rows of a LoRA run (``rl.trainable``; under ZeRO-3 gathered from the partitions,
+and ``save_final`` rebuilds the policy whole on rank 0 from the gathered state to merge LoRA, since the Trainer
+would save the adapter alone and lose the rows); the completions logged for W&B carry prompts as text (TRL's
+VLM message lists make wandb raise); colocated vLLM rollouts get one image placeholder per image
+(``rl.vllm_rollout``); non-finite steps are skipped; prompts are drawn by ``rl.sampling``'s samplers, and with
+dynamic sampling generation rounds are refilled there. The policy itself is ``rl.policy``'s.
 """
 
 from __future__ import annotations
@@ -25,292 +14,18 @@ from __future__ import annotations
 import logging
 import math
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from rl import checkpoint, lm_head, sampling, vllm_backend
-from rl.config import TINY, Recipe
-from rl.policy import ROWS_FILE, mask_token_ids
+from rl import checkpoint, lm_head, sampling, vllm_rollout
+from rl.config import Recipe
+from rl.distributed import barrier, gathered, without_zero3_init
 from rl.preemption import OutOfMemoryStop
-from tokenizer.codec import embedding_weights
+from rl.trainable import ROWS_FILE, load_rows, row_trained, save_rows
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- policy
-
-
-def initial_policy(recipe: Recipe):
-    """``(model, processor)`` as the recipe names it: the tiny policy, or a checkpoint (+ mask tokens)."""
-    from rl.policy import build_tiny_policy, load_policy
-    from tokenizer.codec import MT_START, add_mask_tokens
-
-    m = recipe.model
-    if m.path == TINY:
-        model, processor = build_tiny_policy(
-            arch=m.tiny.arch, vocab=m.tiny.vocab, hidden_size=m.tiny.hidden_size,
-            num_layers=m.tiny.num_layers, head_dim=m.tiny.head_dim, seed=recipe.run.seed,
-        )  # fmt: skip
-    else:
-        model, processor = load_policy(m.path, dtype=_dtype(m.dtype))
-    if m.add_mask_tokens:
-        add_mask_tokens(processor.tokenizer, model, seed=recipe.run.seed)
-    elif MT_START not in processor.tokenizer.get_vocab():
-        raise ValueError(f"model.path {m.path!r} has no mask tokens; set model.add_mask_tokens=true for a base Qwen-VL")
-    return model.to(_dtype(m.dtype)), processor
-
-
-def prepare_policy(recipe: Recipe, run_dir: str | os.PathLike, init_from: str | os.PathLike | None = None):
-    """``(model, processor)`` ready for GRPO: ``init_policy_dir`` then ``load_for_training``."""
-    return load_for_training(recipe, init_policy_dir(recipe, run_dir, init_from))
-
-
-def init_policy_dir(recipe: Recipe, run_dir: str | os.PathLike, init_from: str | os.PathLike | None = None) -> Path:
-    """Where GRPO's initial weights live: ``<run>/policy-init`` (written now if missing, from ``init_from`` or
-    ``initial_policy``), or the recipe's checkpoint itself when nothing about it changes.
-
-    Call it before ``grpo_config`` under ZeRO-3: a model built while a ZeRO-3 config is active is created
-    partitioned, and saving it would write empty tensors.
-    """
-    from rl.policy import load_policy, save_policy
-
-    m = recipe.model
-    if init_from is None and m.path != TINY and not m.add_mask_tokens:
-        return Path(m.path)  # a released -SAMTok checkpoint is used as is: no copy of several GB
-    init_dir = Path(run_dir) / "policy-init"
-    # Rank 0 writes it whole under another name and renames it, so that no rank (nor a later resume) can see a
-    # half-written policy-init; every rank then meets at the barrier, whatever it saw on disk (a rank that
-    # skipped it because the folder was already there would race rank 0's writing and leave it waiting).
-    if _is_main_process() and not (init_dir / "config.json").is_file():
-        import shutil
-
-        model, processor = load_policy(init_from) if init_from else initial_policy(recipe)
-        partial = init_dir.with_name(init_dir.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        save_policy(model, processor, partial)
-        shutil.rmtree(init_dir, ignore_errors=True)  # a folder left by a run killed before this rule existed
-        os.replace(partial, init_dir)
-    _barrier()
-    return init_dir
-
-
-def load_for_training(recipe: Recipe, init_dir: str | os.PathLike):
-    """Load the initial policy, freeze the vision tower and apply LoRA as the recipe says."""
-    from rl.policy import load_policy
-
-    m = recipe.model
-    model, processor = load_policy(init_dir, dtype=_dtype(m.dtype))
-    if m.attn_implementation:
-        model.set_attn_implementation(m.attn_implementation)
-    if m.freeze_vision:
-        freeze_vision_tower(model)
-    if m.finetune == "lora":
-        model = apply_lora(model, processor.tokenizer, m.lora)
-    return model, processor
-
-
-def freeze_vision_tower(model) -> int:
-    """Freeze the vision encoder and its merger; returns how many parameters were frozen."""
-    n = 0
-    for name, p in model.named_parameters():
-        if ".visual." in f".{name}" or name.startswith("visual."):
-            p.requires_grad_(False)
-            n += getattr(p, "ds_numel", p.numel())  # ZeRO-3 partitioned parameters have numel() == 0
-    if n == 0:
-        raise ValueError(f"{type(model).__name__}: no vision-tower parameters found to freeze")
-    return n
-
-
-def apply_lora(model, tokenizer, lora_cfg):
-    """LoRA on the projections; mask-token rows of the tied embedding trainable (see the module docstring)."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-        target_modules=_language_modules(model, lora_cfg.target_modules), task_type="CAUSAL_LM",
-    )  # fmt: skip
-    model = get_peft_model(model, config)
-    if lora_cfg.train_mask_tokens:
-        for weight in embedding_weights(model):
-            train_only_rows(weight, mask_token_ids(tokenizer))
-    return model
-
-
-def _language_modules(model, names: list[str]) -> str:
-    """A regex selecting ``names`` in the language model only: adapters in a frozen vision tower are waste."""
-    alternatives = "|".join(names)
-    return rf"^(?!.*visual).*\.({alternatives})$"
-
-
-def train_only_rows(weight: torch.nn.Parameter, rows: list[int]) -> None:
-    """Make ``weight`` trainable but let gradients through only for ``rows``.
-
-    Under ZeRO-3 the tensor is a partition (``ds_shape`` is the full shape); the gradient the hook sees is
-    full-size, since it is computed while the parameter is gathered.
-    """
-    keep = torch.zeros(getattr(weight, "ds_shape", weight.shape)[0], 1, dtype=weight.dtype, device=weight.device)
-    keep[rows] = 1
-    weight.requires_grad_(True)
-    weight._samtok_rows = rows  # read by the checkpoint hook and the optimizer grouping
-    weight.register_hook(lambda g: g * keep.to(g.dtype))
-
-
-@contextmanager
-def gathered(params):
-    """The full tensors of ZeRO-3 partitioned ``params`` inside the block (collective: every rank enters);
-    a no-op for ordinary parameters."""
-    params = [p for p in params if hasattr(p, "ds_id")]
-    if not params:
-        yield
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(params):
-        yield
-
-
-@contextmanager
-def _without_zero3_init():
-    # transformers builds every model partitioned while a ZeRO-3 config is registered; rank 0 needs one
-    # whole copy to merge LoRA into. The registration is a module global (weakref) in transformers.
-    from transformers.integrations import deepspeed as hf_ds
-
-    ref = hf_ds._hf_deepspeed_config_weak_ref
-    hf_ds._hf_deepspeed_config_weak_ref = None
-    try:
-        yield
-    finally:
-        hf_ds._hf_deepspeed_config_weak_ref = ref
-
-
-def _row_params(model) -> list[torch.nn.Parameter]:
-    seen, out = set(), []
-    for p in model.parameters():
-        if hasattr(p, "_samtok_rows") and id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
-
-
-# ---------------------------------------------------------------- data
-
-
-def shapes_rows(recipe: Recipe, split: str, n: int, mask_tokenizer=None) -> list[dict]:
-    """Rows of the generated shapes world (GT answers encoded with the recipe's mask tokenizer)."""
-    from envs.base import build_rows, group_by_image
-    from envs.prepare import load_mask_tokenizer
-    from envs.shapes import shapes_env
-
-    d = recipe.data
-    task = "gcg" if d.env == "shapes_gcg" else "gres"
-    env = shapes_env(task, train_size=n, eval_size=n, seed=d.shapes.seed, image_size=d.shapes.image_size)
-    tok = mask_tokenizer or load_mask_tokenizer(d.mask_tokenizer)
-    return [row for group in group_by_image(env.samples(split)) for row in build_rows(group, tok)]
-
-
-def shapes_dataset(recipe: Recipe, split: str, n: int, mask_tokenizer=None):
-    """``shapes_rows`` as a ``datasets.Dataset``, cached on disk when the mask tokenizer is a saved one.
-
-    Encoding thousands of scenes with the mask tokenizer takes minutes on a CPU, and every SFT and GRPO run
-    of an experiment reads the same scenes (``data.shapes.seed`` is not the run's seed). The cache key holds
-    everything the rows depend on: the world's parameters, the tokenizer's files and the source of the code
-    that draws and encodes them, so an edit to any of these rebuilds. ``SAMTOK_RL_CACHE`` (default
-    ``~/.cache/samtok-rl``) says where; ``SAMTOK_RL_CACHE=off`` disables it.
-    """
-    import datasets
-
-    from envs.base import rows_to_dataset
-
-    key = _shapes_cache_key(recipe, split, n)
-    root = os.environ.get("SAMTOK_RL_CACHE", str(Path.home() / ".cache" / "samtok-rl"))
-    if key is None or root == "off":
-        return rows_to_dataset(shapes_rows(recipe, split, n, mask_tokenizer))
-    path = Path(root) / "shapes" / key
-    if (path / "dataset_info.json").is_file():
-        return datasets.load_from_disk(str(path))
-    ds = rows_to_dataset(shapes_rows(recipe, split, n, mask_tokenizer))
-    if _is_main_process():
-        import shutil
-        import tempfile
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=path.parent, prefix=".tmp-")
-        ds.save_to_disk(tmp)
-        try:
-            os.replace(tmp, path)  # atomic: a concurrent run sees a whole cache entry or none
-        except OSError:  # another process got there first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return ds
-
-
-def _shapes_cache_key(recipe: Recipe, split: str, n: int) -> str | None:
-    import hashlib
-
-    import envs.base
-    import envs.shapes
-    import tokenizer.codec
-    import tokenizer.config
-    import tokenizer.masks
-    import tokenizer.model
-    import tokenizer.vq
-
-    d = recipe.data
-    folder = Path(__file__).resolve().parents[1] / "tokenizer" / "weights" / "tiny" if d.mask_tokenizer == "tiny" else Path(d.mask_tokenizer)
-    if not folder.is_dir():
-        return None  # "random": seeded in memory, cheap to rebuild
-    h = hashlib.sha256(repr((d.env, split, n, d.shapes.seed, d.shapes.image_size)).encode())
-    for f in [*sorted(folder.glob("*.json")), *sorted(folder.glob("*.safetensors"))]:
-        h.update(f.read_bytes())
-    for module in (envs.base, envs.shapes, tokenizer.codec, tokenizer.config, tokenizer.masks, tokenizer.model, tokenizer.vq):
-        h.update(Path(module.__file__).read_bytes())
-    return h.hexdigest()[:20]
-
-
-def load_datasets(recipe: Recipe, mask_tokenizer=None):
-    """``(train, eval)`` ``datasets.Dataset``s in TRL's conversational format (eval may be None)."""
-    d = recipe.data
-    if d.env.startswith("shapes"):
-        train = shapes_dataset(recipe, "train", d.shapes.n_train, mask_tokenizer)
-        evald = shapes_dataset(recipe, "val", d.shapes.n_eval, mask_tokenizer) if d.shapes.n_eval else None
-    else:
-        train = load_prepared(d.train, d.image_root)
-        evald = load_prepared(d.eval, d.image_root) if d.eval else None
-    if d.max_train_samples is not None:
-        train = train.select(range(min(d.max_train_samples, len(train))))
-    return train, evald
-
-
-def load_prepared(path: str, image_root: str | None = None):
-    """A prepared dataset: a ``samtok-rl prepare`` folder, a ``save_to_disk`` directory, or .jsonl/.json/.parquet
-    files (or a directory of them)."""
-    import datasets
-
-    p = Path(path)
-    if (p / "manifest.json").is_file():
-        from envs.prepare import load_prepared as load_prepare_output
-
-        ds = load_prepare_output(p)
-    elif (p / "dataset_info.json").is_file() or (p / "state.json").is_file():
-        ds = datasets.load_from_disk(str(p))
-    else:
-        files = sorted(str(f) for f in p.glob("*") if f.suffix in (".jsonl", ".json", ".parquet")) if p.is_dir() else [str(p)]
-        if not files:
-            raise ValueError(f"{path}: no .jsonl/.json/.parquet files")
-        kind = "parquet" if files[0].endswith(".parquet") else "json"
-        ds = datasets.load_dataset(kind, data_files=files, split="train")
-    missing = [c for c in ("prompt", "image", "answer") if c not in ds.column_names]
-    if missing:
-        raise ValueError(f"{path}: prepared rows lack the column(s) {missing}; run `samtok-rl prepare` first")
-    if isinstance(ds.features["image"], datasets.Value):  # paths: make them images decoded on access
-        if image_root:
-            from envs.base import safe_image_path  # refuses paths that escape the image root
-
-            ds = ds.map(lambda r: {"image": str(safe_image_path(image_root, r["image"]))})
-        ds = ds.cast_column("image", datasets.Image())
-    return ds
 
 
 # ---------------------------------------------------------------- config and rewards
@@ -392,7 +107,7 @@ class SamtokGRPOTrainer(GRPOTrainer):
         self._nonfinite_in_a_row = 0
         if self.use_vllm and self.vllm_mode == "colocate":
             pad = self.processing_class.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-            self.vllm_generation.generate = vllm_backend.one_placeholder_per_image(self.vllm_generation.generate, pad)
+            self.vllm_generation.generate = vllm_rollout.one_placeholder_per_image(self.vllm_generation.generate, pad)
 
     def _get_grad_norm(self, model, grad_norm=None):
         # Called once per optimizer step, just before optimizer.step(), with the global gradient norm.
@@ -508,11 +223,11 @@ class SamtokGRPOTrainer(GRPOTrainer):
             self._save_rows(os.path.join(self._staging_root, name))  # every rank: gathering is collective
         finally:
             self._staging_root = None
-        _barrier()  # every rank's part (DeepSpeed partitions, RNG state) is written before the marker is
+        barrier()  # every rank's part (DeepSpeed partitions, RNG state) is written before the marker is
         if self.args.should_save:
             checkpoint.commit(run_dir, name)
             checkpoint.rotate(run_dir, self.args.save_total_limit)
-        _barrier()
+        barrier()
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # The Trainer loads a full checkpoint with a plain load_state_dict(strict=False), but save_pretrained
@@ -526,30 +241,21 @@ class SamtokGRPOTrainer(GRPOTrainer):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
             if hasattr(target, "peft_config"):
                 checkpoint.check_adapter_loaded(target, resume_from_checkpoint)
-        params = _row_params(self.model)
-        if not params:
+        weights = row_trained(self.model)
+        if not weights:
             return
-        path = os.path.join(resume_from_checkpoint, ROWS_FILE)
-        if not os.path.isfile(path):
+        if not os.path.isfile(os.path.join(resume_from_checkpoint, ROWS_FILE)):
             raise checkpoint.CheckpointError(f"{resume_from_checkpoint}: no {ROWS_FILE}; the trained mask-token rows "
                                              "of this LoRA run would be lost")  # fmt: skip
-        from safetensors.torch import load_file
-
-        saved = load_file(path)
-        with torch.no_grad():
-            for i, p in enumerate(params):
-                p[p._samtok_rows] = saved[f"rows_{i}"].to(p.dtype)
+        load_rows(weights, resume_from_checkpoint, next(iter(weights.values()))._samtok_rows)
 
     def _save_rows(self, ckpt_dir: str) -> None:
-        params = _row_params(self.model)
-        if not params:
+        weights = row_trained(self.model)
+        if not weights:
             return
-        with gathered(params):
+        with gathered(weights.values()):
             if self.args.should_save:
-                from safetensors.torch import save_file
-
-                rows = {f"rows_{i}": p[p._samtok_rows].detach().cpu().contiguous() for i, p in enumerate(params)}
-                save_file(rows, os.path.join(ckpt_dir, ROWS_FILE))
+                save_rows(weights, ckpt_dir)
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         # A W&B Table needs one type per column, and a VLM prompt's content mixes {"type": "image"} with
@@ -566,7 +272,7 @@ class SamtokGRPOTrainer(GRPOTrainer):
 
     def get_decay_parameter_names(self, model) -> list[str]:
         # Decoupled weight decay would shrink the frozen (zero-gradient) rows of a row-trained embedding.
-        rows = {id(p) for p in _row_params(model)}
+        rows = {id(p) for p in row_trained(model).values()}
         names = super().get_decay_parameter_names(model)
         return [n for n, p in model.named_parameters() if n in set(names) and id(p) not in rows]
 
@@ -590,13 +296,15 @@ def messages_text(messages) -> str:
 
 def build_trainer(recipe: Recipe, run_dir: str | os.PathLike, train_dataset, eval_dataset=None,
                   model=None, processor=None, callbacks=(), args: GRPOConfig | None = None):
-    """The configured trainer. ``model``/``processor`` default to ``prepare_policy(recipe, run_dir)``.
+    """The configured trainer. ``model``/``processor`` default to ``rl.policy.prepare_policy(recipe, run_dir)``.
 
     Under ZeRO-3, build ``args`` (``grpo_config``) before loading the model: transformers then partitions
     the weights while loading instead of materialising the whole model on every rank first.
     """
     args = args or grpo_config(recipe, run_dir)
     if model is None:
+        from rl.policy import prepare_policy
+
         model, processor = prepare_policy(recipe, run_dir)
     funcs = build_rewards(recipe, processor.tokenizer)
     lm_head.install()
@@ -633,7 +341,7 @@ def save_final(trainer, processor, path: str | os.PathLike) -> Path:
             model = model.merge_and_unload()
         if trainer.accelerator.is_main_process:
             save_policy(model, processor, path)
-    _barrier()
+    barrier()
     return path
 
 
@@ -645,7 +353,7 @@ def _merged_from_state(peft_model, state: dict):
 
     from rl.policy import load_policy
 
-    with _without_zero3_init():
+    with without_zero3_init():
         base, _ = load_policy(peft_model.get_base_model().name_or_path)
     model = get_peft_model(base, copy.deepcopy(peft_model.peft_config["default"]))
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -655,21 +363,3 @@ def _merged_from_state(peft_model, state: dict):
     if missing or unexpected:
         raise RuntimeError(f"gathered LoRA state does not fit the policy: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.merge_and_unload()
-
-
-# ---------------------------------------------------------------- small helpers
-
-
-def _dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def _is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()

@@ -1,7 +1,7 @@
-"""vLLM glue: the backend of ``samtok-rl eval`` (the HF path's prompts, images and decoding, served by
-vLLM), and the prompt fix for TRL's colocated vLLM rollouts (``one_placeholder_per_image``).
+"""vLLM generation: the backend of ``samtok-rl eval`` (the HF path's prompts, images and decoding, served by
+vLLM). The prompt fix for TRL's colocated vLLM rollouts is ``rl.vllm_rollout``.
 
-Parity with ``rl.evaluate.generate`` is the contract (a test checks it token for token):
+Parity with ``rl.generation.generate`` is the contract (a test checks it token for token):
 
 - vLLM loads weights from a folder or hub id, so an in-memory policy is saved first (``rl.evaluate``);
   the saved tokenizer carries the mask tokens, so vLLM's vocabulary matches the resized embeddings.
@@ -48,8 +48,8 @@ def pick_backend(requested: str) -> str:
 
 
 def requests(processor, rows) -> list[dict]:
-    """One vLLM request per row: the HF path's un-expanded prompt and image (``rl.evaluate.chat_input``)."""
-    from rl.evaluate import chat_input
+    """One vLLM request per row: the HF path's un-expanded prompt and image (``rl.generation.chat_input``)."""
+    from rl.generation import chat_input
 
     out = []
     for row in rows:
@@ -137,26 +137,3 @@ def _stop_engine(llm) -> None:
     shutdown = getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "shutdown", None)
     if callable(shutdown):
         shutdown()
-
-
-def collapse_image_runs(ids: list[int], pad: int) -> list[int]:
-    """``ids`` with every run of the image placeholder token shortened to one token."""
-    return [t for i, t in enumerate(ids) if t != pad or i == 0 or ids[i - 1] != pad]
-
-
-def one_placeholder_per_image(generate, pad: int):
-    """Wraps TRL's colocated vLLM ``generate`` so that image prompts reach vLLM with one placeholder per image.
-
-    TRL sends the processor's token ids, in which each image is already expanded to its grid of
-    ``<|image_pad|>`` tokens, together with the image; vLLM expands the placeholders again, so the policy
-    is sampled from a corrupted prompt (huggingface/trl#6294; checked with vLLM 0.31 on Qwen2.5-VL: 56
-    prompt tokens became 71 and no completion matched HF generate). TRL keeps its own expanded ids for
-    the loss; only what vLLM sees changes, and vLLM expands a single placeholder exactly once.
-    """
-
-    def wrapped(prompts, images, *args, **kwargs):
-        if images is not None:
-            prompts = [collapse_image_runs(list(ids), pad) for ids in prompts]
-        return generate(prompts, images, *args, **kwargs)
-
-    return wrapped

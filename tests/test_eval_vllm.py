@@ -15,8 +15,9 @@ import torch
 
 from envs import get_env
 from envs.base import load_image
-from rl import vllm_backend
-from rl.evaluate import eval_rows, generate, main
+from rl import vllm_backend, vllm_rollout
+from rl.evaluate import eval_rows, main
+from rl.generation import generate
 from rl.policy import build_tiny_policy, load_policy, save_policy
 
 
@@ -223,7 +224,7 @@ def test_real_vllm_expands_trl_s_image_ids_again_unless_collapsed(tmp_path):
         return decode_raw([list(o.outputs[0].token_ids) for o in outs], processor.tokenizer)
 
     try:
-        assert served([vllm_backend.collapse_image_runs(list(ids), pad) for ids in expanded]) == expected
+        assert served([vllm_rollout.collapse_image_runs(list(ids), pad) for ids in expanded]) == expected
         # The reason for the wrapper; should a vLLM upgrade stop expanding twice, this line tells.
         assert served(expanded) != expected
     finally:

@@ -112,3 +112,43 @@ def test_real_qwen_vocabulary_offline():
     assert tok("Hello world, 你好", add_special_tokens=False)["input_ids"] == [9707, 1879, 11, 220, 108386]
     assert tok.convert_tokens_to_ids("<|mt_start|>") == 151669 and len(tok) == 151669 + 514
     assert parse_masks(tok.decode(tok(format_mask((17, 45)))["input_ids"], skip_special_tokens=True)) == [(17, 45)]
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_mask_token_rows_save_and_load_by_name(tmp_path, tie):
+    """The rows file names each matrix (input / output embedding): what is saved from one model loads into the
+    same matrix of another, untied heads included; files from before the names (rows_0, rows_1) still load."""
+    from safetensors.torch import load_file, save_file
+
+    from rl.trainable import ROW_KEYS, ROWS_FILE, load_rows, mask_token_ids, row_trained, save_rows, train_only_rows
+    from tokenizer.codec import embedding_weights
+
+    tok = build_tokenizer("tiny")
+    rows = mask_token_ids(tok)
+    src, dst = _lm(tok, tie), _lm(tok, tie)
+    for w in embedding_weights(src):
+        train_only_rows(w, rows)
+        with torch.no_grad():
+            w[rows] = torch.randn(len(rows), w.shape[1])
+    trained = row_trained(src)
+    assert list(trained) == list(ROW_KEYS[: 1 if tie else 2])
+    save_rows(trained, tmp_path)
+    assert sorted(load_file(tmp_path / ROWS_FILE)) == sorted(trained)
+    targets = dict(zip(ROW_KEYS, embedding_weights(dst)))
+    before = {k: w.detach().clone() for k, w in targets.items()}
+    load_rows(targets, tmp_path, rows)
+    other = [i for i in range(len(tok)) if i not in set(rows)]
+    for key, w in trained.items():
+        assert not torch.equal(before[key][rows], w[rows].detach())
+        assert torch.equal(targets[key][rows], w[rows].detach())
+        assert torch.equal(targets[key][other], before[key][other])  # only the mask-token rows were copied
+
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    save_file({f"rows_{i}": w[rows].detach().contiguous() for i, w in enumerate(trained.values())}, legacy / ROWS_FILE)
+    fresh = dict(zip(ROW_KEYS, embedding_weights(_lm(tok, tie))))
+    load_rows(fresh, legacy, rows)
+    assert all(torch.equal(fresh[k][rows], w[rows].detach()) for k, w in trained.items())
+    if tie:  # a file without the matrix asked for (a tied model's rows read into an untied head) says so
+        with pytest.raises(KeyError, match="no rows for the output embeddings"):
+            load_rows({"output_embeddings": fresh["input_embeddings"]}, tmp_path, rows)

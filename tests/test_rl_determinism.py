@@ -7,6 +7,8 @@ import torch
 from resume_run import TIMING
 from tiny_runs import tiny_recipe
 
+from rl import data as rl_data
+from rl import policy as rl_policy
 from rl import trainer as tr
 
 # Tiny matrices: one thread (see conftest.one_thread).
@@ -16,8 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _trajectory(tmp_path, name, *overrides):
     recipe = tiny_recipe(tmp_path, f"run.output_dir={tmp_path / name}", "grpo.max_steps=3", "grpo.log_completions=true",
                          *overrides)  # fmt: skip
-    ds, _ = tr.load_datasets(recipe)
-    model, processor = tr.prepare_policy(recipe, tmp_path / name)
+    ds, _ = rl_data.load_datasets(recipe)
+    model, processor = rl_policy.prepare_policy(recipe, tmp_path / name)
     trainer = tr.build_trainer(recipe, tmp_path / name, ds, None, model, processor)
     trainer.train()
     history = [{k: v for k, v in h.items() if not k.endswith(TIMING)} for h in trainer.state.log_history]

@@ -7,6 +7,8 @@ from tiny_runs import tiny_recipe
 from transformers import TrainerCallback
 
 from rl import checkpoint
+from rl import data as rl_data
+from rl import policy as rl_policy
 from rl import trainer as tr
 
 # Tiny matrices: one thread (see conftest.one_thread).
@@ -34,8 +36,8 @@ class NaNGradientsAt(TrainerCallback):
 
 def _trainer(tmp_path, *overrides, callback):
     recipe = tiny_recipe(tmp_path, *overrides)
-    ds, _ = tr.load_datasets(recipe)
-    model, processor = tr.prepare_policy(recipe, tmp_path / "run")
+    ds, _ = rl_data.load_datasets(recipe)
+    model, processor = rl_policy.prepare_policy(recipe, tmp_path / "run")
     return tr.build_trainer(recipe, tmp_path / "run", ds, None, model, processor, callbacks=[callback])
 
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 from tiny_runs import fake_checkpoint, tiny_recipe, train_tiny
 
-from rl import checkpoint
+from rl import checkpoint, trainable
+from rl import data as rl_data
+from rl import policy as rl_policy
 from rl import trainer as tr
 from rl.config import load_recipe
 
@@ -49,7 +51,7 @@ def test_lora_trains_adapters_and_mask_rows_only(tmp_path):
                          "grpo.save_steps=2")
     trainer, model, before = train_tiny(recipe)
     tok = trainer.processing_class.tokenizer
-    rows = tr.mask_token_ids(tok)
+    rows = trainable.mask_token_ids(tok)
     emb = model.get_input_embeddings().weight.detach()
     name = next(n for n, p in model.named_parameters() if p is model.get_input_embeddings().weight)
     moved = (emb != before[name]).any(1).nonzero().flatten().tolist()
@@ -59,7 +61,7 @@ def test_lora_trains_adapters_and_mask_rows_only(tmp_path):
     lora = [n for n, p in model.named_parameters() if "lora_" in n and n in before and not torch.equal(before[n], p.detach())]
     assert lora and not any("visual" in n for n in lora)
     ckpt = checkpoint.last_checkpoint(tmp_path / "run")
-    assert ckpt is not None and (ckpt / tr.ROWS_FILE).is_file()
+    assert ckpt is not None and (ckpt / trainable.ROWS_FILE).is_file()
     final = tr.save_final(trainer, trainer.processing_class, tmp_path / "final")
     from rl.policy import load_policy
 
@@ -125,7 +127,7 @@ def test_a_base_qwen_vl_gets_the_mask_tokens_and_trains(tmp_path):
     n_vocab = len(processor.tokenizer)
     base = save_policy(model, processor, tmp_path / "base")
     with pytest.raises(ValueError, match="has no mask tokens; set model.add_mask_tokens=true"):
-        tr.initial_policy(tiny_recipe(tmp_path, f"model.path={base}"))
+        rl_policy.initial_policy(tiny_recipe(tmp_path, f"model.path={base}"))
     torch.manual_seed(0)
     trainer, _, _ = train_tiny(tiny_recipe(tmp_path, f"model.path={base}", "model.add_mask_tokens=true"))
     final, final_processor = load_policy(tr.save_final(trainer, trainer.processing_class, tmp_path / "final"))
@@ -154,8 +156,8 @@ def test_colocated_vllm_rollouts_see_one_placeholder_per_image(tmp_path, monkeyp
 
     monkeypatch.setattr(grpo, "VLLMGeneration", StandInGeneration)
     recipe = tiny_recipe(tmp_path, "grpo.use_vllm=true", "grpo.vllm_mode=colocate")
-    ds, _ = tr.load_datasets(recipe)
-    model, processor = tr.prepare_policy(recipe, tmp_path / "run")
+    ds, _ = rl_data.load_datasets(recipe)
+    model, processor = rl_policy.prepare_policy(recipe, tmp_path / "run")
     trainer = tr.build_trainer(recipe, tmp_path / "run", ds, None, model, processor)
     pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     out = trainer.vllm_generation.generate(prompts=[[1, pad, pad, pad, 2], [3, pad, pad, 4]], images=[["a"], ["b"]],
@@ -171,14 +173,14 @@ def test_shapes_rows_are_cached_on_disk_and_identical(tmp_path, monkeypatch):
     rows depend on (here the world's seed) misses the cache."""
     monkeypatch.setenv("SAMTOK_RL_CACHE", str(tmp_path / "cache"))
     recipe = load_recipe(ROOT / "recipes" / "shapes_gres.yaml", ["data.shapes.n_train=6"])
-    built = tr.shapes_dataset(recipe, "train", 6)
+    built = rl_data.shapes_dataset(recipe, "train", 6)
     assert len(list((tmp_path / "cache" / "shapes").iterdir())) == 1
-    calls, build = [], tr.shapes_rows
-    monkeypatch.setattr(tr, "shapes_rows", lambda *a, **k: calls.append(a) or build(*a, **k))
-    cached = tr.shapes_dataset(recipe, "train", 6)
+    calls, build = [], rl_data.shapes_rows
+    monkeypatch.setattr(rl_data, "shapes_rows", lambda *a, **k: calls.append(a) or build(*a, **k))
+    cached = rl_data.shapes_dataset(recipe, "train", 6)
     assert not calls and cached.to_list() == built.to_list()
     other = load_recipe(ROOT / "recipes" / "shapes_gres.yaml", ["data.shapes.n_train=6", "data.shapes.seed=1"])
-    tr.shapes_dataset(other, "train", 6)
+    rl_data.shapes_dataset(other, "train", 6)
     assert calls  # a different world is built, not read from the cache
 
 

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from rl import checkpoint
+from rl import checkpoint, trainable
+from rl import data as rl_data
+from rl import policy as rl_policy
 from rl import trainer as tr
 from rl.config import load_recipe
 from rl.policy import load_policy
@@ -60,8 +62,8 @@ def tiny_recipe(tmp_path, *overrides):
 def train_tiny(recipe):
     """GRPO on ``recipe`` in this process: ``(trainer, model, parameters before training)``."""
     run_dir = Path(recipe.run.output_dir)
-    ds, _ = tr.load_datasets(recipe)
-    model, processor = tr.prepare_policy(recipe, run_dir)
+    ds, _ = rl_data.load_datasets(recipe)
+    model, processor = rl_policy.prepare_policy(recipe, run_dir)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer = tr.build_trainer(recipe, run_dir, ds, None, model, processor)
     trainer.train()
@@ -91,10 +93,10 @@ def changed_params(m0, m1) -> list[str]:
 
 def assert_mask_rows_trained(run: Path, m0, m1, tokenizer, step: int = 2) -> None:
     """Only the mask-token rows of the embedding moved in ``run/final``, and ``checkpoint-<step>`` carries them."""
-    rows = tr.mask_token_ids(tokenizer)
+    rows = trainable.mask_token_ids(tokenizer)
     e0, e1 = m0.get_input_embeddings().weight, m1.get_input_embeddings().weight
     others = torch.ones(len(e0), dtype=torch.bool)
     others[rows] = False
     assert not torch.equal(e0[rows], e1[rows]) and torch.equal(e0[others], e1[others])
     saved = load_file(run / f"checkpoint-{step}" / "mask_token_rows.safetensors")
-    assert torch.allclose(saved["rows_0"], e1[rows])
+    assert torch.allclose(saved["input_embeddings"], e1[rows])

@@ -1,0 +1,34 @@
+"""Generation with the HF model: the chat prompt and image of a row, and greedy (or sampled) completions decoded
+with special tokens kept. ``rl.vllm_backend`` serves the same prompts and images with vLLM."""
+
+from __future__ import annotations
+
+from envs.base import load_image
+from rewards.runtime import decode_raw
+
+
+def chat_input(processor, row) -> tuple:
+    """``(prompt text, image)`` of a row, as both generation backends feed it (one ``<|image_pad|>``)."""
+    return processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False), load_image(row["image"])
+
+
+def generate(model, processor, rows, max_new_tokens: int = 256, batch_size: int = 8, do_sample: bool = False) -> list[str]:
+    """The policy's completion for every row, special tokens kept (pad/eos dropped)."""
+    import torch
+
+    tok = processor.tokenizer
+    image_token = tok.convert_tokens_to_ids("<|image_pad|>")
+    device = next(model.parameters()).device
+    model.eval()
+    out: list[str] = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        prompts, images = zip(*(chat_input(processor, r) for r in batch))
+        inputs = processor(text=list(prompts), images=list(images), return_tensors="pt", padding=True).to(device)
+        with torch.no_grad():
+            ids = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id,
+                suppress_tokens=[image_token],  # as TRL does: the policy must not emit image placeholders
+            )  # fmt: skip
+        out += decode_raw(ids[:, inputs["input_ids"].shape[1] :].tolist(), tok)
+    return out
