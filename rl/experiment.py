@@ -1,9 +1,8 @@
 """``samtok-rl experiment PLAN.yaml --seeds 0 1 2 --out DIR [key=value ...]``: variants x seeds of SFT then GRPO,
 every policy evaluated on one held-out split, reported as mean ± std with the honest-report flags.
 
-A plan (``recipes/experiments/*.yaml``) names a task, a base recipe, evaluation settings and variants (lists
-of recipe overrides). The plan and every variant's recipe are validated before anything runs; problems are
-raised together as one ``PlanError``. Command-line overrides apply to every variant, last (they win).
+A plan (``recipes/experiments/*.yaml``, read by ``rl.plan``) names a task, a base recipe, evaluation settings
+and variants (lists of recipe overrides). The report and plot are ``rl.experiment_report``'s.
 
 The work is split into cells, each one finished unit with its result in ``cell.json`` (written atomically),
 so a re-run with the same ``--out`` skips what is done and a changed plan is refused instead of mixed in::
@@ -28,191 +27,28 @@ generated from the base recipe, so every policy is scored on the same samples.
 from __future__ import annotations
 
 import argparse
-import difflib
 import gc
 import hashlib
 import json
 import os
-import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rl import report as flags_mod
-from rl.config import Model, RecipeError, load_recipe, to_dict, without_later_defaults
+from rl.config import Model, load_recipe, to_dict, without_later_defaults
+from rl.experiment_report import plot_deltas, variant_deltas, write_report  # noqa: F401  (variant_deltas: the report's input)
+from rl.plan import Plan, PlanError, load_plan
 
-ROOT = Path(__file__).resolve().parents[1]
-TASK_RECIPES = {"gres": "recipes/shapes_gres.yaml", "gcg": "recipes/shapes_gcg.yaml"}
-TASK_ENVS = {"gres": "shapes", "gcg": "shapes_gcg"}
-PLAN_KEYS = ("task", "recipe", "eval", "variants")
-EVAL_DEFAULTS = {"split": "test", "samples": 200, "max_new_tokens": None}  # None: the demo's length for the task
-EVAL_SPLITS = ("val", "test")
 SFT_SECTIONS = ("model", "data", "sft")
 # rl.sft trains the whole policy with the vision tower: these apply from GRPO on (rl.policy.load_for_training).
 GRPO_ONLY_MODEL_KEYS = ("freeze_vision", "finetune", "lora")
-VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CELL_FILE = "cell.json"
-
-
-class PlanError(ValueError):
-    """Everything wrong with an experiment plan, one problem per line."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s) in the experiment plan:\n{lines}")
 
 
 class ExperimentError(RuntimeError):
     """An output directory that does not fit this plan (cells finished with other recipes)."""
-
-
-@dataclass
-class Plan:
-    source: str
-    task: str
-    recipe: Path
-    eval: dict
-    variants: dict[str, list[str]]
-    overrides: list[str] = field(default_factory=list)  # command line, applied to every variant
-    warnings: list[str] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------- plan
-
-
-def load_plan(path: str | os.PathLike, overrides: list[str] = ()) -> Plan:
-    """Read and validate a plan and every variant's recipe; raises ``PlanError`` listing every problem."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise PlanError(str(path), ["plan file not found"])
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise PlanError(str(path), [f"not valid YAML (quote overrides that hold ': '): {e}"]) from None
-    if not isinstance(raw, dict):
-        raise PlanError(str(path), [f"expected a mapping, got {type(raw).__name__}"])
-    problems = [f"{k}: unknown key{_suggest(k, PLAN_KEYS)}" for k in raw if k not in PLAN_KEYS]
-    task = _plan_task(raw, problems)
-    recipe = _plan_recipe(raw, task, path, problems)
-    evals = _plan_eval(raw.get("eval") or {}, task, problems)
-    variants = _plan_variants(raw.get("variants"), problems)
-    plan = Plan(str(path), task, recipe, evals, variants, list(overrides))
-    if recipe is not None and task is not None:  # a bad eval: or variant name need not hide recipe problems
-        problems += _recipe_problems(plan)
-    if problems:
-        raise PlanError(str(path), problems)
-    plan.warnings = _shadowed(plan)
-    return plan
-
-
-def _plan_task(raw: dict, problems: list[str]) -> str | None:
-    task = raw.get("task")
-    if task not in TASK_ENVS:
-        problems.append(f"task: {task!r} is not one of {', '.join(TASK_ENVS)}")
-        return None
-    return task
-
-
-def _plan_recipe(raw: dict, task: str | None, plan_path: Path, problems: list[str]) -> Path | None:
-    name = raw.get("recipe", TASK_RECIPES.get(task))
-    if name is None:
-        return None
-    if not isinstance(name, str):
-        problems.append(f"recipe: expected a path, got {name!r}")
-        return None
-    # The plan's folder first (a plan next to its recipe), then the repository root (shipped plans).
-    for base in (plan_path.parent, ROOT):
-        if (base / name).is_file():
-            return (base / name).resolve()
-    problems.append(f"recipe: {name!r} found neither next to the plan nor in {ROOT}")
-    return None
-
-
-def _plan_eval(raw, task: str | None, problems: list[str]) -> dict:
-    from rl.demo import MAX_NEW_TOKENS
-
-    if not isinstance(raw, dict):
-        problems.append(f"eval: expected a mapping, got {type(raw).__name__}")
-        return dict(EVAL_DEFAULTS)
-    problems += [f"eval.{k}: unknown key{_suggest(k, EVAL_DEFAULTS)}" for k in raw if k not in EVAL_DEFAULTS]
-    out = {**EVAL_DEFAULTS, **{k: v for k, v in raw.items() if k in EVAL_DEFAULTS}}
-    if out["max_new_tokens"] is None:  # so that the demo and the experiment report the same thing
-        out["max_new_tokens"] = MAX_NEW_TOKENS.get(task, 96)
-    if out["split"] not in EVAL_SPLITS:
-        problems.append(f"eval.split: {out['split']!r} is not one of {', '.join(EVAL_SPLITS)} (held-out splits)")
-    for key in ("samples", "max_new_tokens"):
-        value = out[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            problems.append(f"eval.{key}: expected an integer >= 1, got {value!r}")
-    return out
-
-
-def _plan_variants(raw, problems: list[str]) -> dict[str, list[str]]:
-    if not isinstance(raw, dict) or not raw:
-        problems.append("variants: expected a non-empty mapping of name -> list of key=value overrides")
-        return {}
-    out = {}
-    for name, overrides in raw.items():
-        name = str(name)
-        if not VARIANT_NAME.match(name) or name.lower().startswith("sft"):
-            problems.append(f"variants.{name}: a variant name is a folder name ([A-Za-z0-9_.-]) not starting with 'sft'")
-        overrides = [] if overrides is None else overrides
-        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-            problems.append(f"variants.{name}: expected a list of key=value strings, got {overrides!r}")
-            continue
-        out[name] = overrides
-    return out
-
-
-def _recipe_problems(plan: Plan) -> list[str]:
-    """Every variant's resolved recipe, checked the way ``samtok-rl train`` checks one, plus the experiment's
-    own rules. Problems of the base recipe or the command line are reported once, not once per variant."""
-    common = _recipe_errors(plan, [])
-    where = "recipe + command line" if plan.overrides else "recipe"
-    problems = [f"{where}: {p}" for p in common]
-    for name, overrides in plan.variants.items():
-        problems += [f"variants.{name}: {p}" for p in _recipe_errors(plan, overrides) if p not in common]
-    return problems
-
-
-def _recipe_errors(plan: Plan, variant_overrides: list[str]) -> list[str]:
-    from rl.train import preflight
-
-    try:
-        recipe = load_recipe(plan.recipe, [*variant_overrides, *plan.overrides])
-    except RecipeError as e:
-        return e.problems
-    problems = [p for p in [preflight(recipe)] if p]
-    if recipe.data.env != TASK_ENVS[plan.task]:
-        problems.append(f"data.env: {recipe.data.env!r}; a {plan.task} experiment evaluates on the generated "
-                        f"{TASK_ENVS[plan.task]!r} world")  # fmt: skip
-    if not recipe.sft.enabled:
-        problems.append("sft.enabled: must be true; every RL policy is compared with the SFT policy it starts from")
-    return problems
-
-
-def _shadowed(plan: Plan) -> list[str]:
-    """Command-line overrides that replace a variant's own setting: that variant no longer differs there."""
-    cli = {o.partition("=")[0] for o in plan.overrides}
-    out = []
-    for name, overrides in plan.variants.items():
-        for o in overrides:
-            key = o.partition("=")[0]
-            if any(key == c or key.startswith(c + ".") or c.startswith(key + ".") for c in cli):
-                out.append(f"variant {name!r}: {key} is overridden by the command line")
-    return out
-
-
-def _suggest(key, names) -> str:
-    close = difflib.get_close_matches(str(key), list(names), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(names)})"
-
-
-# ---------------------------------------------------------------- cells
 
 
 @dataclass
@@ -486,7 +322,7 @@ def _clock(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
-# ---------------------------------------------------------------- summary, report, plot
+# ---------------------------------------------------------------- summary
 
 
 def summarize(plan: Plan, cells: list[Cell], seeds: list[int]) -> dict:
@@ -502,111 +338,6 @@ def summarize(plan: Plan, cells: list[Cell], seeds: list[int]) -> dict:
                      "wall_s": float(c.needs.state()["wall_s"])})  # fmt: skip
     return {"task": plan.task, "runs": runs, "sft_of": sft_of(cells), "seeds": list(seeds),
             "eval": {**plan.eval, "decoding": "greedy"}}  # fmt: skip
-
-
-def variant_deltas(summary: dict) -> dict[str, list[dict]]:
-    """Per variant, the per-seed RL - SFT deltas (each RL row against its seed's SFT row)."""
-    rows = {(r["variant"], r["seed"], r["policy"]): r["metrics"] for r in summary["runs"]}
-    out: dict[str, list[dict]] = {}
-    for r in summary["runs"]:
-        if r["policy"] == "RL":
-            sft = rows[(summary["sft_of"][r["variant"]], r["seed"], "SFT")]
-            out.setdefault(r["variant"], []).append({"seed": r["seed"], **flags_mod.delta(sft, r["metrics"])})
-    return out
-
-
-def write_report(plan: Plan, summary: dict, out: Path) -> str:
-    from rl import demo as demo_mod
-
-    task, cols = summary["task"], flags_mod.TASK_METRICS[summary["task"]]
-    deltas = variant_deltas(summary)
-    e = summary["eval"]
-    lines = [
-        f"# samtok-rl experiment: {Path(plan.source).name} ({task.upper()})",
-        "",
-        f"Plan `{plan.source}`, base recipe `{plan.recipe}`, seeds {', '.join(map(str, summary['seeds']))}; "
-        f"command-line overrides: {' '.join(plan.overrides) or 'none'}. Every policy is evaluated on the same "
-        f"{e['samples']}-sample {e['split']} split, greedy decoding. Each RL policy is compared with the SFT "
-        f"policy it started from (same seed); metrics in percent, mean ± sample std over seeds.",
-        "",
-        "## Variants",
-        "",
-        *[f"- `{v}`: {' '.join(o) or 'the base recipe'}; compared with `{summary['sft_of'][v]}`"
-          for v, o in plan.variants.items()],
-        *[f"- warning: {w}" for w in plan.warnings],
-        *(["", demo_mod.recall_note()] if task == "gcg" else []),
-        "",
-        "## Per seed",
-        "",
-        "| variant | seed | policy | " + " | ".join(cols) + " | wall (s) |",
-        "|---|---|---|" + "---|" * (len(cols) + 1),
-        *[f"| {r['variant']} | {r['seed']} | {r['policy']} | " + " | ".join(f"{r['metrics'][c]:.2f}" for c in cols)
-          + f" | {r['wall_s']:.1f} |" for r in summary["runs"]],  # fmt: skip
-        "",
-        "## Mean ± std over seeds",
-        "",
-        "| variant | policy | " + " | ".join(cols) + " |",
-        "|---|---|" + "---|" * len(cols),
-        *_mean_rows(summary, cols),
-        "",
-        "## RL − SFT per variant",
-        "",
-        "| variant | seeds | " + " | ".join(f"Δ{c}" for c in cols) + " |",
-        "|---|---|" + "---|" * len(cols),
-        *[f"| {v} | {len(ds)} | " + " | ".join(_pm([d[c] for d in ds], signed=True) for c in cols) + " |"
-          for v, ds in deltas.items()],
-        "",
-        "## Where each variant's gain comes from",
-        "",
-    ]
-    for v, ds in deltas.items():
-        lines.append(f"- **{v}**: {flags_mod.gain_source(task, flags_mod.mean_delta(ds))}")
-        lines += [f"  - Note: {f}" for f in flags_mod.variant_flags(task, ds)]
-    lines += ["", "Deltas per variant with each seed's point: `deltas.png`."]
-    text = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(text)
-    return text
-
-
-def _mean_rows(summary: dict, cols) -> list[str]:
-    groups: dict[tuple, list[dict]] = {}
-    for r in summary["runs"]:
-        groups.setdefault((r["variant"], r["policy"]), []).append(r["metrics"])
-    return [f"| {v} | {p} | " + " | ".join(_pm([m[c] for m in ms]) for c in cols) + " |"
-            for (v, p), ms in groups.items()]
-
-
-def _pm(values, signed: bool = False) -> str:
-    mean, std = flags_mod.mean_std(values)
-    spread = f"{std:.2f}" if std == std else "n/a"  # nan: a single seed has no spread
-    return f"{mean:{'+' if signed else ''}.2f} ± {spread}"
-
-
-def plot_deltas(summary: dict, path: Path) -> Path:
-    """Mean RL - SFT delta per variant and metric (bars, sample-std error bars) with every seed's point."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = flags_mod.TASK_METRICS[summary["task"]]
-    deltas = variant_deltas(summary)
-    names = list(deltas)
-    fig, axes = plt.subplots(1, len(cols), figsize=(2.6 * len(cols), 3), squeeze=False)
-    for ax, c in zip(axes[0], cols):
-        stats = [flags_mod.mean_std([d[c] for d in deltas[v]]) for v in names]
-        ax.bar(range(len(names)), [m for m, _ in stats], yerr=[s if s == s else 0 for _, s in stats], capsize=4,
-               color="tab:blue", alpha=0.5)  # fmt: skip
-        for i, v in enumerate(names):
-            ax.plot([i] * len(deltas[v]), [d[c] for d in deltas[v]], "k.", ms=5)
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xticks(range(len(names)), names, rotation=30, fontsize=7)
-        ax.set_title(f"Δ{c} (RL − SFT)", fontsize=8)
-    fig.suptitle(f"{summary['task'].upper()}: mean ± std over seeds, dots = seeds", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 # ---------------------------------------------------------------- entry points
