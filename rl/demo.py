@@ -23,15 +23,13 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from rl.evaluate import MAX_NEW_TOKENS, recall_note, score_task
 from rl.report import HEADLINE, TASK_METRICS, delta, gain_source, pair_flags, spread_flags
 
 RECIPES = {task: Path(__file__).resolve().parents[1] / "recipes" / f"shapes_{task}.yaml" for task in ("gres", "gcg")}
 RECIPE = RECIPES["gres"]
 METRICS = TASK_METRICS["gres"]
 # GCG answers caption the whole image, so they run longer than GRES's one mask group per expression.
-MAX_NEW_TOKENS = {"gres": 96, "gcg": 128}
-
-
 class LogCollector(TrainerCallback):
     """Keeps GRPO's logged scalars in memory for the reward curve."""
 
@@ -125,27 +123,6 @@ def evaluate_policy(model, processor, mask_tok, rows, out_dir: Path, grading: st
     render_grid(rows[:n], decode_predictions(texts[:n], rows[:n], mask_tok), texts[:n], out_dir / "grid.png", n)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
-
-
-def score_task(task: str, rows, texts, mask_tok, out_dir: Path) -> dict:
-    """GRES: ReLA's metrics. GCG: GLaMM's AP50/mIoU/recall; METEOR/CIDEr are skipped (they need Java), and
-    the recall's phrase similarity is BERT's only where ``SAMTOK_RL_BERT`` names a local checkpoint."""
-    from rl.evaluate import score_gcg, score_gres
-
-    if task == "gres":
-        return score_gres(rows, texts, mask_tok, out_dir)
-    return score_gcg(rows, texts, mask_tok, out_dir, with_captions=False)
-
-
-def recall_note() -> str:
-    """Which phrase similarity GCG recall used: it decides whether recall compares with published numbers."""
-    import os
-
-    bert = os.environ.get("SAMTOK_RL_BERT")
-    if bert:
-        return f"GCG recall's phrase similarity: BERT from {bert}."
-    return ("GCG recall's phrase similarity: a character n-gram stand-in (SAMTOK_RL_BERT is not set), so recall is "
-            "not comparable to published numbers; METEOR/CIDEr are not computed (they need Java).")
 
 
 def answer_scores(task: str, texts, rows, grading: str, params: dict | None = None) -> list[float]:

@@ -33,6 +33,8 @@ from rl.generation import generate
 from tokenizer.codec import parse_masks
 from tokenizer.masks import decode_rle, encode_rle
 
+MAX_NEW_TOKENS = {"gres": 96, "gcg": 128}  # greedy completion budget of the demo, experiments and monitor
+
 
 def eval_rows(env, split: str, limit: int | None = None, strict: bool = True) -> list[dict]:
     """Rows of ``env``'s ``split`` (at most ``limit``) without encoded answers."""
@@ -147,6 +149,25 @@ def report(rows, texts, mask_tokenizer, task: str, out_dir, grid: int = 16, embe
               "scoring_seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
     return metrics
+
+
+def score_task(task: str, rows, texts, mask_tok, out_dir: Path) -> dict:
+    """GRES: ReLA's metrics. GCG: GLaMM's AP50/mIoU/recall; METEOR/CIDEr are skipped (they need Java), and
+    the recall's phrase similarity is BERT's only where ``SAMTOK_RL_BERT`` names a local checkpoint."""
+    if task == "gres":
+        return score_gres(rows, texts, mask_tok, out_dir)
+    return score_gcg(rows, texts, mask_tok, out_dir, with_captions=False)
+
+
+def recall_note() -> str:
+    """Which phrase similarity GCG recall used: it decides whether recall compares with published numbers."""
+    import os
+
+    bert = os.environ.get("SAMTOK_RL_BERT")
+    if bert:
+        return f"GCG recall's phrase similarity: BERT from {bert}."
+    return ("GCG recall's phrase similarity: a character n-gram stand-in (SAMTOK_RL_BERT is not set), so recall is "
+            "not comparable to published numbers; METEOR/CIDEr are not computed (they need Java).")
 
 
 def format_table(metrics: dict) -> str:

@@ -24,7 +24,7 @@ def variant_deltas(summary: dict) -> dict[str, list[dict]]:
 
 
 def write_report(plan: Plan, summary: dict, out: Path) -> str:
-    from rl import demo as demo_mod
+    from rl import evaluate
 
     task, cols = summary["task"], flags_mod.TASK_METRICS[summary["task"]]
     deltas = variant_deltas(summary)
@@ -42,7 +42,7 @@ def write_report(plan: Plan, summary: dict, out: Path) -> str:
         *[f"- `{v}`: {' '.join(o) or 'the base recipe'}; compared with `{summary['sft_of'][v]}`"
           for v, o in plan.variants.items()],
         *[f"- warning: {w}" for w in plan.warnings],
-        *(["", demo_mod.recall_note()] if task == "gcg" else []),
+        *(["", evaluate.recall_note()] if task == "gcg" else []),
         "",
         "## Per seed",
         "",

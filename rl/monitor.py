@@ -102,7 +102,7 @@ def held_out_rows(recipe, n: int, mask_tokenizer) -> list[dict]:
 class HeldOutEval(TrainerCallback):
     """Greedy evaluation of the current policy on a fixed held-out slice, every ``monitor.eval_steps`` GRPO steps
     (and once at step 0, before the first update, as the baseline), with the task's official metrics in percent
-    (GRES: gIoU, cIoU, N-acc, T-acc; GCG: AP50, mIoU, recall, as ``rl.demo.score_task`` computes them); and every
+    (GRES: gIoU, cIoU, N-acc, T-acc; GCG: AP50, mIoU, recall, as ``rl.evaluate.score_task`` computes them); and every
     ``monitor.image_steps`` steps a grid of the first ``monitor.image_samples`` greedy rollouts (GT | predicted
     masks, ``rl.evaluate.render_grid``).
 
@@ -139,7 +139,7 @@ class HeldOutEval(TrainerCallback):
         self.eval_steps, self.image_steps = cfg.eval_steps, cfg.image_steps
         self.eval_samples = cfg.eval_samples if cfg.eval_steps else 0
         self.image_samples = cfg.image_samples if cfg.image_steps else 0
-        from rl.demo import MAX_NEW_TOKENS
+        from rl.evaluate import MAX_NEW_TOKENS
 
         self.max_new_tokens = cfg.max_new_tokens or MAX_NEW_TOKENS[self.task]
         self.out_dir = Path(trainer.args.output_dir) / "monitor"
@@ -230,7 +230,7 @@ class HeldOutEval(TrainerCallback):
             model.train(was_training)
 
     def score(self, rows, texts) -> dict:
-        from rl.demo import score_task
+        from rl.evaluate import score_task
 
         with tempfile.TemporaryDirectory(prefix="monitor-", dir=self.out_dir) as tmp:  # predictions: not kept
             return score_task(self.task, rows, texts, self.mask_tokenizer, Path(tmp))

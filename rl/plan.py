@@ -95,7 +95,7 @@ def _plan_recipe(raw: dict, task: str | None, plan_path: Path, problems: list[st
 
 
 def _plan_eval(raw, task: str | None, problems: list[str]) -> dict:
-    from rl.demo import MAX_NEW_TOKENS
+    from rl.evaluate import MAX_NEW_TOKENS
 
     if not isinstance(raw, dict):
         problems.append(f"eval: expected a mapping, got {type(raw).__name__}")

@@ -136,7 +136,7 @@ class Monitor:
 
     ``eval_steps``: evaluate ``eval_samples`` held-out rows every N steps, and once at step 0 (0: off);
     ``image_steps``: a grid of the first ``image_samples`` greedy rollouts every N steps (0: off);
-    ``max_new_tokens``: None is ``rl.demo.MAX_NEW_TOKENS`` for the task (GRES 96, GCG 128). Held-out rows: the
+    ``max_new_tokens``: None is ``rl.evaluate.MAX_NEW_TOKENS`` for the task (GRES 96, GCG 128). Held-out rows: the
     shapes world's ``val`` split, or ``data.eval`` (required for prepared data); predicted masks are decoded with
     ``data.mask_tokenizer``. Refused under ZeRO-3.
 

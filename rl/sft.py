@@ -12,7 +12,7 @@ import os
 import torch
 from datasets import Dataset
 
-from rl.config import OWNED_BY_RUN, Recipe
+from rl.schema import OWNED_BY_RUN, Recipe
 
 SFT_DEFAULTS = dict(
     max_steps=100, learning_rate=1e-3, per_device_train_batch_size=16, lr_scheduler_type="constant",

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from rl import demo, experiment
+from rl import demo, evaluate, experiment
 from rl import train as train_mod
 
 TOY = [
@@ -214,7 +214,7 @@ def test_shipped_plans_validate():
         plan = experiment.load_plan(root / f"{task}.yaml")
         assert plan.task == task and plan.variants["default"] == []
         assert plan.recipe.name == f"shapes_{task}.yaml"
-        assert plan.eval == {"split": "test", "samples": 200, "max_new_tokens": demo.MAX_NEW_TOKENS[task]}
+        assert plan.eval == {"split": "test", "samples": 200, "max_new_tokens": evaluate.MAX_NEW_TOKENS[task]}
     for path in root.glob("*_rewards.yaml"):  # the ablations: the paper's reward next to the default
         plan = experiment.load_plan(path)
         assert {"paper", "default"} <= plan.variants.keys() and plan.variants["default"] == []
