@@ -12,18 +12,14 @@ import json
 import re
 
 from rewards.parsing import completion_text, phrases
-from tokenizer.codec import NO_TARGET
+from tokenizer.codec import NO_TARGET, VALID_GROUP
 
 _MASK_TOKEN_RE = re.compile(r"<\|mt_(?:start|end|\d{4})\|>")
-# A well-formed group with both codes in their level's range: 0000-0255, then 0256-0511.
-_L1 = r"0(?:[01]\d\d|2[0-4]\d|25[0-5])"
-_L2 = r"0(?:25[6-9]|2[6-9]\d|[34]\d\d|50\d|51[01])"
-_VALID_GROUP = rf"<\|mt_start\|><\|mt_{_L1}\|><\|mt_{_L2}\|><\|mt_end\|>"
-_VALID_GROUP_RE = re.compile(_VALID_GROUP)
+_VALID_GROUP_RE = re.compile(VALID_GROUP)  # both codes in their level's range
 _OBJ_MARK_RE = re.compile(r"<\|object_ref_(?:start|end)\|>")
 _FENCED_RE = re.compile(r"\A```json[ \t]*\n(.*)\n?```\Z", re.S)
 # Inside the JSON a mask may be written bare (tokenize_gres.py) or quoted (the README): make both a string.
-_MASK_VALUE_RE = re.compile(rf'"?({_VALID_GROUP})"?')
+_MASK_VALUE_RE = re.compile(rf'"?({VALID_GROUP})"?')
 
 
 def mask_tokens_ok(text: str) -> float:

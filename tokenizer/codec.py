@@ -34,6 +34,21 @@ NO_TARGET = "No target."  # the whole GRES answer when no object matches the exp
 # GCG: a grounded phrase is ``<|object_ref_start|> phrase <|object_ref_end|>`` followed by its mask group.
 OBJ_START, OBJ_END = "<|object_ref_start|>", "<|object_ref_end|>"
 
+# The mask-group grammars as regex sources (compiled where used), each with its one purpose. The official repair
+# grammar, which decoding uses, is ``_TOKEN_RE`` and ``mask_groups`` below.
+# GROUP: a complete group exactly as written, two four-digit codes: the textual rewards' strict reading.
+GROUP = r"<\|mt_start\|><\|mt_(\d{4})\|><\|mt_(\d{4})\|><\|mt_end\|>"
+# VALID_GROUP: a GROUP whose codes are in their level's range (0000-0255, then 0256-0511): the format rewards.
+_L1, _L2 = r"0(?:[01]\d\d|2[0-4]\d|25[0-5])", r"0(?:25[6-9]|2[6-9]\d|[34]\d\d|50\d|51[01])"
+VALID_GROUP = rf"<\|mt_start\|><\|mt_{_L1}\|><\|mt_{_L2}\|><\|mt_end\|>"
+# PHRASE: a GCG phrase, the text between an object-ref start and end that contains neither marker (captured), so
+# that "<s>a <s>b<e>" yields "b"; the unrolled loop keeps the match linear-time.
+PHRASE = (
+    r"<\|object_ref_start\|>"
+    r"([^<]*(?:<(?!\|object_ref_(?:start|end)\|>)[^<]*)*)"
+    r"<\|object_ref_end\|>"
+)
+
 # Every token the official repair regexes look at. Quirk kept: they take a code of *any* number of digits
 # (``<|mt_\d+|>``) when repairing, but only exactly four (``\d{4}``) when extracting, so a group with a
 # 3- or 5-digit code still takes part in the repair (it is a group, it can be truncated) and is then
@@ -190,7 +205,7 @@ def add_mask_tokens(tokenizer, model=None, seed: int = 0) -> int:
 
 
 def embedding_weights(model) -> list:
-    """The input embedding matrix, plus the output one when it is not tied to it (rl.trainer saves trained
+    """The input embedding matrix, plus the output one when it is not tied to it (rl.trainable saves trained
     mask-token rows in this order)."""
     weights = [model.get_input_embeddings().weight]
     out = model.get_output_embeddings()
