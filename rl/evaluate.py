@@ -203,8 +203,6 @@ def complete(args, rows) -> tuple[list[str], dict]:
     start = time.perf_counter()
     if backend == "hf":
         model, processor = load_policy_spec(args.policy, tiny=EVAL_TINY, device=args.device)
-        if args.device:
-            model = model.to(args.device)
         texts = generate(model, processor, rows, args.max_new_tokens, args.batch_size)
         del model
     else:

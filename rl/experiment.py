@@ -38,7 +38,7 @@ from pathlib import Path
 
 from rl import report as flags_mod
 from rl.config import Model, load_recipe, to_dict, without_later_defaults
-from rl.experiment_report import plot_deltas, variant_deltas, write_report  # noqa: F401  (variant_deltas: the report's input)
+from rl.experiment_report import plot_deltas, write_report
 from rl.plan import Plan, PlanError, load_plan
 
 SFT_SECTIONS = ("model", "data", "sft")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rl.config import RecipeError, load_recipe
+from rl.schema import ProblemsError
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_RECIPES = {"gres": "recipes/shapes_gres.yaml", "gcg": "recipes/shapes_gcg.yaml"}
@@ -21,13 +22,10 @@ EVAL_SPLITS = ("val", "test")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class PlanError(ValueError):
+class PlanError(ProblemsError):
     """Everything wrong with an experiment plan, one problem per line."""
 
-    def __init__(self, source: str, problems: list[str]):
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s) in the experiment plan:\n{lines}")
+    kind = "experiment plan"
 
 
 @dataclass

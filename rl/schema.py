@@ -18,13 +18,21 @@ REPORTERS = ("tensorboard", "wandb", "none")
 OWNED_BY_RUN = {"output_dir", "seed", "report_to", "resume_from_checkpoint"}
 
 
-class RecipeError(ValueError):
-    """Everything wrong with a recipe, one problem per line."""
+class ProblemsError(ValueError):
+    """Everything wrong with a file of ``kind``, one problem per line (``problems``)."""
+
+    kind = "file"
 
     def __init__(self, source: str, problems: list[str]):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s) in the recipe:\n{lines}")
+        super().__init__(f"{source}: {len(problems)} problem(s) in the {self.kind}:\n{lines}")
+
+
+class RecipeError(ProblemsError):
+    """Everything wrong with a recipe, one problem per line."""
+
+    kind = "recipe"
 
 
 @dataclass
