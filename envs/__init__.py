@@ -8,14 +8,20 @@
   ``image_root`` (COCO train2014), ``refs_name``, ``seed``.
 * ``grandf``: GranD-f (``envs.gcg``); options ``root`` (GLaMM's ``GranDf`` folder), ``seed``.
 
-Rows are built with ``envs.base.build_rows`` (or ``samtok-rl prepare``); metrics live in ``envs.metrics``.
+These four names are the only ones, in recipes (``data.env``), ``prepare``, ``eval`` and ``experiment``.
+Recipes written before that used ``shapes``, ``gres`` and ``gcg`` (``ALIASES``): ``canonical_name`` accepts
+them with a warning. Rows are built with ``envs.base.build_rows`` (or ``samtok-rl prepare``); metrics live in
+``envs.metrics``; ``RECOMMENDED_REWARDS[TASK_OF[name]]`` are the rewards a recipe that lists none trains with.
 """
 
 from __future__ import annotations
 
-from envs.base import BadRowError, BadRows, Environment
+import warnings
 
-__all__ = ["BadRowError", "BadRows", "ENVIRONMENTS", "Environment", "get_env"]
+from envs.base import RECOMMENDED_REWARDS, BadRowError, BadRows, Environment
+
+__all__ = ["ALIASES", "BadRowError", "BadRows", "ENVIRONMENTS", "Environment", "RECOMMENDED_REWARDS", "TASK_OF",
+           "canonical_name", "get_env"]  # fmt: skip
 
 
 def _shapes(task):
@@ -40,10 +46,27 @@ def _grandf(**options):
 
 
 ENVIRONMENTS = {"shapes_gres": _shapes("gres"), "shapes_gcg": _shapes("gcg"), "grefcoco": _grefcoco, "grandf": _grandf}
+TASK_OF = {"shapes_gres": "gres", "shapes_gcg": "gcg", "grefcoco": "gres", "grandf": "gcg"}
+# The recipes' data.env names before every environment had one name; old recipes and run folders hold them.
+ALIASES = {"shapes": "shapes_gres", "gres": "grefcoco", "gcg": "grandf"}
+
+
+def canonical_name(name: str, where: str = "", warn: bool = True) -> str:
+    """``name``, or the environment an old alias stands for (with a ``FutureWarning`` that names ``where``)."""
+    new = ALIASES.get(name)
+    if new is None:
+        return name
+    if warn:
+        at = f"{where}: " if where else ""
+        warnings.warn(f"{at}environment {name!r} is now called {new!r}; the old name still works but will be "
+                      f"removed: write {new!r}", FutureWarning, stacklevel=2)  # fmt: skip
+    return new
 
 
 def get_env(name: str, **options) -> Environment:
-    """The environment called ``name``; unknown names and bad options fail with the valid choices."""
+    """The environment called ``name`` (or an old alias of it); unknown names and bad options fail with the
+    valid choices."""
+    name = canonical_name(name, "get_env")
     if name not in ENVIRONMENTS:
         raise ValueError(f"unknown environment {name!r}; choose one of {sorted(ENVIRONMENTS)}")
     try:

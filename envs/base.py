@@ -1,7 +1,7 @@
 """What every environment shares: the sample and row schemas, answers, bad-row handling, row building.
 
-An environment turns a source dataset into *samples* and names the rewards it recommends. A sample is
-a dict with ``id``, ``image_id``, ``task``, ``image`` (PIL image or checked path), ``masks`` (COCO RLE
+An environment turns a source dataset into *samples* (``RECOMMENDED_REWARDS`` names each task's rewards). A sample
+is a dict with ``id``, ``image_id``, ``task``, ``image`` (PIL image or checked path), ``masks`` (COCO RLE
 per instance, in answer order), ``question``, and ``expression`` + ``no_target`` (GRES) or
 ``caption`` + ``spans`` + ``phrases`` (GCG); loaders add ``source`` (``file[index]``) for error
 messages. ``build_rows`` turns the samples of one image into training rows by encoding their GT
@@ -40,18 +40,16 @@ TASKS = ("gres", "gcg")
 
 @dataclass(frozen=True)
 class Environment:
-    """Data + prompts + answers + metrics + recommended rewards of one task on one source.
+    """Data + prompts + answers of one task on one source.
 
-    ``samples(split, bad_rows)`` returns sample dicts (see above); ``rewards`` are names from
-    ``rewards.registry``; the metric is ``envs.metrics.gres_scores`` or ``gcg_scores`` by ``task``.
+    ``samples(split, bad_rows)`` returns sample dicts (see above); the metric is ``envs.metrics.gres_scores``
+    or ``gcg_scores`` by ``task``, the recommended rewards ``RECOMMENDED_REWARDS[task]``.
     """
 
     name: str
     task: str
     splits: tuple[str, ...]
     samples: Callable[..., Iterable[dict]]
-    rewards: tuple[str, ...]
-    description: str = ""
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -62,6 +60,8 @@ class Environment:
             raise ValueError(f"environment {self.name!r} has no split {split!r}; choose from {self.splits}")
 
 
+# Names from rewards.registry, at their defaults: what a recipe that lists no rewards trains with (the paper's
+# textual reward, binary answer_match with task "auto", and the two penalties).
 RECOMMENDED_REWARDS = {
     "gres": ("answer_match", "no_repeat", "gres_format"),
     "gcg": ("answer_match", "no_repeat", "gcg_format"),

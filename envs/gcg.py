@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.base import RECOMMENDED_REWARDS, BadRows, Environment, load_json, safe_image_path
+from envs.base import BadRows, Environment, load_json, safe_image_path
 from tokenizer.codec import OBJ_END, OBJ_START
 
 # GLaMM's "brief description" GCG questions, as SAMTok uses them.
@@ -232,7 +232,4 @@ def grandf_env(root, seed: int = 0) -> Environment:
         return grandf_eval_samples(gt / f"{split}_gcg_coco_caption_gt.json", gt / f"{split}_gcg_coco_mask_gt.json",
                                    root / "GranDf_HA_images/val_test", bad_rows)
 
-    return Environment(
-        name="grandf", task="gcg", splits=SPLITS, samples=samples, rewards=RECOMMENDED_REWARDS["gcg"],
-        description=f"GranD-f from {root}",
-    )
+    return Environment(name="grandf", task="gcg", splits=SPLITS, samples=samples)

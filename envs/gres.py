@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from envs.base import RECOMMENDED_REWARDS, BadRows, Environment, load_json, safe_image_path, sort_instances
+from envs.base import BadRows, Environment, load_json, safe_image_path, sort_instances
 
 # The 16 GRES question templates of SAMTok's gRefCOCO data (the SEG_QUESTIONS list its GRES dataset
 # class draws from; the same list sits beside ``mask_generation_gres209k.json``): four phrasings each
@@ -156,7 +156,4 @@ def grefcoco_env(root, image_root, refs_name: str = "grefs(unc).json", seed: int
     def samples(split: str, bad_rows: BadRows | None = None):
         return grefcoco_samples(root / refs_name, root / "instances.json", image_root, split, bad_rows, seed)
 
-    return Environment(
-        name="grefcoco", task="gres", splits=SPLITS, samples=samples, rewards=RECOMMENDED_REWARDS["gres"],
-        description=f"gRefCOCO from {root}",
-    )
+    return Environment(name="grefcoco", task="gres", splits=SPLITS, samples=samples)

@@ -251,7 +251,7 @@ def gcg_samples(split: str, n: int, seed: int = 0, image_size: int = 112) -> lis
 
 def shapes_env(task: str = "gres", train_size: int = 2000, eval_size: int = 200, seed: int = 0, image_size: int = 112):
     """The shapes world as an ``Environment``: ``train_size`` train samples, ``eval_size`` val and test."""
-    from envs.base import RECOMMENDED_REWARDS, Environment
+    from envs.base import Environment
 
     make = {"gres": gres_samples, "gcg": gcg_samples}
     if task not in make:
@@ -263,7 +263,4 @@ def shapes_env(task: str = "gres", train_size: int = 2000, eval_size: int = 200,
             raise ValueError(f"shapes has no split {split!r}; choose from {SPLITS}")
         return make[task](split, sizes[split], seed, image_size)
 
-    return Environment(
-        name=f"shapes_{task}", task=task, splits=SPLITS, samples=samples, rewards=RECOMMENDED_REWARDS[task],
-        description=f"synthetic shapes world ({image_size}px, seed {seed})",
-    )
+    return Environment(name=f"shapes_{task}", task=task, splits=SPLITS, samples=samples)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from envs import ALIASES, RECOMMENDED_REWARDS, TASK_OF, canonical_name
 from rl.recipe_checks import build, check_semantics
 from rl.schema import (  # noqa: F401  (re-exported: rl.config is where recipes and their parts are imported from)
     ANSWER_KINDS,
@@ -84,6 +85,29 @@ def without_later_defaults(d: dict) -> dict:
     return out
 
 
+# The data.env names of runs and experiment cells made before the environments were renamed (envs.ALIASES):
+# their hashes were made with these spellings, so keys spell the environments so still.
+KEYED_ENV_NAMES = {new: old for old, new in ALIASES.items()}
+
+
+def saved_as_current(saved: dict) -> dict:
+    """A saved recipe dict as today's schema reads it (a new dict): every later setting it lacks at its
+    default, an old environment name renamed."""
+    out = with_later_defaults(saved)
+    if isinstance(out.get("data"), dict) and isinstance(out["data"].get("env"), str):
+        out["data"]["env"] = canonical_name(out["data"]["env"], warn=False)
+    return out
+
+
+def key_form(d: dict) -> dict:
+    """A recipe dict as results' keys hash it (a new dict): later settings at their defaults dropped, the
+    environment under the name it had when keys were first made (``KEYED_ENV_NAMES``)."""
+    out = without_later_defaults(d)
+    if isinstance(out.get("data"), dict) and out["data"].get("env") in KEYED_ENV_NAMES:
+        out["data"]["env"] = KEYED_ENV_NAMES[out["data"]["env"]]
+    return out
+
+
 # ---------------------------------------------------------------- loading
 
 
@@ -117,8 +141,18 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = (), check_files:
 
 
 def recipe_from_dict(data: dict, source: str = "<recipe>", check_files: bool = True) -> Recipe:
-    """Validate a plain dict as a recipe. Relative paths are relative to the working directory."""
+    """Validate a plain dict as a recipe. Relative paths are relative to the working directory.
+
+    An old environment name in ``data.env`` is renamed with a warning; a recipe without a ``rewards`` key trains
+    with its environment's recommended rewards (``envs.RECOMMENDED_REWARDS``)."""
     problems: list[str] = []
+    data = dict(data)
+    section = data["data"] if isinstance(data.get("data"), dict) else {}  # not a dict: build reports it
+    if isinstance(section.get("env"), str):
+        section = data["data"] = {**section, "env": canonical_name(section["env"], f"{source}: data.env")}
+    env = section.get("env", Data.env)
+    if "rewards" not in data and env in TASK_OF:
+        data["rewards"] = [{"name": name} for name in RECOMMENDED_REWARDS[TASK_OF[env]]]
     recipe = build(Recipe, data, "", problems)
     if recipe is not None:
         check_semantics(recipe, problems, check_files)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rl.config import Recipe
 from rl.distributed import is_main_process
+from rl.schema import GENERATED_ENVS
 
 
 def shapes_rows(recipe: Recipe, split: str, n: int, mask_tokenizer=None) -> list[dict]:
@@ -83,7 +84,7 @@ def _shapes_cache_key(recipe: Recipe, split: str, n: int) -> str | None:
 def load_datasets(recipe: Recipe, mask_tokenizer=None):
     """``(train, eval)`` ``datasets.Dataset``s in TRL's conversational format (eval may be None)."""
     d = recipe.data
-    if d.env.startswith("shapes"):
+    if d.env in GENERATED_ENVS:
         train = shapes_dataset(recipe, "train", d.shapes.n_train, mask_tokenizer)
         evald = shapes_dataset(recipe, "val", d.shapes.n_eval, mask_tokenizer) if d.shapes.n_eval else None
     else:

@@ -98,6 +98,7 @@ def recipe_problems(path: str, overrides: list[str]) -> list[str]:
     import torch
 
     from rl.config import RecipeError, load_recipe
+    from rl.schema import GENERATED_ENVS
 
     problems = []
     try:
@@ -126,8 +127,7 @@ def recipe_problems(path: str, overrides: list[str]) -> list[str]:
         problems.append("grpo.deepspeed is set but DeepSpeed is not installed")
     if recipe.model.attn_implementation == "flash_attention_2" and version("flash-attn") is None:
         problems.append("model.attn_implementation=flash_attention_2 needs flash-attn (or use sdpa)")
-    needs_tokenizer = any(r.name in ("mask_iou", "latent_match") for r in recipe.rewards) or recipe.data.env in (
-        "shapes", "shapes_gcg")  # fmt: skip
+    needs_tokenizer = any(r.name in ("mask_iou", "latent_match") for r in recipe.rewards) or recipe.data.env in GENERATED_ENVS
     if needs_tokenizer and importlib.util.find_spec("sam2") is None:
         problems.append("the mask tokenizer (mask_iou, latent_match, the shapes world) needs sam2: "
                         "SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0")  # fmt: skip

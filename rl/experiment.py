@@ -20,7 +20,7 @@ SFT serves every variant, else ``sft:<variants it serves, joined by +>``; ``sft_
 the SFT row it is compared with (same seed). ``wall_s`` is the training time of the stage that made the
 policy (SFT or GRPO), measured in the run that finished it.
 
-Only the generated shapes worlds are supported (``data.env`` shapes / shapes_gcg): the held-out split is
+Only the generated shapes worlds are supported (``data.env`` shapes_gres / shapes_gcg): the held-out split is
 generated from the base recipe, so every policy is scored on the same samples.
 """
 
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rl import report as flags_mod
-from rl.config import Model, load_recipe, to_dict, without_later_defaults
+from rl.config import Model, key_form, load_recipe, to_dict
 from rl.experiment_report import plot_deltas, write_report
 from rl.plan import Plan, PlanError, load_plan
 
@@ -86,7 +86,7 @@ class Cell:
 
 def build_cells(plan: Plan, seeds: list[int], out: Path) -> list[Cell]:
     """Every cell of the experiment in run order: per seed, its SFT(s), the variants' GRPO, then evaluations."""
-    data = to_dict(_base_recipe(plan))["data"]
+    data = key_form(to_dict(_base_recipe(plan)))["data"]
     split = {"eval": plan.eval, **{k: data[k] for k in ("env", "shapes", "mask_tokenizer")}}
     cells = []
     for seed in seeds:
@@ -122,7 +122,7 @@ def sft_key(recipe) -> str:
     """Hash of what the SFT policy depends on: model, data, sft sections and the seed. The model settings that
     only GRPO reads (freezing the vision tower, LoRA) count at their defaults, so that variants differing in them
     share one SFT (and a recipe that leaves them at the defaults keeps its key)."""
-    d = to_dict(recipe)
+    d = key_form(to_dict(recipe))
     defaults = to_dict(Model())
     d["model"] = {**d["model"], **{k: defaults[k] for k in GRPO_ONLY_MODEL_KEYS}}
     return _hash({**{k: d[k] for k in SFT_SECTIONS}, "seed": recipe.run.seed})
@@ -133,7 +133,7 @@ def _recipe_key(recipe) -> str:
     # output_dir, resume: set by the harness; dist_timeout_s: how long ranks wait, not what they train
     d["run"] = {k: v for k, v in d["run"].items() if k not in ("output_dir", "resume", "dist_timeout_s")}
     d.pop("monitor", None)  # held-out logging during GRPO: it leaves the trained policy as it is (RNG kept)
-    return _hash(without_later_defaults(d))
+    return _hash(key_form(d))
 
 
 def _sft_cell(recipe, run_dir: Path, key: str, name: str, seed: int) -> Cell:

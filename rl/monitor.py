@@ -15,9 +15,11 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
+from envs import TASK_OF
+from rl.schema import GENERATED_ENVS
+
 log = logging.getLogger(__name__)
 
-TASK_OF_ENV = {"shapes": "gres", "gres": "gres", "shapes_gcg": "gcg", "gcg": "gcg"}
 METRIC_PREFIX = "eval_metrics/"  # TensorBoard and W&B show these as eval/metrics/<name> (transformers' rewrite_logs)
 IMAGE_TAG = "eval/rollouts"
 BATCH_SIZE = 16  # prompts per generate call, as the demo's evaluation
@@ -29,7 +31,7 @@ class MonitorError(ValueError):
 
 def task_of(recipe) -> str:
     """``gres`` or ``gcg``, from ``data.env``."""
-    return TASK_OF_ENV[recipe.data.env]
+    return TASK_OF[recipe.data.env]
 
 
 def enabled(recipe) -> bool:
@@ -87,7 +89,7 @@ def preserved_rng():
 
 def held_out_rows(recipe, n: int, mask_tokenizer) -> list[dict]:
     """The first ``n`` held-out rows: the shapes world's ``val`` split, or the recipe's ``data.eval`` dataset."""
-    if recipe.data.env.startswith("shapes"):
+    if recipe.data.env in GENERATED_ENVS:
         from rl.data import shapes_rows
 
         return shapes_rows(recipe, "val", n, mask_tokenizer)[:n]
@@ -148,7 +150,7 @@ class HeldOutEval(TrainerCallback):
         self.mask_tokenizer = None
         if not self.main:
             return
-        if not recipe.data.env.startswith("shapes") and recipe.data.mask_tokenizer in ("tiny", "random"):
+        if recipe.data.env not in GENERATED_ENVS and recipe.data.mask_tokenizer in ("tiny", "random"):
             log.warning("monitor: predicted masks are decoded with data.mask_tokenizer=%s; for a real policy set it "
                         "to its SAMTok tokenizer folder, or the metrics mean nothing", recipe.data.mask_tokenizer)
         with preserved_rng():  # a "random" mask tokenizer seeds torch's global RNG

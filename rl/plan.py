@@ -15,7 +15,7 @@ from rl.schema import ProblemsError
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_RECIPES = {"gres": "recipes/shapes_gres.yaml", "gcg": "recipes/shapes_gcg.yaml"}
-TASK_ENVS = {"gres": "shapes", "gcg": "shapes_gcg"}
+TASK_ENVS = {"gres": "shapes_gres", "gcg": "shapes_gcg"}
 PLAN_KEYS = ("task", "recipe", "eval", "variants")
 EVAL_DEFAULTS = {"split": "test", "samples": 200, "max_new_tokens": None}  # None: the demo's length for the task
 EVAL_SPLITS = ("val", "test")

@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rl.schema import ANSWER_KINDS, DTYPES, ENVS, FINETUNE, OWNED_BY_RUN, REPORTERS, TINY
+from rl.schema import ANSWER_KINDS, DTYPES, ENVS, FINETUNE, OWNED_BY_RUN, PREPARED_ENVS, REPORTERS, TINY
 
 if TYPE_CHECKING:
     from rl.schema import Recipe, Reward, Sampling
@@ -161,7 +161,7 @@ def check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
     weights = r.grpo.get("reward_weights")
     if weights is not None:
         problems.append("grpo.reward_weights: set each reward's weight under rewards[] instead")
-    if r.data.env in ("gres", "gcg") and not r.data.train:
+    if r.data.env in PREPARED_ENVS and not r.data.train:
         problems.append(f"data.train: required for env {r.data.env!r} (a prepared dataset from `samtok-rl prepare`)")
     _check_monitor(r, problems)
     _check_sampling(r.sampling, problems)
@@ -193,7 +193,7 @@ def _check_monitor(r: Recipe, problems: list[str]) -> None:
                         "correction: keep grpo.vllm_importance_sampling_correction on")  # fmt: skip
     if m.eval_steps <= 0 and m.image_steps <= 0:
         return
-    if r.data.env in ("gres", "gcg") and not r.data.eval:
+    if r.data.env in PREPARED_ENVS and not r.data.eval:
         problems.append(f"monitor: env {r.data.env!r} needs held-out rows to evaluate on: set data.eval (a prepared "
                         "dataset), or monitor.eval_steps=0 monitor.image_steps=0")  # fmt: skip
 

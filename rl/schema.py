@@ -9,8 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from envs import ENVIRONMENTS
+
 TINY = "tiny"  # model.path value that builds the tiny policy from model.tiny instead of loading weights
-ENVS = ("shapes", "shapes_gcg", "gres", "gcg")
+ENVS = tuple(ENVIRONMENTS)  # data.env: the names prepare, eval and experiment use (old aliases: envs.ALIASES)
+GENERATED_ENVS = ("shapes_gres", "shapes_gcg")  # drawn on the fly: no data.train, held-out splits built in
+PREPARED_ENVS = tuple(e for e in ENVS if e not in GENERATED_ENVS)  # read from `samtok-rl prepare` output
 FINETUNE = ("full", "lora")
 DTYPES = ("float32", "bfloat16", "float16")
 REPORTERS = ("tensorboard", "wandb", "none")
@@ -84,8 +88,8 @@ class Shapes:
 
 @dataclass
 class Data:
-    env: str = "shapes"
-    # Prepared datasets (``samtok-rl prepare`` output) for gres/gcg: a .jsonl/.parquet file or a
+    env: str = "shapes_gres"
+    # Prepared datasets (``samtok-rl prepare`` output) for grefcoco/grandf: a .jsonl/.parquet file or a
     # datasets.save_to_disk directory. Unused for the shapes envs, which are generated.
     train: str | None = None
     eval: str | None = None
@@ -204,7 +208,7 @@ class Recipe:
     run: Run = field(default_factory=Run)
     model: Model = field(default_factory=Model)
     data: Data = field(default_factory=Data)
-    rewards: list[Reward] = field(default_factory=list)
+    rewards: list[Reward] = field(default_factory=list)  # a recipe without the key: envs.RECOMMENDED_REWARDS
     reward_runtime: RewardRuntime = field(default_factory=RewardRuntime)
     sft: Sft = field(default_factory=Sft)
     grpo: dict[str, Any] = field(default_factory=dict)  # GRPOConfig fields

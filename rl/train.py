@@ -186,13 +186,13 @@ def refuse_changed_resume(recipe: Recipe, run_dir: Path) -> None:
     from omegaconf import OmegaConf
 
     from rl import checkpoint
-    from rl.config import to_dict, with_later_defaults
+    from rl.config import saved_as_current, to_dict
 
     old_file = run_dir / "recipe.yaml"
     if not old_file.is_file() or checkpoint.last_checkpoint(run_dir) is None:
         return
     old, new = OmegaConf.to_container(OmegaConf.load(old_file)), to_dict(recipe)
-    old = with_later_defaults(old)  # a run saved before a setting existed ran with its default
+    old = saved_as_current(old)  # a run saved before a setting existed ran with its default; old env names
     changed = []
     for key in RESUME_FIXED:
         a, b = old, new

@@ -64,7 +64,7 @@ def test_bad_samples_are_skipped_and_reported_or_fail_strictly(tmp_path):
     samples[target]["masks"][0] = {"size": [112, 112], "counts": "#corrupt"}
     empty = next(i for i, s in enumerate(samples) if s["masks"] and i != target)
     samples[empty]["masks"][0] = {"size": [112, 112], "counts": [112 * 112]}
-    patched = type(env)(env.name, env.task, env.splits, lambda split, bad_rows=None: samples, env.rewards)
+    patched = type(env)(env.name, env.task, env.splits, lambda split, bad_rows=None: samples)
 
     report = prepare_dataset(patched, "val", tmp_path / "lenient", Codes(), "fake", strict=False, progress=False)
     assert report["rows"] == 6 and report["skipped"] == 2

@@ -73,7 +73,7 @@ def test_gcg_captions_ground_every_object():
 @pytest.mark.parametrize("name,check", [("shapes_gres", gres_ok), ("shapes_gcg", gcg_ok)])
 def test_rows_are_trl_ready_and_answers_are_well_formed(name, check):
     env = get_env(name, train_size=12, eval_size=4, seed=0)
-    assert env.rewards[0] == "answer_match"
+    assert env.name == name and env.task == name.removeprefix("shapes_")
     rows = [r for g in group_by_image(env.samples("train")) for r in build_rows(g, CountingCodes())]
     ds = rows_to_dataset(rows)
     assert len(ds) == 12

@@ -8,13 +8,14 @@ import yaml
 from rl.config import RecipeError, load_recipe
 from rl.train import main as train_main
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 
 
 def _data_overrides(path: Path, tmp_path: Path) -> list[str]:
     """Released recipes point at prepared data that a fresh clone does not have: stand-ins in tmp_path."""
     env = yaml.safe_load(path.read_text())["data"]["env"]
-    if env in ("gres", "gcg"):
+    if env in ("grefcoco", "grandf"):
         (tmp_path / "prepared").mkdir(exist_ok=True)
         return [f"data.train={tmp_path / 'prepared'}"]
     return []
@@ -55,7 +56,7 @@ def test_all_problems_reported_at_once(tmp_path):
     bad.write_text(
         "run: {output_dir: x, sed: 1}\n"
         "model: {path: ./no/such/model, tiny: {hidden_size: big}}\n"
-        "data: {env: shapes}\n"
+        "data: {env: shapes_gres}\n"
         "rewards: [{name: not_a_reward}]\n"
         "grpo: {learnin_rate: 1.0, num_generations: two}\n"
     )
@@ -133,3 +134,30 @@ def test_continuous_batching_is_refused_before_training():
     with pytest.raises(RecipeError, match="use_transformers_continuous_batching: TRL 1.16 refuses it"):
         load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "shapes_gres.yaml",
                     ["grpo.use_transformers_continuous_batching=true"])
+
+
+@pytest.mark.parametrize("old,new", [("shapes", "shapes_gres"), ("gres", "grefcoco"), ("gcg", "grandf")])
+def test_old_environment_names_load_with_a_warning_naming_the_file(old, new, tmp_path):
+    from envs import ENVIRONMENTS
+
+    path = tmp_path / "old.yaml"
+    (tmp_path / "prepared").mkdir()
+    path.write_text(f"data: {{env: {old}, train: {tmp_path / 'prepared'}}}\nrewards: [{{name: answer_match}}]\n")
+    with pytest.warns(FutureWarning, match=rf"{path}: data.env: environment '{old}' is now called '{new}'"):
+        r = load_recipe(path)
+    assert r.data.env == new and new in ENVIRONMENTS  # one set of names: the recipe's is the registry's
+    with pytest.warns(FutureWarning):
+        assert load_recipe(ROOT / "recipes" / "shapes_gres.yaml", [f"data.env={old}", f"data.train={tmp_path}"]).data.env == new
+
+
+def test_a_recipe_without_rewards_trains_with_its_environments_recommended_rewards(tmp_path):
+    from envs import RECOMMENDED_REWARDS
+
+    path = tmp_path / "bare.yaml"
+    for env, task in (("shapes_gres", "gres"), ("shapes_gcg", "gcg")):
+        path.write_text(f"data: {{env: {env}}}\n")
+        r = load_recipe(path)
+        assert [w.name for w in r.rewards] == list(RECOMMENDED_REWARDS[task]) and all(w.weight == 1 for w in r.rewards)
+    path.write_text("data: {env: shapes_gres}\nrewards: []\n")  # an explicit empty list is a mistake, not a default
+    with pytest.raises(RecipeError, match="rewards: at least one reward is required"):
+        load_recipe(path)

@@ -2,6 +2,7 @@
 where it may be, summary.json/report.md/deltas.png are written, and a re-run skips every finished cell."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ TOY = [
     "grpo.max_completion_length=8", "grpo.save_strategy=no", "grpo.log_completions=false", "run.report_to=[none]",
 ]  # fmt: skip
 GRES_METRICS = ("gIoU", "cIoU", "N-acc", "T-acc")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _plan(tmp_path, text: str):
@@ -147,7 +149,7 @@ def test_a_plan_for_another_world_or_without_sft_is_refused(tmp_path):
         experiment.load_plan(plan)
     text = str(e.value)
     # The base recipe's problem is named once as the recipe's; the variant's own on top of it.
-    assert "- recipe: data.env: 'shapes'; a gcg experiment evaluates on the generated 'shapes_gcg' world" in text
+    assert "- recipe: data.env: 'shapes_gres'; a gcg experiment evaluates on the generated 'shapes_gcg' world" in text
     assert "- variants.a: sft.enabled: must be true" in text and "variants.a: data.env" not in text
 
 
@@ -247,3 +249,18 @@ def test_variants_flag_runs_a_subset_and_refuses_unknown_names(tmp_path, monkeyp
     assert seen["variants"] == {"beta0": ["grpo.beta=0.0"]}
     assert experiment.main([str(plan), "--out", str(tmp_path / "out"), "--variants", "nope"]) == 2
     assert "no variant 'nope'; the plan has default, beta0" in capsys.readouterr().err
+
+
+def test_renamed_environments_keep_the_keys_of_cells_made_before_the_rename():
+    """Cells keyed before data.env's names became the registry's (shapes -> shapes_gres) stay done: keys spell
+    the environment the old way, so an old experiment folder is not retrained."""
+    from envs import ALIASES
+    from rl.config import KEYED_ENV_NAMES, key_form, to_dict
+
+    recipe = experiment.load_recipe(ROOT / "recipes" / "shapes_gres.yaml")
+    assert recipe.data.env == "shapes_gres" and key_form(to_dict(recipe))["data"]["env"] == "shapes"
+    assert {old: new for new, old in KEYED_ENV_NAMES.items()} == ALIASES
+    with pytest.warns(FutureWarning):
+        old = experiment.load_recipe(ROOT / "recipes" / "shapes_gres.yaml", ["data.env=shapes"])
+    assert experiment.sft_key(old) == experiment.sft_key(recipe)
+    assert experiment._recipe_key(old) == experiment._recipe_key(recipe)

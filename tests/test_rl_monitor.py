@@ -149,9 +149,9 @@ def test_monitor_section_is_off_by_default_and_validated():
 
 def test_prepared_data_needs_an_eval_split_to_be_monitored(tmp_path):
     (tmp_path / "train").mkdir()
-    base = ["data.env=gres", f"data.train={tmp_path / 'train'}"]
+    base = ["data.env=grefcoco", f"data.train={tmp_path / 'train'}"]
     _shapes(*base)  # unmonitored: no eval split needed
-    with pytest.raises(RecipeError, match="monitor: env 'gres' needs held-out rows to evaluate on: set data.eval"):
+    with pytest.raises(RecipeError, match="monitor: env 'grefcoco' needs held-out rows to evaluate on: set data.eval"):
         _shapes(*base, "monitor.image_steps=10")
     (tmp_path / "eval").mkdir()
     assert monitor.task_of(_shapes(*base, "monitor.eval_steps=10", f"data.eval={tmp_path / 'eval'}")) == "gres"

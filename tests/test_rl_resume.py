@@ -31,7 +31,7 @@ REWARDS = "rewards=[{name: answer_match, params: {grading: coarse}}, {name: 'tin
 
 def _overrides(data: Path, run: Path, *extra) -> list[str]:
     return [
-        "data.env=gres", f"data.train={data}", "sft.enabled=false", f"run.output_dir={run}", "run.report_to=[none]",
+        "data.env=grefcoco", f"data.train={data}", "sft.enabled=false", f"run.output_dir={run}", "run.report_to=[none]",
         "run.keep_checkpoints=2", "grpo.save_strategy=steps", "grpo.save_steps=1", "grpo.logging_steps=1",
         "grpo.per_device_train_batch_size=8", "grpo.num_generations=4", "grpo.max_completion_length=8",
         "grpo.learning_rate=0.01", "grpo.temperature=1.5", "grpo.log_completions=true", REWARDS, *extra,
@@ -204,6 +204,10 @@ def test_killed_run_resumes_from_last_complete_checkpoint_with_its_weights(tmp_p
     killed_at = int(last.name.split("-")[1])
     target = killed_at + 2
 
+    # A run started before the environments were renamed saved data.env's old name: it resumes as the same env.
+    saved = (run / "recipe.yaml").read_text()
+    assert "env: grefcoco" in saved
+    (run / "recipe.yaml").write_text(saved.replace("env: grefcoco", "env: gres"))
     dump = tmp_path / "resumed_weights.safetensors"
     done = _train(0, [*base, f"grpo.max_steps={target}", "run.resume=true"], RESUME_RUN_DUMP=str(dump))
     assert f"resuming from {last}" in done.stderr
@@ -297,8 +301,11 @@ def test_resuming_with_a_changed_model_tokenizer_or_group_size_is_refused(tmp_pa
 
     saved = yaml.safe_load((run / "recipe.yaml").read_text())
     del saved["sampling"], saved["reward_runtime"]["isolation"]
+    saved["data"]["env"] = "shapes"  # and one saved before the environments were renamed: the same env
     (run / "recipe.yaml").write_text(yaml.safe_dump(saved))
     refuse_changed_resume(load_recipe(recipe, base), run)
+    with pytest.raises(RecipeError, match=r"data.env: 'shapes_gres' in .*, 'shapes_gcg' now"):
+        refuse_changed_resume(load_recipe(recipe, [*base, "data.env=shapes_gcg"]), run)
 
 
 def test_sigterm_saves_a_complete_checkpoint_exits_0_and_resumes_exactly(tmp_path):

@@ -50,7 +50,7 @@ def write_prepared(out: Path, n: int = 16, split: str = "train") -> Path:
 def tiny_recipe(tmp_path, *overrides):
     data = write_prepared(tmp_path / "data") if not (tmp_path / "data").exists() else tmp_path / "data"
     return load_recipe(ROOT / "recipes" / "shapes_gres.yaml", [
-        "data.env=gres", f"data.train={data}", "sft.enabled=false", f"run.output_dir={tmp_path / 'run'}",
+        "data.env=grefcoco", f"data.train={data}", "sft.enabled=false", f"run.output_dir={tmp_path / 'run'}",
         "run.report_to=[tensorboard]", "grpo.max_steps=2", "grpo.save_strategy=no", "grpo.logging_steps=1",
         "grpo.per_device_train_batch_size=8", "grpo.num_generations=4", "grpo.max_completion_length=12",
         "grpo.learning_rate=0.01", "grpo.temperature=1.5",
