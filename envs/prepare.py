@@ -18,7 +18,6 @@ skips bad rows and lists them, with file, index and reason, in the report.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -215,28 +214,18 @@ def parse_options(items) -> dict:
     return options
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="samtok-rl prepare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--env", required=True, help="environment name: shapes_gres, shapes_gcg, grefcoco, grandf")
-    p.add_argument("--split", required=True)
-    p.add_argument("--out", required=True, help="output folder (resumable)")
-    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="environment option, e.g. root=data/grefcoco image_root=data/coco/train2014 train_size=2000")
-    p.add_argument("--tokenizer", default="tiny", help="tiny | random (untrained, for smoke tests) | path of a saved MaskTokenizer")
-    p.add_argument("--shard-size", type=int, default=1000)
-    p.add_argument("--lenient", action="store_true", help="skip and report bad rows instead of failing")
-    p.add_argument("--overwrite", action="store_true", help="delete --out first")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+def command(env: str, split: str, out: str, option: list[str] = (), tokenizer: str = "tiny", shard_size: int = 1000,
+            lenient: bool = False, overwrite: bool = False, no_progress: bool = False) -> int:
+    """``samtok-rl prepare`` (its options: ``rl.cli``): ``env``'s ``split`` encoded into ``out``. The exit status."""
     try:
-        options = parse_options(args.option)
-        env = get_env(args.env, **options)
-        env.check_split(args.split)
-        if args.overwrite and Path(args.out).exists():
-            shutil.rmtree(args.out)
-        tok = load_mask_tokenizer(args.tokenizer)
-        report = prepare_dataset(env, args.split, args.out, tok, args.tokenizer, args.shard_size,
-                                 strict=not args.lenient, options=options, progress=not args.no_progress)
+        options = parse_options(option)
+        environment = get_env(env, **options)
+        environment.check_split(split)
+        if overwrite and Path(out).exists():
+            shutil.rmtree(out)
+        tok = load_mask_tokenizer(tokenizer)
+        report = prepare_dataset(environment, split, out, tok, tokenizer, shard_size,
+                                 strict=not lenient, options=options, progress=not no_progress)
     except (ValueError, FileNotFoundError) as e:
         print(f"samtok-rl prepare: error: {e}", file=sys.stderr)
         return 2

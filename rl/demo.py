@@ -15,7 +15,6 @@ Everything comes from ``recipes/shapes_gres.yaml`` (``--task gcg``: ``recipes/sh
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -41,38 +40,30 @@ class LogCollector(TrainerCallback):
             self.rows.append({"step": state.global_step, **logs})
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="samtok-rl demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("overrides", nargs="*", help="key=value recipe overrides")
-    p.add_argument("--task", choices=tuple(RECIPES), default="gres", help="gres (default) or gcg")
-    p.add_argument("--recipe", default=None, help="recipe YAML (default: recipes/shapes_<task>.yaml)")
-    p.add_argument("--out", default="runs/demo", help="run directory (replaced)")
-    p.add_argument("--test-samples", type=int, default=200, help="held-out test samples to evaluate")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
+def command(overrides: list[str] = (), task: str = "gres", recipe: str | None = None, out: str = "runs/demo",
+            test_samples: int = 200) -> int:
+    """``samtok-rl demo``: SFT then GRPO with ``recipe`` (default: the task's shapes recipe) in ``out`` (replaced),
+    and the SFT-vs-RL report on ``test_samples`` held-out samples. The exit status."""
     import shutil
 
     import torch
 
     from rl.config import RecipeError, load_recipe
 
-    args = parse_args(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     try:
-        overrides = [*args.overrides, f"run.output_dir={args.out}", "run.resume=false"]
-        recipe = load_recipe(args.recipe or RECIPES[args.task], overrides)
+        overrides = [*overrides, f"run.output_dir={out}", "run.resume=false"]
+        loaded = load_recipe(recipe or RECIPES[task], overrides)
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # Tiny matrices gain nothing from a second thread, and a busy second core makes OpenMP spin-waits
     # very slow; one thread is the robust choice on a 2-core machine.
     torch.set_num_threads(1)
-    out = Path(args.out)
+    out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
     try:
-        report = run_demo(recipe, out, args.test_samples, start, args.task)
+        report = run_demo(loaded, out, test_samples, start, task)
     except FileNotFoundError as e:  # e.g. the committed tiny mask-tokenizer weights are missing
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -220,4 +211,6 @@ def _say(start: float, msg: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from rl.cli import main
+
+    sys.exit(main(["demo", *sys.argv[1:]]))

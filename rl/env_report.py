@@ -10,7 +10,6 @@ starting ``problem:``; the exit status is 1 when there is any. Nothing is downlo
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata as md
 import importlib.util
 import platform
@@ -137,19 +136,16 @@ def recipe_problems(path: str, overrides: list[str]) -> list[str]:
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="samtok-rl env", description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", help="also check what this recipe needs")
-    ap.add_argument("overrides", nargs="*", help="key=value recipe overrides (with --recipe)")
-    args = ap.parse_args(argv)
+def command(recipe: str | None = None, overrides: list[str] = ()) -> int:
+    """``samtok-rl env``: the report, and with ``recipe`` what it needs that is missing (exit status 1 if any)."""
     for line in report_lines():
         print(line)
-    if not args.recipe:
+    if not recipe:
         return 0
-    problems = recipe_problems(args.recipe, args.overrides)
+    problems = recipe_problems(recipe, overrides)
     hard = [p for p in problems if "not checked here" not in p]
     for p in problems:
         print(("problem: " if p in hard else "note: ") + p)
     if not problems:
-        print(f"recipe {args.recipe}: nothing missing")
+        print(f"recipe {recipe}: nothing missing")
     return 1 if hard else 0

@@ -18,7 +18,6 @@ the policy (or the vLLM engine) is released, then moves to ``--tokenizer-device`
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import textwrap
@@ -194,23 +193,22 @@ def vllm_policy_spec(spec: str, out_dir) -> tuple[str, object]:
     return spec, AutoProcessor.from_pretrained(spec, padding_side="left")
 
 
-def complete(args, rows) -> tuple[list[str], dict]:
-    """Completions of ``rows`` from the chosen backend, and what to record about the run."""
+def complete(rows, policy: str, out, backend: str = "auto", device: str | None = None, max_new_tokens: int = 256,
+             batch_size: int = 8, **vllm_options) -> tuple[list[str], dict]:
+    """Completions of ``rows`` by ``policy`` from the chosen backend, and what to record about the run.
+    ``vllm_options`` go to ``rl.vllm_backend.generate`` (the HF backend has none)."""
     from rl import vllm_backend
     from rl.policy import load_policy_spec
 
-    backend = vllm_backend.pick_backend(args.backend)
+    backend = vllm_backend.pick_backend(backend)
     start = time.perf_counter()
     if backend == "hf":
-        model, processor = load_policy_spec(args.policy, tiny=EVAL_TINY, device=args.device)
-        texts = generate(model, processor, rows, args.max_new_tokens, args.batch_size)
+        model, processor = load_policy_spec(policy, tiny=EVAL_TINY, device=device)
+        texts = generate(model, processor, rows, max_new_tokens, batch_size)
         del model
     else:
-        path, processor = vllm_policy_spec(args.policy, args.out)
-        texts = vllm_backend.generate(
-            path, processor, rows, args.max_new_tokens, dtype=args.dtype, max_model_len=args.max_model_len,
-            gpu_memory_utilization=args.gpu_memory_utilization, tensor_parallel_size=args.tensor_parallel_size,
-        )  # fmt: skip
+        path, processor = vllm_policy_spec(policy, out)
+        texts = vllm_backend.generate(path, processor, rows, max_new_tokens, **vllm_options)
     return texts, {"backend": backend, "generation_seconds": round(time.perf_counter() - start, 2)}
 
 
@@ -220,50 +218,30 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def main(argv: list[str] | None = None) -> int:
+def command(policy: str, env: str, out: str, split: str = "val", option: list[str] = (), tokenizer: str = "tiny",
+            tokenizer_device: str | None = None, limit: int | None = None, batch_size: int = 8,
+            max_new_tokens: int = 256, grid: int = 16, no_captions: bool = False, bert: str | None = None,
+            lenient: bool = False, backend: str = "auto", device: str | None = None, **vllm_options) -> int:
+    """``samtok-rl eval``: generate with ``policy`` over ``env``'s ``split`` and write the official metrics to
+    ``out``. ``vllm_options``: ``dtype``, ``max_model_len``, ``gpu_memory_utilization``, ``tensor_parallel_size``
+    (``rl.vllm_backend.engine_kwargs``, which holds their defaults). The exit status."""
     from envs.prepare import load_mask_tokenizer, parse_options
 
-    p = argparse.ArgumentParser(prog="samtok-rl eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--policy", required=True,
-                   help="saved policy folder (a LoRA checkpoint is merged), hub id, or 'tiny' (untrained, smoke tests)")
-    p.add_argument("--env", required=True, help="shapes_gres, shapes_gcg, grefcoco, grandf")
-    p.add_argument("--split", default="val")
-    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="environment option")
-    p.add_argument("--tokenizer", default="tiny", help="mask tokenizer that decodes predictions: tiny | random | folder")
-    p.add_argument("--tokenizer-device", default=None, help="where masks are decoded (default: the GPU when there is one)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
-    p.add_argument("--batch-size", type=int, default=8, help="HF backend: prompts per generate call (vLLM batches itself)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--grid", type=int, default=16, help="samples in grid.png (0: none)")
-    p.add_argument("--no-captions", action="store_true", help="GCG: skip METEOR/CIDEr (they need Java)")
-    p.add_argument("--bert", default=None, help="GCG recall: local bert-base-uncased folder (else SAMTOK_RL_BERT)")
-    p.add_argument("--lenient", action="store_true", help="skip bad source rows instead of failing")
-    p.add_argument("--backend", choices=("auto", "hf", "vllm"), default="auto",
-                   help="auto: vLLM when it is installed and a GPU is visible, else HF generate")
-    p.add_argument("--device", default=None, help="HF backend: device of the policy")
-    v = p.add_argument_group("vLLM backend")
-    v.add_argument("--dtype", default="auto", help="weights dtype for vLLM (auto: the checkpoint's)")
-    v.add_argument("--max-model-len", type=int, default=None, help="prompt + completion tokens (default: the model's)")
-    v.add_argument("--gpu-memory-utilization", type=float, default=None,
-                   help="fraction of GPU memory for vLLM (default 0.9; on CPU a fixed 1 GiB KV cache)")
-    v.add_argument("--tensor-parallel-size", type=int, default=1)
-    args = p.parse_args(argv)
     try:
-        env = get_env(args.env, **parse_options(args.option))
-        rows = eval_rows(env, args.split, args.limit, strict=not args.lenient)
+        environment = get_env(env, **parse_options(option))
+        rows = eval_rows(environment, split, limit, strict=not lenient)
         embed = None
-        if args.bert:
+        if bert:
             from envs.metrics import bert_embed
 
-            embed = bert_embed(args.bert)
-        mask_tokenizer = load_mask_tokenizer(args.tokenizer)  # on the CPU until the policy is gone
-        texts, info = complete(args, rows)
-        mask_tokenizer = mask_tokenizer.to(args.tokenizer_device or _default_device())
-        metrics = report(rows, texts, mask_tokenizer, env.task, args.out, args.grid, embed, not args.no_captions, info)
+            embed = bert_embed(bert)
+        mask_tokenizer = load_mask_tokenizer(tokenizer)  # on the CPU until the policy is gone
+        texts, info = complete(rows, policy, out, backend, device, max_new_tokens, batch_size, **vllm_options)
+        mask_tokenizer = mask_tokenizer.to(tokenizer_device or _default_device())
+        metrics = report(rows, texts, mask_tokenizer, environment.task, out, grid, embed, not no_captions, info)
     except (ValueError, FileNotFoundError) as e:
         print(f"samtok-rl eval: error: {e}", file=sys.stderr)
         return 2
-    print(f"{env.name} {args.split}: {len(rows)} samples, {info['backend']} backend")
+    print(f"{environment.name} {split}: {len(rows)} samples, {info['backend']} backend")
     print(format_table(metrics))
     return 0

@@ -26,7 +26,6 @@ generated from the base recipe, so every policy is scored on the same samples.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import hashlib
 import json
@@ -360,43 +359,37 @@ def run_experiment(plan: Plan, seeds: list[int], out: str | os.PathLike, say=pri
     return summary
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="samtok-rl experiment", description=__doc__.split("\n\n")[0])
-    p.add_argument("plan", help="experiment plan YAML (see recipes/experiments/)")
-    p.add_argument("overrides", nargs="*", help="key=value recipe overrides applied to every variant")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="run.seed values (default: 0 1 2)")
-    p.add_argument("--out", required=True, help="output directory; a re-run with the same one skips finished cells")
-    p.add_argument("--variants", nargs="+", metavar="NAME",
-                   help="run and report only these variants of the plan (default: all)")  # fmt: skip
-    return p.parse_intermixed_args(argv)  # overrides may follow --out, as the usage line shows
-
-
-def main(argv: list[str] | None = None) -> int:
+def command(plan: str, out: str, overrides: list[str] = (), seeds: list[int] = (0, 1, 2),
+            variants: list[str] | None = None) -> int:
+    """``samtok-rl experiment``: every cell of ``plan`` (only ``variants``, if given) for ``seeds`` in ``out``, then
+    the report. The exit status."""
     import torch
 
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    path = plan
     try:
-        plan = load_plan(args.plan, args.overrides)
+        plan = load_plan(path, overrides)
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.variants:
-        unknown = [v for v in args.variants if v not in plan.variants]
+    if variants:
+        unknown = [v for v in variants if v not in plan.variants]
         if unknown:
-            print(f"error: {args.plan}: no variant {', '.join(map(repr, unknown))}; the plan has "
+            print(f"error: {path}: no variant {', '.join(map(repr, unknown))}; the plan has "
                   f"{', '.join(plan.variants)}", file=sys.stderr)  # fmt: skip
             return 2
-        plan.variants = {v: o for v, o in plan.variants.items() if v in args.variants}
+        plan.variants = {v: o for v, o in plan.variants.items() if v in variants}
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # as the demo: tiny matrices on a small CPU gain nothing from more threads
     try:
-        run_experiment(plan, args.seeds, args.out)
+        run_experiment(plan, list(seeds), out)
     except (ExperimentError, FileNotFoundError) as e:  # FileNotFoundError: e.g. the tiny tokenizer's weights
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print((Path(args.out) / "report.md").read_text(), end="")
+    print((Path(out) / "report.md").read_text(), end="")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from rl.cli import main
+
+    sys.exit(main(["experiment", *sys.argv[1:]]))

@@ -10,11 +10,11 @@ warm-started runs) is in ``tokenizer/weights/tiny/README.md``. Evaluate with::
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 # The tiny recipe (see ``tokenizer.config.tiny`` for the model's sizes).
@@ -22,50 +22,39 @@ TINY_RECIPE = dict(scenes=4000, steps=2400, batch_images=8, lr=1e-3, loss_size=1
                    kmeans_init=True, train_prompt_encoder=True)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="samtok-rl tokenizer", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("train", "eval"):
-        s = sub.add_parser(name)
-        s.add_argument("--data", choices=["shapes", "coco"], default="shapes")
-        s.add_argument("--annotations", help="COCO-style annotation JSON (--data coco)")
-        s.add_argument("--images", help="image folder the annotations' file_name are relative to (--data coco)")
-        s.add_argument("--max-images", type=int, default=None)
-        s.add_argument("--scene-size", type=int, default=112, help="shapes-world image side in pixels")
-        s.add_argument("--seed", type=int, default=0)
-        s.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)")
-        s.add_argument("--official-ckpt", help="mask_tokenizer_256x2.pth (with --sam2-ckpt)")
-        s.add_argument("--sam2-ckpt", help="sam2.1_hiera_large.pt (with --official-ckpt)")
-        s.add_argument("--sam2-config", default="sam2.1_hiera_l")
-    t = sub.choices["train"]
-    t.add_argument("--out", required=True, help="output folder (weights, log, checkpoints while running)")
-    t.add_argument("--config", default="tiny",
-                   help="tiny | hiera_t | official | path to a config.json (ignored with --init/--official-ckpt)")
-    t.add_argument("--init", help="start from a saved MaskTokenizer folder (fine-tuning)")
-    t.add_argument("--scenes", type=int, default=TINY_RECIPE["scenes"], help="shapes-world training scenes")
-    t.add_argument("--steps", type=int, default=TINY_RECIPE["steps"])
-    t.add_argument("--batch-images", type=int, default=TINY_RECIPE["batch_images"])
-    t.add_argument("--lr", type=float, default=TINY_RECIPE["lr"])
-    t.add_argument("--loss-size", type=int, default=TINY_RECIPE["loss_size"], help="0 = the decoder's grid")
-    t.add_argument("--continuous-steps", type=int, default=None,
-                   help=f"steps before quantising (default {TINY_RECIPE['continuous_steps']} from scratch, 0 when fine-tuning)")
-    t.add_argument("--kmeans-init", action=argparse.BooleanOptionalAction, default=None,
-                   help="k-means the codebooks when quantisation starts (default: on from scratch, off when fine-tuning)")
-    t.add_argument("--point-loss", action="store_true",
-                   help="compute the mask losses on importance-sampled points (Mask2Former-style, as officially optional)")
-    t.add_argument("--kmeans-masks", type=int, default=2048, help="latents the k-means initialisation uses")
-    t.add_argument("--train-prompt-encoder", action=argparse.BooleanOptionalAction, default=None,
-                   help="also train the prompt encoder (default: on from scratch, off when fine-tuning)")
-    t.add_argument("--ckpt-every", type=int, default=250)
-    t.add_argument("--no-resume", action="store_true")
-    t.add_argument("--no-progress", action="store_true")
-    t.add_argument("--eval-scenes", type=int, default=200, help="held-out shapes scenes to report mIoU on")
-    e = sub.choices["eval"]
-    e.add_argument("--weights", default="tiny", help="saved MaskTokenizer folder, or 'tiny' for the committed one")
-    e.add_argument("--scenes", type=int, default=200)
-    e.add_argument("--split", choices=["val", "test"], default="val")
-    return p
+@dataclass
+class Options:
+    """``samtok-rl tokenizer train|eval``'s options and their defaults (the command line: ``rl.cli``)."""
+
+    out: str | None = None  # train: required
+    data: str = "shapes"  # shapes | coco
+    annotations: str | None = None
+    images: str | None = None
+    max_images: int | None = None
+    scene_size: int = 112
+    seed: int = 0
+    threads: int = 1
+    official_ckpt: str | None = None
+    sam2_ckpt: str | None = None
+    sam2_config: str = "sam2.1_hiera_l"
+    config: str = "tiny"
+    init: str | None = None
+    scenes: int | None = None  # train: TINY_RECIPE's; eval: 200
+    steps: int = TINY_RECIPE["steps"]
+    batch_images: int = TINY_RECIPE["batch_images"]
+    lr: float = TINY_RECIPE["lr"]
+    loss_size: int = TINY_RECIPE["loss_size"]
+    continuous_steps: int | None = None  # TINY_RECIPE's from scratch, 0 when fine-tuning
+    kmeans_init: bool | None = None  # on from scratch, off when fine-tuning
+    point_loss: bool = False
+    kmeans_masks: int = 2048
+    train_prompt_encoder: bool | None = None  # on from scratch, off when fine-tuning
+    ckpt_every: int = 250
+    no_resume: bool = False
+    no_progress: bool = False
+    eval_scenes: int = 200
+    weights: str = "tiny"
+    split: str = "val"
 
 
 def _load_data(args, n: int, split: str):
@@ -154,17 +143,22 @@ def _eval(args) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+def command(cmd: str, **options) -> int:
+    """``samtok-rl tokenizer train|eval`` with ``options`` (``Options``' fields). The exit status."""
     import torch
 
+    args = Options(**options)
+    if args.scenes is None:
+        args.scenes = TINY_RECIPE["scenes"] if cmd == "train" else 200
     torch.set_num_threads(max(1, args.threads))
     try:
-        return _train(args) if args.cmd == "train" else _eval(args)
+        return _train(args) if cmd == "train" else _eval(args)
     except (ValueError, FileNotFoundError) as e:
-        print(f"samtok-rl tokenizer {args.cmd}: {e}", file=sys.stderr)
+        print(f"samtok-rl tokenizer {cmd}: {e}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from rl.cli import main
+
+    sys.exit(main(["tokenizer", *sys.argv[1:]]))

@@ -17,7 +17,6 @@ Run directory layout (``run.output_dir``)::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -29,30 +28,21 @@ from rl.preemption import OutOfMemoryStop, Preempted, StopOnSigterm
 log = logging.getLogger("samtok_rl.train")
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="samtok-rl train", description=__doc__.split("\n\n")[0])
-    p.add_argument("recipe", help="recipe YAML (see recipes/)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.learning_rate=1e-5 run.resume=true")
-    p.add_argument("--dry-run", action="store_true", help="validate the recipe, print it, and exit")
-    p.add_argument("--no-file-checks", action="store_true",
-                   help="with --dry-run: do not require local files (data, model folder) to exist yet")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def command(recipe: str, overrides: list[str] = (), dry_run: bool = False, no_file_checks: bool = False) -> int:
+    """``samtok-rl train``: validate ``recipe`` with ``overrides``; print it (``dry_run``) or train. The exit status."""
+    path = recipe
     try:
-        recipe = load_recipe(args.recipe, args.overrides, check_files=not (args.dry_run and args.no_file_checks))
+        recipe = load_recipe(path, overrides, check_files=not (dry_run and no_file_checks))
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.dry_run:
+    if dry_run:
         from omegaconf import OmegaConf
 
         from rl.config import to_dict
 
         print(OmegaConf.to_yaml(OmegaConf.create(to_dict(recipe))), end="")
-        print(f"recipe OK: {args.recipe}", file=sys.stderr)
+        print(f"recipe OK: {path}", file=sys.stderr)
         return 0
     problem = preflight(recipe)
     if problem:
@@ -224,5 +214,7 @@ def run_sft_stage(recipe: Recipe, run_dir: Path, train_ds) -> Path:
     return sft_dir
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `accelerate launch -m rl.train RECIPE ...` on every rank
+    from rl.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

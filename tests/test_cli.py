@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from rl.cli import COMMANDS, main
+from rl.cli import COMMANDS, main, parser
 
 
 def test_help_lists_every_command(capsys):
@@ -16,11 +16,13 @@ def test_unknown_command_names_the_valid_ones(capsys):
     assert "'trian'" in err and "train" in err and "demo" in err
 
 
-def test_every_command_module_has_main():
+def test_every_command_parses_its_help_and_has_a_command():
     import importlib
 
-    for module, _ in COMMANDS.values():
-        assert callable(importlib.import_module(module).main), module
+    for name, cmd in COMMANDS.items():
+        module = importlib.import_module(cmd.module)
+        assert callable(module.command), cmd.module
+        assert parser(name, module).format_help().startswith(f"usage: samtok-rl {name}")
 
 
 def test_console_script_installed():

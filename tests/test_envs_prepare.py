@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 from envs import get_env
-from envs.prepare import load_prepared, main, plan_shards, prepare_dataset
+from envs.prepare import load_prepared, plan_shards, prepare_dataset
+from rl import cli
 from tokenizer.codec import parse_masks
+
+
+def main(argv: list[str]) -> int:  # the `samtok-rl prepare` command line
+    return cli.main(["prepare", *argv])
 
 
 class Codes:

@@ -15,10 +15,14 @@ import torch
 
 from envs import get_env
 from envs.base import load_image
-from rl import vllm_backend, vllm_rollout
-from rl.evaluate import eval_rows, main
+from rl import cli, vllm_backend, vllm_rollout
+from rl.evaluate import eval_rows
 from rl.generation import generate
 from rl.policy import build_tiny_policy, load_policy, save_policy
+
+
+def main(argv: list[str]) -> int:  # the `samtok-rl eval` command line
+    return cli.main(["eval", *argv])
 
 
 def _rows(name="shapes_gres", n=5):

@@ -5,8 +5,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rl import cli
 from rl.config import RecipeError, load_recipe
-from rl.train import main as train_main
+
+
+def train_main(argv: list[str]) -> int:  # the `samtok-rl train` command line
+    return cli.main(["train", *argv])
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))

@@ -6,16 +6,15 @@ with the random-init tokenizer and a few steps.
 
 import torch
 
-from rl import demo
+from rl import cli, demo
 
 
 def test_demo_pipeline_writes_the_report(tmp_path, capsys):
     threads = torch.get_num_threads()
     try:
-        rc = demo.main([
+        rc = cli.main(["demo", "--out", str(tmp_path / "demo"), "--test-samples", "6",
             "data.mask_tokenizer=random", "data.shapes.n_train=16", "data.shapes.n_eval=0", "sft.args.max_steps=3",
             "grpo.max_steps=2", "grpo.save_steps=1", "grpo.max_completion_length=16", "run.report_to=[none]",
-            "--out", str(tmp_path / "demo"), "--test-samples", "6",
         ])  # fmt: skip
     finally:
         torch.set_num_threads(threads)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rl import demo, evaluate, experiment
+from rl import cli, demo, evaluate, experiment
 from rl import train as train_mod
 
 TOY = [
@@ -53,7 +53,7 @@ def _cell_mtimes(out):
 def test_toy_experiment_writes_summary_report_plot_and_resumes(tmp_path, monkeypatch, capsys, one_thread):
     plan, out = _plan(tmp_path, TOY_PLAN), tmp_path / "exp"
     argv = [str(plan), "--seeds", "0", "1", "--out", str(out), *TOY]
-    assert experiment.main(argv) == 0
+    assert cli.main(["experiment", *argv]) == 0
     first = capsys.readouterr().out
     assert "[cell 1/12] SFT seed=0 ..." in first and "[cell 3/12] RL variant=beta0 seed=0 ..." in first
 
@@ -82,7 +82,7 @@ def test_toy_experiment_writes_summary_report_plot_and_resumes(tmp_path, monkeyp
     before = _cell_mtimes(out)
     assert len(before) == 12
     _forbid(monkeypatch, "run", "run_sft_stage", "evaluate_policy")
-    assert experiment.main(argv) == 0
+    assert cli.main(["experiment", *argv]) == 0
     assert capsys.readouterr().out.count("done earlier, skipped") == 12
     assert _cell_mtimes(out) == before
 
@@ -94,7 +94,7 @@ def test_toy_experiment_writes_summary_report_plot_and_resumes(tmp_path, monkeyp
     calls = []
     real_eval = demo.evaluate_policy
     monkeypatch.setattr(demo, "evaluate_policy", lambda *a, **k: calls.append(1) or real_eval(*a, **k))
-    assert experiment.main(argv) == 0
+    assert cli.main(["experiment", *argv]) == 0
     assert len(calls) == 1 and lost.is_file()
     assert {p: t for p, t in _cell_mtimes(out).items() if p != lost} == {p: t for p, t in before.items() if p != lost}
     assert json.loads((out / "summary.json").read_text())["runs"] == runs  # greedy: the same metrics again
@@ -106,7 +106,7 @@ def test_a_changed_recipe_is_refused_instead_of_mixed_into_finished_cells(tmp_pa
     for c in cells:  # finished cells of the TOY recipe, without training them
         experiment.write_json(c.file, {"kind": c.kind, "key": c.key, "done": True, "upstream": None})
     _forbid(monkeypatch, "run", "run_sft_stage", "evaluate_policy")
-    rc = experiment.main([str(plan), "--seeds", "0", "--out", str(tmp_path / "exp"), *TOY, "grpo.learning_rate=2.5e-4"])  # not the recipe's value
+    rc = cli.main(["experiment", str(plan), "--seeds", "0", "--out", str(tmp_path / "exp"), *TOY, "grpo.learning_rate=2.5e-4"])  # not the recipe's value
     assert rc == 2
     err = capsys.readouterr().err
     assert "different plan, recipe or override" in err
@@ -137,7 +137,7 @@ variants:
 
     _forbid(monkeypatch, "run", "run_sft_stage", "evaluate_policy")
     out = tmp_path / "exp"
-    assert experiment.main([str(plan), "--seeds", "0", "--out", str(out)]) == 2
+    assert cli.main(["experiment", str(plan), "--seeds", "0", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "evals: unknown key" in err and "variants.bad: grpo.learnin_rate" in err
     assert not out.exists()
@@ -245,9 +245,9 @@ def test_variants_flag_runs_a_subset_and_refuses_unknown_names(tmp_path, monkeyp
         (tmp_path / "out" / "report.md").write_text("report\n")
 
     monkeypatch.setattr(experiment, "run_experiment", fake_run)
-    assert experiment.main([str(plan), *TOY, "--out", str(tmp_path / "out"), "--variants", "beta0"]) == 0
+    assert cli.main(["experiment", str(plan), *TOY, "--out", str(tmp_path / "out"), "--variants", "beta0"]) == 0
     assert seen["variants"] == {"beta0": ["grpo.beta=0.0"]}
-    assert experiment.main([str(plan), "--out", str(tmp_path / "out"), "--variants", "nope"]) == 2
+    assert cli.main(["experiment", str(plan), "--out", str(tmp_path / "out"), "--variants", "nope"]) == 2
     assert "no variant 'nope'; the plan has default, beta0" in capsys.readouterr().err
 
 

@@ -6,7 +6,7 @@ import torch
 from tiny_runs import tiny_recipe
 from transformers import TrainerCallback
 
-from rl import checkpoint
+from rl import checkpoint, cli
 from rl import data as rl_data
 from rl import policy as rl_policy
 from rl import trainer as tr
@@ -116,7 +116,7 @@ def test_the_cli_exits_1_on_out_of_memory(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(train_mod, "run", oom)
     monkeypatch.setattr(train_mod, "preflight", lambda recipe: None)
-    assert train_mod.main(["recipes/shapes_gres.yaml", f"run.output_dir={tmp_path}"]) == 1
+    assert cli.main(["train", "recipes/shapes_gres.yaml", f"run.output_dir={tmp_path}"]) == 1
     assert "error: out of memory in step 1" in capsys.readouterr().err
 
 

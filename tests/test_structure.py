@@ -1,0 +1,77 @@
+"""The package layout the README promises: imports flow tokenizer <- rewards <- envs <- rl, no module imports one
+that imports it back, command lines are parsed only in ``rl/cli.py``, and no module grows past about 400 lines."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("tokenizer", "rewards", "envs", "rl")  # each may import only those before it
+MAX_LINES = 450
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for package in LAYERS:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules ``path`` imports anywhere (function bodies and ``__main__`` blocks included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from rl import cli` imports the module rl.cli; `from envs import get_env` the package's __init__
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                     for a in node.names]  # fmt: skip
+        else:
+            continue
+        found |= {n for n in names if n in modules}
+    return found
+
+
+def test_imports_follow_the_layers_and_never_come_back():
+    modules = _modules()
+    graph = {name: _imports(path, modules) - {name} for name, path in modules.items()}
+    wrong = [f"{a} imports {b}" for a, deps in graph.items() for b in deps
+             if LAYERS.index(b.split(".")[0]) > LAYERS.index(a.split(".")[0])]  # fmt: skip
+    assert not wrong, wrong
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            if node == goal:
+                return True
+            if node not in seen:
+                seen.add(node)
+                todo += graph.get(node, ())
+        return False
+
+    cycles = sorted(f"{a} -> {b} -> ... -> {a}" for a, deps in graph.items() for b in deps if reaches(b, a))
+    assert not cycles, cycles
+
+
+def test_only_the_cli_parses_command_lines():
+    parsing = [str(p.relative_to(ROOT)) for p in _modules().values()
+               if "argparse" in _imports_any(p) and p != ROOT / "rl" / "cli.py"]  # fmt: skip
+    assert not parsing, parsing
+
+
+def _imports_any(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_no_module_grows_past_about_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in _modules().values() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, long
