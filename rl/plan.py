@@ -4,14 +4,13 @@ raised together as one ``PlanError``. Command-line overrides apply to every vari
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rl.config import RecipeError, load_recipe
-from rl.schema import ProblemsError
+from rl.schema import ProblemsError, suggest
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_RECIPES = {"gres": "recipes/shapes_gres.yaml", "gcg": "recipes/shapes_gcg.yaml"}
@@ -55,7 +54,7 @@ def load_plan(path: str | os.PathLike, overrides: list[str] = ()) -> Plan:
         raise PlanError(str(path), [f"not valid YAML (quote overrides that hold ': '): {e}"]) from None
     if not isinstance(raw, dict):
         raise PlanError(str(path), [f"expected a mapping, got {type(raw).__name__}"])
-    problems = [f"{k}: unknown key{_suggest(k, PLAN_KEYS)}" for k in raw if k not in PLAN_KEYS]
+    problems = [f"{k}: unknown key{suggest(k, PLAN_KEYS, keep_order=True)}" for k in raw if k not in PLAN_KEYS]
     task = _plan_task(raw, problems)
     recipe = _plan_recipe(raw, task, path, problems)
     evals = _plan_eval(raw.get("eval") or {}, task, problems)
@@ -98,7 +97,7 @@ def _plan_eval(raw, task: str | None, problems: list[str]) -> dict:
     if not isinstance(raw, dict):
         problems.append(f"eval: expected a mapping, got {type(raw).__name__}")
         return dict(EVAL_DEFAULTS)
-    problems += [f"eval.{k}: unknown key{_suggest(k, EVAL_DEFAULTS)}" for k in raw if k not in EVAL_DEFAULTS]
+    problems += [f"eval.{k}: unknown key{suggest(k, EVAL_DEFAULTS, keep_order=True)}" for k in raw if k not in EVAL_DEFAULTS]
     out = {**EVAL_DEFAULTS, **{k: v for k, v in raw.items() if k in EVAL_DEFAULTS}}
     if out["max_new_tokens"] is None:  # so that the demo and the experiment report the same thing
         out["max_new_tokens"] = MAX_NEW_TOKENS.get(task, 96)
@@ -165,11 +164,6 @@ def _shadowed(plan: Plan) -> list[str]:
             if any(key == c or key.startswith(c + ".") or c.startswith(key + ".") for c in cli):
                 out.append(f"variant {name!r}: {key} is overridden by the command line")
     return out
-
-
-def _suggest(key, names) -> str:
-    close = difflib.get_close_matches(str(key), list(names), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(names)})"
 
 
 # ---------------------------------------------------------------- cells

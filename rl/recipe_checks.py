@@ -5,14 +5,13 @@ missing local files), so a user fixes a recipe in one round instead of one crash
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import types
 import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rl.schema import ANSWER_KINDS, DTYPES, ENVS, FINETUNE, OWNED_BY_RUN, PREPARED_ENVS, REPORTERS, TINY
+from rl.schema import ANSWER_KINDS, DTYPES, ENVS, FINETUNE, OWNED_BY_RUN, PREPARED_ENVS, REPORTERS, TINY, suggest
 
 if TYPE_CHECKING:
     from rl.schema import Recipe, Reward, Sampling
@@ -29,7 +28,7 @@ def build(cls, data, where: str, problems: list[str]):
     for key, value in data.items():
         at = f"{where}.{key}" if where else str(key)
         if key not in hints:
-            problems.append(f"{at}: unknown key{_suggest(key, names)}")
+            problems.append(f"{at}: unknown key{suggest(key, names)}")
             continue
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
@@ -93,11 +92,6 @@ def _type_name(hint) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def _suggest(key, names) -> str:
-    close = difflib.get_close_matches(str(key), names, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(sorted(names))})"
-
-
 def _check_passthrough(values: dict, config_cls, where: str, problems: list[str], owned=frozenset()):
     """Check ``values`` against a TRL config dataclass's fields and annotations."""
     hints = typing.get_type_hints(config_cls)
@@ -109,7 +103,7 @@ def _check_passthrough(values: dict, config_cls, where: str, problems: list[str]
         if key in owned:
             problems.append(f"{at}: set by the recipe's run section (run.{key.replace('resume_from_checkpoint', 'resume')})")
         elif key not in hints:
-            problems.append(f"{at}: not a {config_cls.__name__} field{_suggest(key, list(hints))}")
+            problems.append(f"{at}: not a {config_cls.__name__} field{suggest(key, list(hints))}")
         elif not _type_ok(value, hints[key]):
             problems.append(f"{at}: expected {_type_name(hints[key])}, got {value!r} ({type(value).__name__})")
 
@@ -208,7 +202,7 @@ def _check_sampling(s: Sampling, problems: list[str]) -> None:
         return
     for kind, share in s.balance.items():
         if kind not in ANSWER_KINDS:
-            problems.append(f"sampling.balance.{kind}: unknown answer kind{_suggest(kind, list(ANSWER_KINDS))}")
+            problems.append(f"sampling.balance.{kind}: unknown answer kind{suggest(kind, list(ANSWER_KINDS))}")
         elif not _type_ok(share, float) or share < 0:
             problems.append(f"sampling.balance.{kind}: {share!r} must be a number >= 0")
     if all(_type_ok(v, float) for v in s.balance.values()) and sum(max(v, 0) for v in s.balance.values()) <= 0:

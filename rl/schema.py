@@ -22,6 +22,15 @@ REPORTERS = ("tensorboard", "wandb", "none")
 OWNED_BY_RUN = {"output_dir", "seed", "report_to", "resume_from_checkpoint"}
 
 
+def suggest(key, names, keep_order: bool = False) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``names``, else the valid names (sorted unless ``keep_order``)."""
+    import difflib
+
+    close = difflib.get_close_matches(str(key), list(names), n=1)
+    listed = list(names) if keep_order else sorted(names)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(listed)})"
+
+
 class ProblemsError(ValueError):
     """Everything wrong with a file of ``kind``, one problem per line (``problems``)."""
 
