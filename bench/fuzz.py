@@ -90,21 +90,21 @@ WEIRD = [chr(c) for c in range(32)] + [
     "\x7f", "\x85", "\xa0", "\u2028", "\u2029", "\u200b", "\u200d", "\u200e", "\u202e", "\ufeff", "\u0301",
     "\ud800", "\udbff", "\udc00", "\udfff", "\U0010ffff", "\ufffd", "\uffff", "｜", "＜", "＞", "\u3000",
     "\U0001f600", "ǅ", "ß", "İ", "\\", "\\u", "\\ud800", '"', "'", "`",
-]  # fmt: skip
+]
 MARKERS = [MT_START, MT_END, OBJ_START, OBJ_END]
 SPECIAL_BITS = MARKERS + [
     "<|mt_", "|>", "<|", "<|mt_|>", "<|mt_start|", "|mt_end|>", "<|im_end|>", "<|endoftext|>", "<|im_start|>",
     "<|vision_start|>", "<|image_pad|>", "<|box_start|>", "<|MT_START|>", "<| mt_start |>", "<<|mt_start|>>",
-]  # fmt: skip
+]
 WORDS = ["man", "woman", "dog", "red car", "tree", "the sky", "grass", "a cat", "No target.", "No", "target",
-         "mask_2d", "label", "json", "café", "東京タワー", "naïve", "Ünïcödé", "x" * 40]  # fmt: skip
+         "mask_2d", "label", "json", "café", "東京タワー", "naïve", "Ünïcödé", "x" * 40]
 JSON_BITS = ["[", "]", "{", "}", '"', ":", ",", "null", "true", "NaN", "-Infinity", "1e999", "-0", '"mask_2d"',
              '"label"', '"mask_2d": ', ', "label": "x"}', "\\", '"\\u"', '"\\ud800"', '"\\uDC00"', "\n", "```",
-             "```json\n", "\n```", "1" * 50]  # fmt: skip
+             "```json\n", "\n```", "1" * 50]
 LABELS = ["all red shapes", "the man on the left", 'the "quoted" one', "back\\slash", "café au lait", "东京",
-          "tab\there", "new\nline", "bell\x07", "", " ", "mt_0001 lookalike", "a" * 300, "\ud83d", "emoji 😀"]  # fmt: skip
+          "tab\there", "new\nline", "bell\x07", "", " ", "mt_0001 lookalike", "a" * 300, "\ud83d", "emoji 😀"]
 PHRASES = ["man", "woman", "red car", "dog's toy", "the tall tree", "sky", "Café", "東京タワー", "a b c", "x",
-           'a "q"', "under_score", "MiXeD CaSe", "  spaced  ", "tab\tphrase", "ñ"]  # fmt: skip
+           'a "q"', "under_score", "MiXeD CaSe", "  spaced  ", "tab\tphrase", "ñ"]
 _PIECE_RE = re.compile(r"<\|[^|<>]{0,40}\|>|\s+|[^<\s]{1,8}|<")
 _CODE_RE = re.compile(r"<\|mt_(\d*)\|>")
 
@@ -139,7 +139,7 @@ class Gen:
             + [_code_tok(r.randrange(10000)) for _ in range(40)]
             + [f"<|mt_{'9' * k}|>" for k in range(12)]
             + WORDS + JSON_BITS + WEIRD + [" ", " ", "\n", "\t", "  "]
-        )  # fmt: skip
+        )
 
     # ---- rows
     def codes(self, k):
@@ -204,7 +204,7 @@ class Gen:
         form = r.choice(["str"] * 18 + ["bytes", "list"])
         row = {"task": task, "answer": answer,
                "image": image, "masks": self.gt_rles(image, codes, form) if codes else [], "bad": None,
-               "dup_phrases": task == "gcg" and dup}  # fmt: skip
+               "dup_phrases": task == "gcg" and dup}
         if bad:
             self._break(row, codes)
         self.row_counts[row["bad"] or f"valid {row['task']}"] += 1
@@ -232,7 +232,7 @@ class Gen:
                 [{"size": [h, w], "counts": [-1, h * w + 1]}], [{"size": [h, w], "counts": "é" * 5}],
                 [{"size": [h, w], "counts": [1.5]}], [{"size": [True, w], "counts": [w]}], [{"size": "hw", "counts": "0"}],
                 [{"size": [10**6, 10**6], "counts": [10**12]}], [{"size": [h, w], "counts": None}],
-            ])  # fmt: skip
+            ])
         elif kind == "image":
             row["image"] = r.choice([None, "path/to/image.jpg", np.zeros(5), 3])
         else:  # GCG answer with one phrase fewer (or more) than masks
@@ -289,7 +289,7 @@ class Gen:
             return "edge: empty/whitespace", r.choice(["", " ", "\n", "\t\n ", "\x00", "\ufeff"])
         if x < 0.6:  # huge repeats (~20k characters, a few 100k)
             unit = r.choice([format_mask(self.codes(1)[0]), MT_START, MT_START + _code_tok(r.randrange(256)), OBJ_START,
-                             f"{OBJ_START}a{OBJ_END}", "[", "{", '{"mask_2d": ', base, "```json\n", "<|mt_", "9"])  # fmt: skip
+                             f"{OBJ_START}a{OBJ_END}", "[", "{", '{"mask_2d": ', base, "```json\n", "<|mt_", "9"])
             size = 100_000 if r.random() < 0.03 else 20_000
             return "edge: huge repeat", (unit * (size // max(1, len(unit)) + 1))[: size + r.randrange(64)]
         parts, size = [], 0  # ~20k characters of mixed content
@@ -300,7 +300,7 @@ class Gen:
         return "edge: ~20k chars", "".join(parts)
 
     MUTATIONS = ("truncate", "delete", "duplicate", "swap", "digits", "out_of_range", "markers", "nest", "fence",
-                 "json", "repeat", "unicode", "whitespace", "case")  # fmt: skip
+                 "json", "repeat", "unicode", "whitespace", "case")
 
     def mutate(self, text: str, times: int) -> str:
         for _ in range(times):
@@ -374,7 +374,7 @@ class Gen:
         r = self.r
         p = self._pieces(t)
         inner = r.choice([format_mask(self.codes(1)[0]), f"{OBJ_START}{r.choice(PHRASES)}{OBJ_END}",
-                          f"{OBJ_START}x{OBJ_END}{format_mask(self.codes(1)[0])}", MT_START + MT_START, OBJ_START * 2])  # fmt: skip
+                          f"{OBJ_START}x{OBJ_END}{format_mask(self.codes(1)[0])}", MT_START + MT_START, OBJ_START * 2])
         p.insert(r.randrange(len(p) + 1), inner)
         return "".join(p)
 
@@ -609,7 +609,7 @@ def _repro(text, row=None, extra=None):
 # ----------------------------------------------------------------------------------------- the codec
 
 NON_STRINGS = [None, 0, 1.5, b"<|mt_start|><|mt_0001|><|mt_0257|><|mt_end|>", bytearray(b"<|mt_start|>"),
-               ["<|mt_start|><|mt_0001|><|mt_0257|><|mt_end|>"], {"text": MT_START}, object()]  # fmt: skip
+               ["<|mt_start|><|mt_0001|><|mt_0257|><|mt_end|>"], {"text": MT_START}, object()]
 
 
 def _check_groups(text, groups):
@@ -631,7 +631,7 @@ def _check_pairs(text, pairs):
         return f"parse_masks returned {type(pairs).__name__}"
     for c in pairs:
         if not (isinstance(c, tuple) and len(c) == 2 and type(c[0]) is int and type(c[1]) is int
-                and 0 <= c[0] < CODEBOOK_SIZE and -1 <= c[1] < CODEBOOK_SIZE):  # fmt: skip
+                and 0 <= c[0] < CODEBOOK_SIZE and -1 <= c[1] < CODEBOOK_SIZE):
             return f"bad pair {c!r}"
     return None
 
@@ -700,11 +700,11 @@ def _iou_targets():
         Target("mask_iou[instances]", get_reward("mask_iou", mode="instances", mask_tokenizer=dec), cols),
         # gcg mode needs answers whose phrases align with the masks: GCG and no-target rows (and malformed ones).
         Target("mask_iou[gcg]", get_reward("mask_iou", mode="gcg", mask_tokenizer=dec), cols,
-               rows=lambda row: row["task"] in ("gcg", "no_target")),  # fmt: skip
+               rows=lambda row: row["task"] in ("gcg", "no_target")),
         # The tiny tokenizer's real codebooks (no decoding): the answer text is all it reads.
         Target("latent_match[gres]", get_reward("latent_match"), ("answer",)),
         Target("latent_match[gcg]", get_reward("latent_match", mode="gcg"), ("answer",),
-               oracle=lambda row: row["task"] in ("gcg", "no_target")),  # fmt: skip
+               oracle=lambda row: row["task"] in ("gcg", "no_target")),
     ]
 
 
@@ -729,7 +729,7 @@ def run_reward(target, comps, sources, rows):
     stat.items += n
     if err is None and not (isinstance(out, (list, tuple)) and len(out) == n):
         stat.problem("invalid", f"returned {type(out).__name__} of {len(out) if hasattr(out, '__len__') else '?'} for {n}",
-                     _repro(comps[0], rows[0]))  # fmt: skip
+                     _repro(comps[0], rows[0]))
         return
     if err is not None:  # find the samples that raise, one by one (what the wrapper does)
         out = []
@@ -841,7 +841,7 @@ def run_wrapped(args, gen_seed, images, stats_out):
     tok = build_tokenizer("tiny")
     vocab = len(tok)
     special = tok.convert_tokens_to_ids([MT_START, MT_END, OBJ_START, OBJ_END, "<|mt_0000|>", "<|mt_0255|>",
-                                         "<|mt_0256|>", "<|mt_0511|>", "<|im_end|>", "<|endoftext|>"])  # fmt: skip
+                                         "<|mt_0256|>", "<|mt_0511|>", "<|im_end|>", "<|endoftext|>"])
     special += [tok.convert_tokens_to_ids(_code_tok(i)) for i in range(0, 512, 7)]
     targets = _text_targets() + ([] if args.skip_iou else _iou_targets())
     all_rows = [t for t in targets if t.rows is None]
@@ -903,7 +903,7 @@ def run_wrapped(args, gen_seed, images, stats_out):
                         s.problem("invalid", f"wrapped {v!r} where the bare reward raised", repro)
                 elif v is None and ex is not None:  # the wrapper failed a sample the bare reward scores
                     s.error(RuntimeError(f"wrapper scored None (failures {dict(w.failures)}, last "
-                                         f"{list(w.last_error.values())[-1:]!s:.200})"), repro)  # fmt: skip
+                                         f"{list(w.last_error.values())[-1:]!s:.200})"), repro)
                 elif v != ex:
                     s.problem("invalid", f"wrapped {v!r} != bare {ex!r} on the decoded text", repro)
                 elif msg := _valid_value(v, t.none_ok(row)):
@@ -943,16 +943,16 @@ def _short(x, limit=300):
 def report(stats, no_shrink):
     print()
     head = f"{'function':48s} {'calls':>9s} {'completions':>12s} {'exceptions':>10s} {'gt-errors':>9s} " \
-           f"{'invalid':>7s} {'oracle':>6s} {'compl/s cpu':>12s} {'compl/s wall':>12s} {'max ms/call':>11s}"  # fmt: skip
+           f"{'invalid':>7s} {'oracle':>6s} {'compl/s cpu':>12s} {'compl/s wall':>12s} {'max ms/call':>11s}"
     print(head)
     print("-" * len(head))
     for s in stats:
         cps = s.items / s.cpu if s.cpu > 0 else float("inf")
         wps = s.items / s.wall if s.wall > 0 else float("inf")
         print(f"{s.name:48s} {s.calls:9,d} {s.items:12,d} {s.exceptions:10,d} {s.gt_errors:9,d} {s.invalid:7,d} "
-              f"{s.oracle:6,d} {cps:12,.0f} {wps:12,.0f} {s.max_call * 1e3:11.1f}")  # fmt: skip
+              f"{s.oracle:6,d} {cps:12,.0f} {wps:12,.0f} {s.max_call * 1e3:11.1f}")
     print("  (gt-errors: malformed dataset rows that raised a clear ValueError, expected; exceptions on valid rows"
-          " and any other exception are failures)")  # fmt: skip
+          " and any other exception are failures)")
     for s in stats:
         if s.gt_messages:
             print(f"\n{s.name}: gt-error messages (expected: clear ValueError), first {len(s.gt_messages)} distinct:")
@@ -1014,7 +1014,7 @@ def main(argv=None):
     images = [Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)) for h, w in ((16, 16), (24, 32), (37, 23))]
     images.append((rng.random((20, 28, 3)) * 255).astype(np.uint8))  # an HxWxC array is a valid image too
     print(f"fuzz: {args.n:,} completions, seed {args.seed}, batches of {args.batch} (groups of {GROUP} per row), "
-          f"wrapped subset {0 if args.skip_wrapped else args.n_wrapped:,}, mask_iou {'off' if args.skip_iou else 'on'}")  # fmt: skip
+          f"wrapped subset {0 if args.skip_wrapped else args.n_wrapped:,}, mask_iou {'off' if args.skip_iou else 'on'}")
     t_start, c_start = time.perf_counter(), time.process_time()
     codec = [(Stat("codec.parse_masks"), parse_masks, _check_pairs), (Stat("codec.mask_groups"), mask_groups, _check_groups)]
     targets = _text_targets() + ([] if args.skip_iou else _iou_targets())
@@ -1041,7 +1041,7 @@ def main(argv=None):
         if args.n >= 100_000 and b % 200 == 0:
             el = time.perf_counter() - t_start
             print(f"   ... {min(args.n, b * args.batch):,} completions, {el:.0f} s wall, "
-                  f"{time.process_time() - c_start:.0f} s cpu", flush=True)  # fmt: skip
+                  f"{time.process_time() - c_start:.0f} s cpu", flush=True)
     direct_wall, direct_cpu = time.perf_counter() - t_start, time.process_time() - c_start
     _proportions("completion generators", gen.source_counts)
     _proportions("mutations applied to corrupted completions", gen.mutation_counts)
@@ -1056,12 +1056,12 @@ def main(argv=None):
         kinds, tok = run_wrapped(args, args.seed, images, wstats)
         print(f"wrapped run: {kinds['all']:,} completions as token ids of the tiny tokenizer (vocab {len(tok)}), "
               f"{kinds['with out-of-vocab ids'] / max(1, kinds['all']):.1%} with out-of-vocab ids; "
-              f"{time.perf_counter() - t0:.1f} s wall, {time.process_time() - c0:.1f} s cpu")  # fmt: skip
+              f"{time.perf_counter() - t0:.1f} s wall, {time.process_time() - c0:.1f} s cpu")
         stats += wstats
     report(stats, args.no_shrink)
     failed = sum(s.failures for s in stats)
     print(f"\ntotal: {time.perf_counter() - t_start:.1f} s wall, {time.process_time() - c_start:.1f} s cpu; "
-          f"failures {failed} (target 0); gt-errors {sum(s.gt_errors for s in stats)} (expected)")  # fmt: skip
+          f"failures {failed} (target 0); gt-errors {sum(s.gt_errors for s in stats)} (expected)")
     signal.signal(signal.SIGTERM, previous[0])
     signal.signal(signal.SIGINT, previous[1])
     return 1 if failed else (2 if stop else 0)

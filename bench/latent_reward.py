@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     timings = {}
     rho = agreement(args.scenes, args.per_mask, args.seed, timings)
     print(f"{timings['pairs']} (prediction, GT) pairs from {args.scenes} shapes scenes; "
-          f"decoded IoU mean {timings['mean_iou']:.3f}")  # fmt: skip
+          f"decoded IoU mean {timings['mean_iou']:.3f}")
     print(f"{'reward':<22} {'Spearman vs IoU':>16} {'us/completion':>14}")
     for name, r in rho.items():
         print(f"{name:<22} {r:>16.3f} {timings[name] * 1e6:>14.1f}")

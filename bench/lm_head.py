@@ -31,7 +31,7 @@ def _recipe(run_dir, sft_steps, grpo_steps):
         f"run.output_dir={run_dir}", "run.report_to=[none]", "data.shapes.n_train=256", "data.mask_tokenizer=random",
         f"sft.args.max_steps={sft_steps}", "sft.args.logging_steps=1000", f"grpo.max_steps={grpo_steps}",
         "grpo.save_strategy=no", "grpo.logging_steps=1000", "grpo.log_completions=false",
-    ])  # fmt: skip
+    ])
 
 
 def one_round(dense: bool, sft_steps: int, grpo_steps: int) -> tuple[float, float, float]:

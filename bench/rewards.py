@@ -85,7 +85,7 @@ def bench_answer_match(n):
         mean = sum(reward(completions=comps, answer=answers)) / len(rows)
         print(f"   {task:4s} pure {r_pure:>9,.0f}/s | reward {r_reward:>9,.0f}/s | wrapped {r_wrapped:>9,.0f}/s "
               f"({r_wrapped / r_reward:.2f}x) | wrapped+timeout {r_timed:>9,.0f}/s ({r_timed / r_reward:.2f}x) "
-              f"| mean reward {mean:.3f} | avg {sum(map(len, comps)) / len(comps):.0f} chars")  # fmt: skip
+              f"| mean reward {mean:.3f} | avg {sum(map(len, comps)) / len(comps):.0f} chars")
 
 
 def _mask_tokenizer(kind, device):
@@ -147,7 +147,7 @@ def bench_mask_iou(kind, groups, device):
     feats = tok.image_features(np.asarray(data[0][0][0]))
     mb = sum(f.numel() * f.element_size() for f in feats) / 2**20
     print(f"   with cache {c * 1e3:8.1f} ms/group | without {u * 1e3:8.1f} ms/group | speed-up {u / c:.2f}x | "
-          f"cached features {mb:.1f} MiB per image")  # fmt: skip
+          f"cached features {mb:.1f} MiB per image")
     if device == "cuda":
         print(f"   peak GPU memory allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
 
@@ -161,7 +161,7 @@ def bench_grpo_share(steps):
     from rl.policy import build_tiny_policy
 
     print(f"3. share of a GRPO step in rewards: plain trl.GRPOTrainer, tiny policy (tiny vocab), answer_match + "
-          f"mask_format, 1 prompt x 8 generations, 32 new tokens, {steps} steps (not the default run: it does not exist yet)")  # fmt: skip
+          f"mask_format, 1 prompt x 8 generations, 32 new tokens, {steps} steps (not the default run: it does not exist yet)")
     model, processor = build_tiny_policy(seed=0)
     rng = np.random.default_rng(0)
     r = random.Random(0)
@@ -170,16 +170,16 @@ def bench_grpo_share(steps):
          "image": Image.fromarray((rng.random((112, 112, 3)) * 255).astype(np.uint8)),
          "answer": "```json\n[" + f'{{"mask_2d": {_mask(r)}, "label": "cat"}}' + "]\n```"}
         for _ in range(steps)
-    ]  # fmt: skip
+    ]
     wrapped = wrap_rewards([get_reward("answer_match"), get_reward("mask_format")], tokenizer=processor)
     args = GRPOConfig(
         output_dir="/tmp/bench_rewards_grpo", use_cpu=True, bf16=False, per_device_train_batch_size=8,
         num_generations=8, max_completion_length=32, max_steps=steps, learning_rate=1e-5, logging_steps=1,
         report_to="none", save_strategy="no", dataloader_num_workers=0, seed=0, beta=0.0, disable_tqdm=True,
         gradient_checkpointing=False,
-    )  # fmt: skip
+    )
     trainer = GRPOTrainer(model=model, reward_funcs=wrapped, args=args, train_dataset=Dataset.from_list(rows),
-                          processing_class=processor)  # fmt: skip
+                          processing_class=processor)
     t = time.perf_counter()
     trainer.train()
     total = time.perf_counter() - t

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _prompts(tokenizer, n: int) -> list[list[int]]:
     texts = [f"Please segment the {c} shape in the {w} of the picture." for c in ("red", "blue", "green", "yellow")
-             for w in ("left", "right", "middle", "top")]  # fmt: skip
+             for w in ("left", "right", "middle", "top")]
     out = []
     for i in range(n):
         chat = [{"role": "user", "content": [{"type": "text", "text": texts[i % len(texts)]}]}]
@@ -134,9 +134,9 @@ def main(argv=None) -> int:
         model, tokenizer, path, label = build(args.qwen_3b, args.shrink, Path(tmp))
         prompts = _prompts(tokenizer, args.prompts)
         config = GenerationConfig(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=True,
-                                  temperature=1.0, top_p=1.0, eos_token_id=None, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+                                  temperature=1.0, top_p=1.0, eos_token_id=None, pad_token_id=tokenizer.pad_token_id)
         backends = {"hf_generate": hf_generate(model, tokenizer, prompts, args.generations, args.new_tokens, config),
-                    "continuous_batching": continuous_batching(model, prompts, args.generations, config)}  # fmt: skip
+                    "continuous_batching": continuous_batching(model, prompts, args.generations, config)}
         results, skipped = {}, {}
         for name, fn in backends.items():
             seconds, tokens = _best(fn, args.repeat)
@@ -154,10 +154,10 @@ def main(argv=None) -> int:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (1 thread)"
     base = results["hf_generate"]["tokens_per_s"]
     print(f"{label} on {device}: {args.prompts} prompts x {args.generations} generations, {args.new_tokens} new "
-          f"tokens each, text-only prompts, best of {args.repeat}")  # fmt: skip
+          f"tokens each, text-only prompts, best of {args.repeat}")
     for name, r in results.items():
         print(f"  {name:20s} {r['tokens_per_s']:10.1f} tokens/s  ({r['tokens']} tokens in {r['seconds']:.3f} s)"
-              f"  ratio to hf_generate {r['tokens_per_s'] / base:.2f}")  # fmt: skip
+              f"  ratio to hf_generate {r['tokens_per_s'] / base:.2f}")
     for name, why in skipped.items():
         print(f"  {name:20s} skipped: {why}")
     if args.json:
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
                                          "generations": args.generations, "new_tokens": args.new_tokens,
                                          "results": results, "skipped": skipped,
                                          "ratio_to_hf_generate": {k: round(r["tokens_per_s"] / base, 3) for k, r in results.items()}},
-                                        indent=2))  # fmt: skip
+                                        indent=2))
     return 0
 
 

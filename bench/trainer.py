@@ -54,7 +54,7 @@ def recipe_for(run_dir: Path, steps: int):
         f"run.output_dir={run_dir}", "run.report_to=[none]", "sft.enabled=false", f"grpo.max_steps={steps}",
         "grpo.save_strategy=no", "grpo.logging_steps=1000", "grpo.max_completion_length=32",
         "data.shapes.n_train=64", "data.shapes.n_eval=0",
-    ])  # fmt: skip
+    ])
 
 
 def run_ours(recipe, dataset, steps):
@@ -110,7 +110,7 @@ def qwen25vl_3b(path: Path, device: str = "cuda", shrink: int = 1) -> Path:
         ),
         tie_word_embeddings=True, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16)
@@ -140,7 +140,7 @@ def run_qwen_3b(steps: int = 3, shrink: int = 1) -> int:
         f"model.path={policy}", f"data.train={tmp / 'data'}", f"run.output_dir={tmp / 'run'}", "run.report_to=[none]",
         "run.resume=false", f"grpo.max_steps={steps}", "grpo.gradient_accumulation_steps=1", "grpo.save_strategy=no",
         "grpo.log_completions=false", "grpo.dataloader_num_workers=0",
-    ])  # fmt: skip
+    ])
     if not cuda:
         recipe.grpo.update(bf16=False, max_completion_length=16)
     timer, logs = StepTimer(), LogCollector()

@@ -21,7 +21,7 @@ import warnings
 from envs.base import RECOMMENDED_REWARDS, BadRowError, BadRows, Environment
 
 __all__ = ["ALIASES", "BadRowError", "BadRows", "ENVIRONMENTS", "Environment", "RECOMMENDED_REWARDS", "TASK_OF",
-           "canonical_name", "get_env"]  # fmt: skip
+           "canonical_name", "get_env"]
 
 
 def _shapes(task):
@@ -59,7 +59,7 @@ def canonical_name(name: str, where: str = "", warn: bool = True) -> str:
     if warn:
         at = f"{where}: " if where else ""
         warnings.warn(f"{at}environment {name!r} is now called {new!r}; the old name still works but will be "
-                      f"removed: write {new!r}", FutureWarning, stacklevel=2)  # fmt: skip
+                      f"removed: write {new!r}", FutureWarning, stacklevel=2)
     return new
 
 

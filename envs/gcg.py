@@ -32,7 +32,7 @@ QUESTIONS = (
     "Could you give a brief explanation of what can be found within this picture? Please output with interleaved segmentation masks for the corresponding phrases.",
     "Could you give me an brief explanation of this picture? Please respond with interleaved segmentation masks for the corresponding phrases.",
     "Could you provide me with a briefly analysis of this photo? Please output with interleaved segmentation masks for the corresponding parts of the answer.",
-)  # fmt: skip
+)
 EVAL_QUESTION = QUESTIONS[0]  # SAMTok's official GCG eval prompt
 SPLITS = ("train", "val", "test")
 
@@ -85,7 +85,7 @@ def _train_sample(rec, idx, image_root, seed, ann_file) -> dict:
         "masks": [m for _, m in items], "question": random.Random(f"{seed}-{idx}").choice(QUESTIONS),
         "caption": caption, "spans": spans, "phrases": [caption[a:b] for a, b in spans],
         "source": f"{ann_file}[{idx}]",
-    }  # fmt: skip
+    }
 
 
 def grandf_eval_samples(caption_file, mask_file, image_root, bad_rows: BadRows | None = None) -> list[dict]:
@@ -146,7 +146,7 @@ def _eval_sample(im, captions, per_image, image_root) -> dict:
         "id": f"grandf-{image_id}", "image_id": str(image_id), "task": "gcg", "image": path,
         "masks": [compact_rle(r) for r in rles], "question": EVAL_QUESTION,
         "caption": caption, "spans": spans, "phrases": list(labels),
-    }  # fmt: skip
+    }
 
 
 def locate_phrases(caption: str, phrases) -> list[tuple[int, int]]:
@@ -213,7 +213,7 @@ def write_gt_files(rows, out_dir) -> tuple[Path, Path]:
             anns.append({
                 "id": len(anns) + 1, "image_id": r["image_id"], "category_id": 1, "segmentation": m, "iscrowd": 0,
                 "area": float(mask_utils.area(coco)), "bbox": [float(v) for v in mask_utils.toBbox(coco)],
-            })  # fmt: skip
+            })
     cap_path, mask_path = out_dir / "gcg_coco_caption_gt.json", out_dir / "gcg_coco_mask_gt.json"
     cap_path.write_text(json.dumps({"images": images, "annotations": caps}))
     mask_path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "object"}]}))

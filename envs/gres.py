@@ -86,7 +86,7 @@ def grefcoco_samples(refs_file, instances_file, image_root, split: str, bad_rows
                 "id": f"grefcoco-{split}-{ref.get('ref_id', idx)}-{sent_id}", "image_id": str(ref["image_id"]),
                 "task": "gres", "image": image, "masks": masks, "question": template.format(expr=expr.strip()),
                 "expression": expr.strip(), "no_target": no_target, "source": f"{refs_file}[{idx}]",
-            })  # fmt: skip
+            })
     out.sort(key=lambda s: s["image_id"])  # stable: keeps file order within an image
     return out
 

@@ -54,7 +54,7 @@ def prepare_dataset(env, split: str, out, mask_tokenizer, tokenizer_id: str = ""
         "shard_size": shard_size, "samples": len(samples),
         "ids_sha1": hashlib.sha1("\n".join(s["id"] for s in samples).encode()).hexdigest(),
         "shards": [len(s) for s in shards],
-    }  # fmt: skip
+    }
     _check_manifest(out, manifest)
     bar = _progress(len(samples), progress)
     masks_done, resumed = 0, 0
@@ -145,7 +145,7 @@ def _write_report(out: Path, shards, bad: BadRows, masks_done: int, resumed: int
         "rows": rows, "skipped": len(skipped), "skipped_by_reason": reasons, "skipped_rows": skipped,
         "shards": len(shards), "shards_resumed": resumed, "masks_encoded": masks_done, "seconds": round(seconds, 3),
         "seconds_per_1000_masks": round(1000 * seconds / masks_done, 3) if masks_done else None,
-    }  # fmt: skip
+    }
     _write_json(out / "report.json", report)
     return report
 
@@ -155,7 +155,7 @@ _REASON_KINDS = (
     ("missing image", "missing image"), ("cannot read image", "unreadable image"), ("RLE", "corrupt RLE"),
     ("is empty", "empty mask"), ("empty mask", "empty mask"), ("escapes", "image path escapes root"),
     ("not found in the caption", "phrase not in caption"), ("phrases but", "phrase/mask count mismatch"),
-)  # fmt: skip
+)
 
 
 def _reason_kind(reason: str) -> str:

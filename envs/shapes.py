@@ -230,7 +230,7 @@ def gres_samples(split: str, n: int, seed: int = 0, image_size: int = 112) -> li
             "masks": [encode_rle(s["masks"][k]) for k in order],
             "question": EVAL_TEMPLATE.format(expr=s["expression"]),
             "expression": s["expression"], "no_target": s["no_target"],
-        })  # fmt: skip
+        })
     return out
 
 
@@ -244,7 +244,7 @@ def gcg_samples(split: str, n: int, seed: int = 0, image_size: int = 112) -> lis
             "id": s["scene_id"], "image_id": s["scene_id"], "task": "gcg", "image": s["image"],
             "masks": [encode_rle(m) for m in s["masks"]], "question": EVAL_QUESTION,
             "caption": s["caption"], "spans": s["spans"], "phrases": s["phrases"],
-        }  # fmt: skip
+        }
         for s in make_gcg_samples(n, seed, split, image_size)
     ]
 

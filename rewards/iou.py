@@ -81,7 +81,7 @@ def _gt_masks(rles, shape, cache):
         return np.zeros((0, *shape), dtype=bool)
     # The completions of a prompt carry equal copies of its masks: decode them once per call.
     key = (shape, tuple(r.get("counts") if isinstance(r, dict) and isinstance(r.get("counts"), str) else None
-                        for r in rles))  # fmt: skip
+                        for r in rles))
     if None in key[1]:
         return np.stack([decode_rle(r, shape=shape) for r in rles])
     if key not in cache:

@@ -232,7 +232,7 @@ class SafeReward:
         try:
             if self.worker is not None:
                 out = self.worker.call(self.timeout_s, prompts=args[0], completions=args[1], completion_ids=args[2],
-                                       **args[3])  # fmt: skip
+                                       **args[3])
             elif self.timeout_s:
                 out = _timed_call(lambda: self._invoke(*args), self.timeout_s, use_signal)
             else:

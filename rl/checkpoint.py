@@ -147,7 +147,7 @@ class CheckpointError(RuntimeError):
 def has_full_weights(ckpt: str | os.PathLike) -> bool:
     """Whether ``ckpt`` holds a whole model saved by ``save_pretrained`` (not an adapter, not DeepSpeed's files)."""
     return any((Path(ckpt) / f).is_file() for f in (
-        "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"))  # fmt: skip
+        "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"))
 
 
 def load_full_weights(model, ckpt: str | os.PathLike) -> None:
@@ -161,7 +161,7 @@ def load_full_weights(model, ckpt: str | os.PathLike) -> None:
     dtype = next(model.parameters()).dtype
     loaded, info = type(model).from_pretrained(str(ckpt), dtype=dtype, output_loading_info=True)
     problems = [f"{kind.replace('_', ' ')}: {sorted(map(str, info[kind]))}"
-                for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(kind)]  # fmt: skip
+                for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(kind)]
     state = loaded.state_dict()
     ours = model.state_dict()
     if not problems:
@@ -170,9 +170,9 @@ def load_full_weights(model, ckpt: str | os.PathLike) -> None:
         problems += [f"unexpected keys: {unexpected}"] if unexpected else []
     if problems:
         raise CheckpointError(f"{ckpt}: its weights do not fit the policy being trained, refusing to resume from "
-                              f"part of them; " + "; ".join(problems))  # fmt: skip
+                              f"part of them; " + "; ".join(problems))
     wrong = [f"{k}: {tuple(state[k].shape)} in the checkpoint, {tuple(t.shape)} here" for k, t in ours.items()
-             if state[k].shape != t.shape]  # fmt: skip
+             if state[k].shape != t.shape]
     if wrong:
         raise CheckpointError(f"{ckpt}: its weights do not fit the policy being trained; mismatched shapes: {wrong}")
     with torch.no_grad():
@@ -198,5 +198,5 @@ def check_adapter_loaded(peft_model, ckpt: str | os.PathLike) -> None:
     differ = [k for k in set(ours) & set(saved) if not torch.equal(ours[k].cpu(), saved[k].to(ours[k].dtype))]
     if missing or unexpected or differ:
         raise CheckpointError(f"{ckpt}: the adapter was not restored completely; missing keys: {missing}; "
-                              f"unexpected keys: {unexpected}; not loaded: {sorted(differ)}")  # fmt: skip
+                              f"unexpected keys: {unexpected}; not loaded: {sorted(differ)}")
 

@@ -29,7 +29,7 @@ def _train(p, module) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.learning_rate=1e-5 run.resume=true")
     p.add_argument("--dry-run", action="store_true", help="validate the recipe, print it, and exit")
     p.add_argument("--no-file-checks", action="store_true",
-                   help="with --dry-run: do not require local files (data, model folder) to exist yet")  # fmt: skip
+                   help="with --dry-run: do not require local files (data, model folder) to exist yet")
 
 
 def _eval(p, module) -> None:
@@ -152,7 +152,7 @@ COMMANDS = {
     "experiment": Command("rl.experiment",
                           "variants x seeds of SFT then GRPO from a plan, evaluated on held-out data: mean ± std report",
                           _experiment, intermixed=True),  # overrides may follow --out, as the usage line shows
-}  # fmt: skip
+}
 
 
 def parser(name: str, module=None) -> argparse.ArgumentParser:
@@ -163,7 +163,7 @@ def parser(name: str, module=None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"samtok-rl {name}", description=doc if cmd.raw_description else doc.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter if cmd.raw_description else argparse.HelpFormatter,
-        argument_default=argparse.SUPPRESS)  # fmt: skip
+        argument_default=argparse.SUPPRESS)
     cmd.arguments(p, module)
     return p
 

@@ -42,14 +42,14 @@ from rl.schema import (  # noqa: F401  (re-exported: rl.config is where recipes 
     Sft,
     Shapes,
     TinyModel,
-)  # fmt: skip
+)
 
 
 # Recipe settings added after runs and experiment cells were first written (dotted paths), with their defaults: a
 # saved recipe without one ran with that value (resume checks and experiment cell keys read it so).
 def later_settings() -> dict:
     return {"sampling.balance": None, "sampling.dynamic": dataclasses.asdict(Dynamic()),
-            "reward_runtime.isolation": RewardRuntime.isolation}  # fmt: skip
+            "reward_runtime.isolation": RewardRuntime.isolation}
 
 
 def with_later_defaults(saved: dict) -> dict:

@@ -36,7 +36,7 @@ def _join_restarted_attempt(timeout) -> None:
         return
     store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout, rank=rank,
-                            world_size=world_size, store=dist.PrefixStore(f"samtok-rl/attempt-{attempt}", store))  # fmt: skip
+                            world_size=world_size, store=dist.PrefixStore(f"samtok-rl/attempt-{attempt}", store))
 
 
 def is_main_process() -> bool:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 PACKAGES = ("torch", "transformers", "trl", "accelerate", "peft", "datasets", "deepspeed", "vllm", "sam2",
-            "flash-attn", "omegaconf")  # fmt: skip
+            "flash-attn", "omegaconf")
 
 
 def version(dist: str) -> str | None:
@@ -129,10 +129,10 @@ def recipe_problems(path: str, overrides: list[str]) -> list[str]:
     needs_tokenizer = any(r.name in ("mask_iou", "latent_match") for r in recipe.rewards) or recipe.data.env in GENERATED_ENVS
     if needs_tokenizer and importlib.util.find_spec("sam2") is None:
         problems.append("the mask tokenizer (mask_iou, latent_match, the shapes world) needs sam2: "
-                        "SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0")  # fmt: skip
+                        "SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0")
     if recipe.model.path != "tiny" and not Path(recipe.model.path).exists():
         problems.append(f"model.path {recipe.model.path!r} is not a local folder: it must be a hub id "
-                        "reachable (or cached) at train time; not checked here")  # fmt: skip
+                        "reachable (or cached) at train time; not checked here")
     return problems
 
 

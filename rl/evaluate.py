@@ -71,7 +71,7 @@ def score_gres(rows, texts, mask_tokenizer, out_dir: Path) -> dict:
             pred_nt = len(pred) == 0  # SAMTok: no mask group means "no target"
             f.write(json.dumps({"id": row["id"], "question": row["question"], "completion": text,
                                 "pred_no_target": pred_nt, "masks": len(pred), "pred_mask": encode_rle(merged),
-                                "gt_no_target": row["no_target"]}) + "\n")  # fmt: skip
+                                "gt_no_target": row["no_target"]}) + "\n")
             yield merged, pred_nt, merged_mask(row["masks"], merged.shape), row["no_target"]
 
     with open(out_dir / "predictions.jsonl", "w") as f:
@@ -145,7 +145,7 @@ def report(rows, texts, mask_tokenizer, task: str, out_dir, grid: int = 16, embe
         n = min(grid, len(rows))
         render_grid(rows[:n], decode_predictions(texts[:n], rows[:n], mask_tokenizer), texts[:n], out_dir / "grid.png", n)
     result = {"task": task, "samples": len(rows), "metrics": metrics, **(info or {}),
-              "scoring_seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+              "scoring_seconds": round(time.perf_counter() - start, 2)}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
     return metrics
 

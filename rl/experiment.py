@@ -96,7 +96,7 @@ def build_cells(plan: Plan, seeds: list[int], out: Path) -> list[Cell]:
         seed_dir = out / f"seed{seed}"
         # Any member's recipe trains the group's SFT: they agree on every section the SFT reads.
         sfts = {k: _sft_cell(recipes[vs[0]], seed_dir / "sft_run" / k, k, _sft_name(groups, k), seed)
-                for k, vs in groups.items()}  # fmt: skip
+                for k, vs in groups.items()}
         rls = {v: _rl_cell(r, seed_dir / v, sfts[sft_key(r)], v, seed) for v, r in recipes.items()}
         cells += [*sfts.values(), *rls.values()]
         cells += [_eval_cell(split, c, "SFT") for c in sfts.values()]
@@ -175,7 +175,7 @@ def check_cells(cells: list[Cell]) -> None:
     if stale:
         raise ExperimentError("these cells were run with a different plan, recipe or override (their inputs' hash "
                               "differs); use another --out, or delete them to redo them:\n"
-                              + "\n".join(f"  - {s}" for s in stale))  # fmt: skip
+                              + "\n".join(f"  - {s}" for s in stale))
 
 
 def write_json(path: Path, obj) -> None:
@@ -271,7 +271,7 @@ def run_eval_cell(cell: Cell, evaluator: Evaluator) -> dict:
         metrics = demo.evaluate_policy(
             model, processor, evaluator.tokenizer(recipe.data.mask_tokenizer), evaluator.rows(), cell.dir,
             demo.answer_grading(recipe), evaluator.plan.task, e["max_new_tokens"], demo.answer_params(recipe),
-        )  # fmt: skip
+        )
     finally:
         del model
         gc.collect()
@@ -334,9 +334,9 @@ def summarize(plan: Plan, cells: list[Cell], seeds: list[int]) -> dict:
         metrics = c.state()["result"]["metrics"]
         ordered = {**{k: float(metrics[k]) for k in keep}, **{k: float(v) for k, v in metrics.items() if k not in keep}}
         runs.append({"variant": c.variant, "seed": c.seed, "policy": c.policy, "metrics": ordered,
-                     "wall_s": float(c.needs.state()["wall_s"])})  # fmt: skip
+                     "wall_s": float(c.needs.state()["wall_s"])})
     return {"task": plan.task, "runs": runs, "sft_of": sft_of(cells), "seeds": list(seeds),
-            "eval": {**plan.eval, "decoding": "greedy"}}  # fmt: skip
+            "eval": {**plan.eval, "decoding": "greedy"}}
 
 
 # ---------------------------------------------------------------- entry points
@@ -375,7 +375,7 @@ def command(plan: str, out: str, overrides: list[str] = (), seeds: list[int] = (
         unknown = [v for v in variants if v not in plan.variants]
         if unknown:
             print(f"error: {path}: no variant {', '.join(map(repr, unknown))}; the plan has "
-                  f"{', '.join(plan.variants)}", file=sys.stderr)  # fmt: skip
+                  f"{', '.join(plan.variants)}", file=sys.stderr)
             return 2
         plan.variants = {v: o for v, o in plan.variants.items() if v in variants}
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:

@@ -49,7 +49,7 @@ def write_report(plan: Plan, summary: dict, out: Path) -> str:
         "| variant | seed | policy | " + " | ".join(cols) + " | wall (s) |",
         "|---|---|---|" + "---|" * (len(cols) + 1),
         *[f"| {r['variant']} | {r['seed']} | {r['policy']} | " + " | ".join(f"{r['metrics'][c]:.2f}" for c in cols)
-          + f" | {r['wall_s']:.1f} |" for r in summary["runs"]],  # fmt: skip
+          + f" | {r['wall_s']:.1f} |" for r in summary["runs"]],
         "",
         "## Mean ± std over seeds",
         "",
@@ -104,7 +104,7 @@ def plot_deltas(summary: dict, path: Path) -> Path:
     for ax, c in zip(axes[0], cols):
         stats = [flags_mod.mean_std([d[c] for d in deltas[v]]) for v in names]
         ax.bar(range(len(names)), [m for m, _ in stats], yerr=[s if s == s else 0 for _, s in stats], capsize=4,
-               color="tab:blue", alpha=0.5)  # fmt: skip
+               color="tab:blue", alpha=0.5)
         for i, v in enumerate(names):
             ax.plot([i] * len(deltas[v]), [d[c] for d in deltas[v]], "k.", ms=5)
         ax.axhline(0, color="grey", lw=0.8)

@@ -29,6 +29,6 @@ def generate(model, processor, rows, max_new_tokens: int = 256, batch_size: int 
             ids = model.generate(
                 **inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id,
                 suppress_tokens=[image_token],  # as TRL does: the policy must not emit image placeholders
-            )  # fmt: skip
+            )
         out += decode_raw(ids[:, inputs["input_ids"].shape[1] :].tolist(), tok)
     return out

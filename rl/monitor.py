@@ -45,7 +45,7 @@ def zero3_requested(recipe) -> bool:
     if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
         return True
     configs = [os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") if _env_true("ACCELERATE_USE_DEEPSPEED") else None,
-               recipe.grpo.get("deepspeed")]  # fmt: skip
+               recipe.grpo.get("deepspeed")]
     for config in configs:
         if isinstance(config, str) and Path(config).is_file():
             try:
@@ -68,7 +68,7 @@ ZERO3_MESSAGE = (
     "monitor.eval_steps/image_steps: the held-out monitor does not run under DeepSpeed ZeRO-3 (the parameters are "
     "partitioned over the ranks, and only rank 0 generates); set monitor.eval_steps=0 monitor.image_steps=0, or "
     "train with ZeRO-2 and evaluate checkpoints with `samtok-rl eval`"
-)  # fmt: skip
+)
 
 
 @contextmanager
@@ -164,7 +164,7 @@ class HeldOutEval(TrainerCallback):
         if not self.rows:
             raise MonitorError("monitor: the held-out slice is empty")
         log.info("monitor: %d held-out rows (%s), eval every %s steps, images every %s steps", len(self.rows),
-                 self.task, self.eval_steps or "-", self.image_steps or "-")  # fmt: skip
+                 self.task, self.eval_steps or "-", self.image_steps or "-")
 
     # ------------------------------------------------------------ trainer events
 
@@ -199,7 +199,7 @@ class HeldOutEval(TrainerCallback):
                 logs = {f"{METRIC_PREFIX}{k}": float(metrics[k]) for k in self.metric_names() if k in metrics}
                 logs[f"{METRIC_PREFIX}seconds"] = seconds
                 record = {"step": step, "task": self.task, "samples": len(rows_e), **metrics,
-                          "seconds": round(seconds, 3)}  # fmt: skip
+                          "seconds": round(seconds, 3)}
                 with open(self.out_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 self._log(logs)
@@ -265,7 +265,7 @@ class HeldOutEval(TrainerCallback):
                     cb.tb_writer.flush()
             elif isinstance(cb, WandbCallback) and cb._wandb is not None and cb._wandb.run is not None:
                 cb._wandb.log({IMAGE_TAG: cb._wandb.Image(str(path), caption=f"step {step}: GT | predicted"),
-                               "train/global_step": step})  # fmt: skip
+                               "train/global_step": step})
 
     def _trim_history(self, step: int) -> None:
         """metrics.jsonl: empty for a fresh run; for a run resumed at ``step``, the lines up to that step."""
@@ -300,7 +300,7 @@ class VllmSyncCheck(TrainerCallback):
             log.warning("step %d: vLLM's log-probs of its own samples differ from the policy's by up to %.3g nats "
                         "(monitor.vllm_sync_tolerance %.3g): the vLLM engine may hold stale weights after a sync "
                         "(huggingface/trl#5312); check vllm_mode and the weight-sync logs", state.global_step, gap,
-                        self.tolerance)  # fmt: skip
+                        self.tolerance)
 
 
 def _env_true(name: str) -> bool:

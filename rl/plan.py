@@ -148,7 +148,7 @@ def _recipe_errors(plan: Plan, variant_overrides: list[str]) -> list[str]:
     problems = [p for p in [preflight(recipe)] if p]
     if recipe.data.env != TASK_ENVS[plan.task]:
         problems.append(f"data.env: {recipe.data.env!r}; a {plan.task} experiment evaluates on the generated "
-                        f"{TASK_ENVS[plan.task]!r} world")  # fmt: skip
+                        f"{TASK_ENVS[plan.task]!r} world")
     if not recipe.sft.enabled:
         problems.append("sft.enabled: must be true; every RL policy is compared with the SFT policy it starts from")
     return problems

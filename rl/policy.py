@@ -47,7 +47,7 @@ QWEN_VL_SPECIALS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
     "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-]  # fmt: skip
+]
 
 # The Qwen2-VL / Qwen2.5-VL chat template: image parts become <|vision_start|><|image_pad|><|vision_end|>.
 QWEN_VL_CHAT_TEMPLATE = (
@@ -85,7 +85,7 @@ _TINY_CORPUS = [
 ARCHS = {
     "qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLVideoProcessor, 14),
     "qwen3_vl": (Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor, 16),
-}  # fmt: skip
+}
 
 
 def qwen_tokenizer_dir() -> str:
@@ -191,14 +191,14 @@ def build_tiny_policy(
         vision = dict(
             depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size,
             patch_size=patch, spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
-        )  # fmt: skip
+        )
     else:
         rope["mrope_interleaved"] = True
         vision = dict(
             depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size,
             patch_size=patch, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
             deepstack_visual_indexes=[0],
-        )  # fmt: skip
+        )
     config = config_cls(
         text_config=text,
         vision_config=vision,

@@ -131,7 +131,7 @@ def check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
     t = r.model.tiny
     if t.head_dim < 2 or t.head_dim % 2 or t.hidden_size % t.head_dim or t.hidden_size // t.head_dim < 2:
         problems.append(f"model.tiny.head_dim: {t.head_dim} must be even and split hidden_size {t.hidden_size} "
-                        "into at least 2 heads")  # fmt: skip
+                        "into at least 2 heads")
     _one_of(r.data.env, ENVS, "data.env", problems)
     for name in r.run.report_to:
         _one_of(name, REPORTERS, "run.report_to", problems)
@@ -151,7 +151,7 @@ def check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
         problems.append(f"run.max_nonfinite_steps: {r.run.max_nonfinite_steps} must be >= 1")
     if r.grpo.get("use_transformers_continuous_batching"):  # TRL checks this only when the trainer is built
         problems.append("grpo.use_transformers_continuous_batching: TRL 1.16 refuses it for multimodal models "
-                        "(every QwenVL-SAMTok policy); use grpo.use_vllm=true for faster rollouts")  # fmt: skip
+                        "(every QwenVL-SAMTok policy); use grpo.use_vllm=true for faster rollouts")
     weights = r.grpo.get("reward_weights")
     if weights is not None:
         problems.append("grpo.reward_weights: set each reward's weight under rewards[] instead")
@@ -184,12 +184,12 @@ def _check_monitor(r: Recipe, problems: list[str]) -> None:
         problems.append("monitor.vllm_sync_steps: checks vLLM rollouts, but grpo.use_vllm is off")
     if m.vllm_sync_steps > 0 and r.grpo.get("vllm_importance_sampling_correction") is False:
         problems.append("monitor.vllm_sync_steps reads the log-probs TRL computes for its importance-sampling "
-                        "correction: keep grpo.vllm_importance_sampling_correction on")  # fmt: skip
+                        "correction: keep grpo.vllm_importance_sampling_correction on")
     if m.eval_steps <= 0 and m.image_steps <= 0:
         return
     if r.data.env in PREPARED_ENVS and not r.data.eval:
         problems.append(f"monitor: env {r.data.env!r} needs held-out rows to evaluate on: set data.eval (a prepared "
-                        "dataset), or monitor.eval_steps=0 monitor.image_steps=0")  # fmt: skip
+                        "dataset), or monitor.eval_steps=0 monitor.image_steps=0")
 
 
 def _check_sampling(s: Sampling, problems: list[str]) -> None:
@@ -244,7 +244,7 @@ def _check_resumable(grpo: dict, problems: list[str]) -> None:
         if (save * accum) % block:
             problems.append(f"grpo.save_steps: {save} x gradient_accumulation_steps {accum} must be a multiple of "
                             f"steps_per_generation x num_iterations ({block}), or a checkpoint would fall inside a "
-                            "generation block and could not be resumed exactly")  # fmt: skip
+                            "generation block and could not be resumed exactly")
 
 
 def _one_of(value, allowed, where, problems):

@@ -60,7 +60,7 @@ def pair_flags(task: str, d: dict) -> list[str]:
 
 def _trade_flag(d: dict) -> str:
     msg = (f"T-acc fell {d['T-acc']:+.2f} points while gIoU rose {d['gIoU']:+.2f}: part of the gain is targets "
-           "traded for 'No target.'")  # fmt: skip
+           "traded for 'No target.'")
     if d.get("N-acc", 0.0) > 0 and -d["T-acc"] >= d["N-acc"]:
         msg += f"; T-acc fell as much as N-acc rose ({d['N-acc']:+.2f}): no skill was gained"
     return msg + "."
@@ -69,9 +69,9 @@ def _trade_flag(d: dict) -> str:
 def _mask_flag(task: str, d: dict) -> str:
     if task == "gcg":
         return (f"mIoU did not rise ({d['mIoU']:+.2f}) while AP50 rose ({d['AP50']:+.2f}): more masks clear IoU 0.5, "
-                "but the masks are not better on average.")  # fmt: skip
+                "but the masks are not better on average.")
     source = (f"it comes from the no-target decisions (N-acc {d['N-acc']:+.2f})" if d.get("N-acc", 0.0) > 0
-              else "gIoU's per-sample average moved, not the masks overall")  # fmt: skip
+              else "gIoU's per-sample average moved, not the masks overall")
     return (f"cIoU did not rise ({d['cIoU']:+.2f}) while gIoU rose ({d['gIoU']:+.2f}): the gain is not better masks; "
             f"{source}.")
 
@@ -82,7 +82,7 @@ def spread_flags(task: str, deltas: list[dict]) -> list[str]:
     flags = []
     if n < MIN_SEEDS:
         flags.append(f"Only {n} seed{'' if n == 1 else 's'}: one seed proves nothing; at least {MIN_SEEDS} seeds are "
-                     "needed to tell a gain from seed noise (samtok-rl experiment --seeds 0 1 2).")  # fmt: skip
+                     "needed to tell a gain from seed noise (samtok-rl experiment --seeds 0 1 2).")
     if n < 2:
         return flags
     inside = []
@@ -92,7 +92,7 @@ def spread_flags(task: str, deltas: list[dict]) -> list[str]:
             inside.append(f"{k} {mean:+.2f} ± {std:.2f}")
     if inside:
         flags.append(f"Inside the seed spread (|mean delta| <= std over {n} seeds): {', '.join(inside)}; "
-                     "not distinguishable from seed noise.")  # fmt: skip
+                     "not distinguishable from seed noise.")
     return flags
 
 

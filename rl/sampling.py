@@ -52,7 +52,7 @@ def dataset_kinds(dataset) -> list[str]:
     missing = [c for c in ("no_target", "masks") if c not in dataset.column_names]
     if missing:
         raise ValueError(f"sampling.balance needs the rows' {' and '.join(missing)} column(s); this dataset has "
-                         f"{', '.join(dataset.column_names)}")  # fmt: skip
+                         f"{', '.join(dataset.column_names)}")
     return [answer_kind(bool(nt), len(m)) for nt, m in zip(dataset["no_target"], dataset["masks"])]
 
 
@@ -86,7 +86,7 @@ class BalancedRepeatSampler(EpochSeededRepeatSampler):
         if empty:
             have = {k: kinds.count(k) for k in ANSWER_KINDS}
             raise ValueError(f"sampling.balance asks for {', '.join(empty)} prompts, but the training set has none "
-                             f"(rows per kind: {have})")  # fmt: skip
+                             f"(rows per kind: {have})")
 
     def epoch_order(self) -> list[int]:
         g = torch.Generator().manual_seed((self.seed or 0) + self.epoch)
@@ -115,7 +115,7 @@ _LEFT_PADDED = {"prompt_ids": "pad", "prompt_mask": 0}
 _PROMPT_THEN_COMPLETION = ("token_type_ids", "mm_token_type_ids")
 _RIGHT_PADDED = {"completion_ids": "pad", "completion_mask": 0, "old_per_token_logps": 0.0,
                  "sampling_per_token_logps": 0.0, "ref_per_token_logps": 0.0, "importance_sampling_ratio": 1.0,
-                 "tool_mask": 1}  # fmt: skip
+                 "tool_mask": 1}
 
 
 def draw_prompts(sampler, n: int, generator: torch.Generator) -> list[int]:
@@ -125,7 +125,7 @@ def draw_prompts(sampler, n: int, generator: torch.Generator) -> list[int]:
         weights = torch.tensor([sampler.shares[k] for k in kinds], dtype=torch.float64)
         picks = torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
         return [sampler.rows[kinds[p]][int(torch.randint(len(sampler.rows[kinds[p]]), (1,), generator=generator))]
-                for p in picks]  # fmt: skip
+                for p in picks]
     return torch.randint(sampler.num_samples, (n,), generator=generator).tolist()
 
 
@@ -183,7 +183,7 @@ def join(batches: list[dict], pad_token_id: int) -> dict:
             out[key] = pad([row for v in values for row in v], padding_value=fill, padding_side=side)
         else:
             raise ValueError(f"dynamic sampling does not know how to join the generation batch's '{key}' "
-                             f"(shape {tuple(values[0].shape)}); turn sampling.dynamic off for this model")  # fmt: skip
+                             f"(shape {tuple(values[0].shape)}); turn sampling.dynamic off for this model")
     return out
 
 
@@ -208,7 +208,7 @@ def dynamic_generation(trainer, inputs: list[dict], generate) -> dict:
     if n % g:
         raise ValueError(f"dynamic sampling: this rank's generation batch of {n} completions is not whole groups of "
                          f"num_generations {g}; make per_device_train_batch_size x steps_per_generation a multiple "
-                         "of num_generations, so that each group's completions stay on one rank")  # fmt: skip
+                         "of num_generations, so that each group's completions stay on one rank")
     need = n // g
     kept, dropped, first_filtered, round_ = [], [], None, 0
     batch_inputs = inputs
@@ -226,7 +226,7 @@ def dynamic_generation(trainer, inputs: list[dict], generate) -> dict:
             break
         round_ += 1
         gen = torch.Generator().manual_seed(_round_seed(trainer.args.seed, trainer.state.global_step, round_,
-                                                        acc.process_index))  # fmt: skip
+                                                        acc.process_index))
         rows = draw_prompts(trainer.prompt_sampler, need, gen)
         batch_inputs = [trainer.train_dataset[i] for i in rows for _ in range(g)]
     chosen = kept[:need] + dropped[: need - min(need, len(kept))]

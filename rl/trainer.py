@@ -66,7 +66,7 @@ def build_rewards(recipe: Recipe, tokenizer) -> list:
     funcs, _ = registry_rewards([dataclasses.asdict(r) for r in recipe.rewards])  # weights: GRPOConfig's
     rt = recipe.reward_runtime
     wrapped = wrap_rewards(funcs, tokenizer=tokenizer, timeout_s=rt.timeout_s, max_failure_rate=rt.max_failure_rate,
-                           isolation=rt.isolation)  # fmt: skip
+                           isolation=rt.isolation)
     wrapped[0] = LogDecodedMasks(wrapped[0], tokenizer)
     return wrapped
 
@@ -119,16 +119,16 @@ class SamtokGRPOTrainer(GRPOTrainer):
             return norm
         if self.is_deepspeed_enabled:
             raise NonFiniteError(f"step {self.state.global_step + 1}: the gradient norm is {norm} under DeepSpeed, "
-                                 "where the step cannot be skipped safely; lower the learning rate or check the data")  # fmt: skip
+                                 "where the step cannot be skipped safely; lower the learning rate or check the data")
         model.zero_grad(set_to_none=True)
         self.nonfinite_skipped += 1
         self._nonfinite_in_a_row += 1
         log.warning("step %d: gradient norm %s, step skipped (%d in a row)", self.state.global_step + 1, norm,
-                    self._nonfinite_in_a_row)  # fmt: skip
+                    self._nonfinite_in_a_row)
         if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
             raise NonFiniteError(f"{self._nonfinite_in_a_row} optimizer steps in a row had non-finite gradients "
                                  f"(up to step {self.state.global_step + 1}); stopping with the last checkpoint intact. "
-                                 "Lower grpo.learning_rate, set grpo.max_grad_norm, or check rewards and data.")  # fmt: skip
+                                 "Lower grpo.learning_rate, set grpo.max_grad_norm, or check rewards and data.")
         return norm
 
     def _get_train_sampler(self, dataset=None):
@@ -170,7 +170,7 @@ class SamtokGRPOTrainer(GRPOTrainer):
                 f"{checkpoint_dir}: saved inside a generation block (step {self.state.global_step}, "
                 f"{block} micro-steps per block), whose rollouts are not checkpointed; it cannot be resumed "
                 "exactly. Save at steps where grpo.save_steps x gradient_accumulation_steps is a multiple of "
-                "steps_per_generation x num_iterations.")  # fmt: skip
+                "steps_per_generation x num_iterations.")
         self._step = micro
         super()._load_rng_state(checkpoint_dir)
 
@@ -199,7 +199,7 @@ class SamtokGRPOTrainer(GRPOTrainer):
             note = f"the last checkpoint is {checkpoint.last_checkpoint(run_dir) or 'none'}"
         elif self.accelerator.num_processes > 1:
             note = ("not checkpointed now (another rank may be inside a collective); resume from "
-                    f"{checkpoint.last_checkpoint(run_dir) or 'the start'}")  # fmt: skip
+                    f"{checkpoint.last_checkpoint(run_dir) or 'the start'}")
         elif (step * a.gradient_accumulation_steps) % block:
             note = f"not checkpointed (step {step} is inside a generation block); resume from the last checkpoint"
         else:
@@ -246,7 +246,7 @@ class SamtokGRPOTrainer(GRPOTrainer):
             return
         if not os.path.isfile(os.path.join(resume_from_checkpoint, ROWS_FILE)):
             raise checkpoint.CheckpointError(f"{resume_from_checkpoint}: no {ROWS_FILE}; the trained mask-token rows "
-                                             "of this LoRA run would be lost")  # fmt: skip
+                                             "of this LoRA run would be lost")
         load_rows(weights, resume_from_checkpoint, next(iter(weights.values()))._samtok_rows)
 
     def _save_rows(self, ckpt_dir: str) -> None:
@@ -311,7 +311,7 @@ def build_trainer(recipe: Recipe, run_dir: str | os.PathLike, train_dataset, eva
     trainer = SamtokGRPOTrainer(
         model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         processing_class=processor, callbacks=list(callbacks),
-    )  # fmt: skip
+    )
     trainer.max_nonfinite_steps = recipe.run.max_nonfinite_steps
     trainer.balance = recipe.sampling.balance
     trainer.dynamic = recipe.sampling.dynamic

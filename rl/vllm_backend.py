@@ -90,10 +90,10 @@ def check_cpu_head_dim(model_path: str) -> None:
 
 def engine_kwargs(model_path: str, *, dtype: str = "auto", max_model_len: int | None = None,
                   gpu_memory_utilization: float | None = None, tensor_parallel_size: int = 1,
-                  cpu_kv_cache_gib: float = 1.0, seed: int = 0, on_gpu: bool = True) -> dict:  # fmt: skip
+                  cpu_kv_cache_gib: float = 1.0, seed: int = 0, on_gpu: bool = True) -> dict:
     """``vllm.LLM`` arguments for one image per prompt."""
     kwargs = dict(model=model_path, dtype=dtype, seed=seed, limit_mm_per_prompt={"image": 1},
-                  tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len)  # fmt: skip
+                  tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len)
     if on_gpu:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization or 0.9
     elif gpu_memory_utilization is not None:
@@ -104,7 +104,7 @@ def engine_kwargs(model_path: str, *, dtype: str = "auto", max_model_len: int | 
 
 
 def generate(model_path: str, processor, rows, max_new_tokens: int = 256, chunk: int = 256,
-             temperature: float = 0.0, **engine_options) -> list[str]:  # fmt: skip
+             temperature: float = 0.0, **engine_options) -> list[str]:
     """Completions for ``rows`` from a vLLM engine on ``model_path``; the engine is shut down on return.
 
     Rows go to the engine ``chunk`` at a time, so only that many images are held in memory.
@@ -118,7 +118,7 @@ def generate(model_path: str, processor, rows, max_new_tokens: int = 256, chunk:
     llm = LLM(**engine_kwargs(model_path, on_gpu=on_gpu, **engine_options))
     try:
         params = SamplingParams(**sampling_kwargs(processor.tokenizer, max_new_tokens, temperature,
-                                                  engine_options.get("seed", 0)))  # fmt: skip
+                                                  engine_options.get("seed", 0)))
         texts: list[str] = []
         for start in range(0, len(rows), chunk):
             outputs = llm.generate(requests(processor, rows[start : start + chunk]), params, use_tqdm=True)

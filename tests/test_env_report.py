@@ -23,7 +23,7 @@ def test_a_cpu_default_recipe_needs_nothing(capsys):
 def test_a_gpu_recipe_on_this_machine_lists_each_missing_thing_and_exits_1(capsys, monkeypatch):
     monkeypatch.setattr(env_report, "version", lambda dist: None if dist in ("vllm", "flash-attn") else "1.0")
     code = cli.main(["env", "--recipe", str(ROOT / "recipes" / "gres_grpo.yaml"), "grpo.use_vllm=true",
-                     "model.attn_implementation=flash_attention_2"])  # fmt: skip
+                     "model.attn_implementation=flash_attention_2"])
     lines = capsys.readouterr().out.splitlines()
     problems = [line for line in lines if line.startswith("problem: ")]
     assert code == 1

@@ -62,7 +62,7 @@ def grefcoco(tmp_path):
             {"id": 14, "image_id": 2, "category_id": 1, "iscrowd": 0, "bbox": [0, 0, 4, 4],
              "segmentation": {"size": [H, W], "counts": "!!corrupt"}},
         ],
-    }  # fmt: skip
+    }
     s = lambda i, raw: {"sent_id": i, "raw": raw, "tokens": raw.split(), "sent": raw}
     refs = [
         {"ref_id": 0, "image_id": 1, "split": "val", "ann_id": [10, 11, 12], "category_id": [1, 1],
@@ -76,7 +76,7 @@ def grefcoco(tmp_path):
         {"ref_id": 7, "image_id": 1, "split": "val", "ann_id": [10], "sentences": [{"sent_id": 108}]},
         {"ref_id": 8, "image_id": 5, "split": "val", "ann_id": [-1], "sentences": [s(109, "garbage image")]},
         "not a ref",
-    ]  # fmt: skip
+    ]
     (tmp_path / "grefs(unc).json").write_text(json.dumps(refs))
     (tmp_path / "instances.json").write_text(json.dumps(instances))
     return tmp_path
@@ -141,17 +141,17 @@ def test_grefcoco_train_questions_draw_the_16_samtok_templates(tmp_path):
     _image(tmp_path / "train2014/a.jpg")
     instances = {"images": [{"id": 1, "file_name": "a.jpg", "height": H, "width": W}],
                  "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [0, 0, 4, 4],
-                                  "segmentation": encode_rle(box_mask(0, 0, 4, 4))}]}  # fmt: skip
+                                  "segmentation": encode_rle(box_mask(0, 0, 4, 4))}]}
     sents = [{"sent_id": i, "raw": f"thing {i}", "sent": f"thing {i}"} for i in range(64)]
     refs = [{"ref_id": 0, "image_id": 1, "split": split, "ann_id": [1], "sentences": sents} for split in ("train", "val")]
     (tmp_path / "grefs(unc).json").write_text(json.dumps(refs))
     (tmp_path / "instances.json").write_text(json.dumps(instances))
     questions = lambda split, seed=0: [s["question"] for s in get_env(
-        "grefcoco", root=str(tmp_path), image_root=str(tmp_path / "train2014"), seed=seed).samples(split)]  # fmt: skip
+        "grefcoco", root=str(tmp_path), image_root=str(tmp_path / "train2014"), seed=seed).samples(split)]
     train = questions("train")
     used = {t for t in TEMPLATES for i, q in enumerate(train) if q == t.format(expr=f"thing {i}")}
     assert len(used) >= 12 and len(train) == 64 and all(any(q == t.format(expr=f"thing {i}") for t in TEMPLATES)
-                                                          for i, q in enumerate(train))  # fmt: skip
+                                                          for i, q in enumerate(train))
     assert questions("train") == train and questions("train", seed=1) != train  # seeded per sentence
     assert questions("val") == [EVAL_TEMPLATE.format(expr=f"thing {i}") for i in range(64)]
 
@@ -170,10 +170,10 @@ def test_crowd_only_target_refs_are_kept_in_eval_splits_like_rela(tmp_path):
 
     _image(tmp_path / "train2014/a.jpg")
     crowd = {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 1, "bbox": [0, 0, 4, 4],
-             "segmentation": encode_rle(box_mask(0, 0, 4, 4))}  # fmt: skip
+             "segmentation": encode_rle(box_mask(0, 0, 4, 4))}
     instances = {"images": [{"id": 1, "file_name": "a.jpg", "height": H, "width": W}], "annotations": [crowd]}
     refs = [{"ref_id": i, "image_id": 1, "split": split, "ann_id": [1], "sentences": [{"sent_id": i, "raw": "crowd"}]}
-            for i, split in enumerate(("train", "val"))]  # fmt: skip
+            for i, split in enumerate(("train", "val"))]
     (tmp_path / "grefs(unc).json").write_text(json.dumps(refs))
     (tmp_path / "instances.json").write_text(json.dumps(instances))
     env = get_env("grefcoco", root=str(tmp_path), image_root=str(tmp_path / "train2014"))
@@ -203,7 +203,7 @@ def grandf(tmp_path):
         {"file_name": "../../etc/passwd", "caption": "x", "groundings": {}},
         {"file_name": "sa_1.jpg", "caption": "a dog", "groundings": {"a dog": {"token_positives": [0, 5], "rle_masks": [
             {"size": [H, W], "counts": "garbage!"}]}}},
-    ]  # fmt: skip
+    ]
     (root / "annotations/train").mkdir(parents=True)
     (root / "annotations/train/GranDf_HA_GCG_train.json").write_text(json.dumps(train))
     images = [{"id": "sa_9", "file_name": "sa_9.jpg", "height": H, "width": W},

@@ -191,7 +191,7 @@ def test_caption_scores_meteor_and_cider():
         {"image_id": 1, "caption": "a big red circle and a small blue square."},
         {"image_id": 2, "caption": "a small green triangle."},
         {"image_id": 3, "caption": "a yellow square on the left."},
-    ]}  # fmt: skip
+    ]}
     preds = {1: gt["annotations"][0]["caption"], 2: gt["annotations"][1]["caption"], 3: "nothing at all"}
     s = caption_scores(gt, preds)
     # METEOR averages per-image scores near 1, 1 and 0; CIDEr-D is positive when some captions match.

@@ -76,7 +76,7 @@ def test_grid_png(tmp_path):
 @pytest.mark.parametrize("name,keys,extra", [
     ("shapes_gres", {"gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7", "Pr@0.8", "Pr@0.9"}, []),
     ("shapes_gcg", {"AP50", "mIoU", "recall"}, ["--no-captions"]),
-])  # fmt: skip
+])
 def test_eval_cli_end_to_end_on_the_tiny_policy(tmp_path, capsys, name, keys, extra, monkeypatch):
     monkeypatch.delenv("SAMTOK_RL_BERT", raising=False)
     args = ["--policy", "tiny", "--env", name, "--split", "val", "-o", "eval_size=3", "--tokenizer", "random",

@@ -114,7 +114,7 @@ class StandInLLM:
             suppress = [t for t, b in (params["logit_bias"] or {}).items() if b <= -100]
             with torch.no_grad():
                 ids = self.model.generate(**inputs, max_new_tokens=params["max_tokens"], do_sample=False,
-                                          suppress_tokens=suppress)  # fmt: skip
+                                          suppress_tokens=suppress)
             token_ids = ids[0, inputs["input_ids"].shape[1] :].tolist()
             outputs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=token_ids)]))
         return outputs
@@ -149,7 +149,7 @@ def test_eval_cli_vllm_backend_end_to_end(tmp_path, capsys, stand_in_vllm):
     model, processor = _sharp_policy()
     policy = save_policy(model, processor, tmp_path / "policy")
     common = ["--policy", str(policy), "--env", "shapes_gres", "-o", "eval_size=4", "--tokenizer", "random",
-              "--max-new-tokens", "8", "--grid", "2"]  # fmt: skip
+              "--max-new-tokens", "8", "--grid", "2"]
     assert main([*common, "--out", str(tmp_path / "hf"), "--backend", "hf"]) == 0
     assert main([*common, "--out", str(tmp_path / "vllm"), "--backend", "vllm", "--max-model-len", "1024"]) == 0
     assert "vllm backend" in capsys.readouterr().out
@@ -162,7 +162,7 @@ def test_eval_cli_vllm_backend_end_to_end(tmp_path, capsys, stand_in_vllm):
 
 def test_eval_cli_tiny_policy_is_saved_for_vllm(tmp_path, stand_in_vllm):
     args = ["--policy", "tiny", "--env", "shapes_gcg", "-o", "eval_size=2", "--tokenizer", "random", "--no-captions",
-            "--out", str(tmp_path), "--max-new-tokens", "4", "--grid", "0", "--backend", "vllm"]  # fmt: skip
+            "--out", str(tmp_path), "--max-new-tokens", "4", "--grid", "0", "--backend", "vllm"]
     with pytest.warns(UserWarning):  # GCG recall without a local BERT
         assert main(args) == 0
     assert (tmp_path / "policy-tiny" / "config.json").is_file()
@@ -194,7 +194,7 @@ def test_real_vllm_gives_the_hf_completions_token_for_token(tmp_path, arch):
 def test_real_vllm_eval_cli_on_the_tiny_policy(tmp_path):
     pytest.importorskip("vllm")
     args = ["--policy", "tiny", "--env", "shapes_gres", "-o", "eval_size=3", "--tokenizer", "random", "--grid", "2",
-            "--out", str(tmp_path), "--max-new-tokens", "8", "--backend", "vllm", "--dtype", "float32"]  # fmt: skip
+            "--out", str(tmp_path), "--max-new-tokens", "8", "--backend", "vllm", "--dtype", "float32"]
     assert main(args) == 0
     result = json.loads((tmp_path / "metrics.json").read_text())
     assert result["backend"] == "vllm" and result["samples"] == 3 and "gIoU" in result["metrics"]
@@ -224,7 +224,7 @@ def test_real_vllm_expands_trl_s_image_ids_again_unless_collapsed(tmp_path):
 
     def served(prompt_ids):
         outs = llm.generate([{"prompt_token_ids": list(ids), "multi_modal_data": r["multi_modal_data"]}
-                             for ids, r in zip(prompt_ids, reqs)], params, use_tqdm=False)  # fmt: skip
+                             for ids, r in zip(prompt_ids, reqs)], params, use_tqdm=False)
         return decode_raw([list(o.outputs[0].token_ids) for o in outs], processor.tokenizer)
 
     try:

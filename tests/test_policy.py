@@ -24,7 +24,7 @@ def _lm(tok, tie):
     config = Qwen2Config(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=tie,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config)
     with torch.no_grad():  # known statistics per dimension, so the init rule can be checked

@@ -128,7 +128,7 @@ def test_repeated_codes_decode_once_and_too_many_masks_score_zero():
     fn = get_reward("mask_iou", mode="instances", mask_tokenizer=bands, max_pred_masks=4)
     gt = [encode_rle(band(0, 4)), encode_rle(band(4, 8))]
     out = fn(prompts=["p"] * 2, completions=[m(0) * 3 + m(4), "".join(m(i) for i in range(5))],
-             image=[IMAGE] * 2, masks=[gt] * 2)  # fmt: skip
+             image=[IMAGE] * 2, masks=[gt] * 2)
     assert out == pytest.approx([2 / 4, 0.0])  # duplicates still count in N_pred
     assert seen == [[(0, 0), (4, 0)]]  # one decode of the two distinct codes; none for the 5-mask completion
     with pytest.raises(ValueError, match="max_pred_masks"):
@@ -140,7 +140,7 @@ def test_bad_rows_fail_through_the_wrapper_not_the_run():
     (safe,) = wrap_rewards([fn], max_failure_rate=1.0)
     bad_rle = {"size": [H, W], "counts": "#!"}
     out = safe(prompts=["p"] * 3, completions=[m(0)] * 3, image=[IMAGE, IMAGE, None],
-               masks=[[encode_rle(band(0, 4))], [bad_rle], [encode_rle(band(0, 4))]])  # fmt: skip
+               masks=[[encode_rle(band(0, 4))], [bad_rle], [encode_rle(band(0, 4))]])
     assert out == [1.0, None, None]
     assert dict(safe.failures) == {"ValueError": 2}
     with pytest.raises(ValueError, match="mode"):

@@ -64,7 +64,7 @@ def test_gcg_pairs_only_the_same_phrase():
 def test_untrusted_output_never_raises(reward):
     junk = ["", None, 5, [{"role": "assistant", "content": None}], "<|mt_start|>" * 50, "<|mt_9999|><|mt_0001|>",
             "<|mt_start|><|mt_0300|><|mt_0001|><|mt_end|>", "<|mt_start|><|mt_0001|><|mt_0100|><|mt_end|>" * 3,
-            "\x00<|mt_start|><|mt_00001|><|mt_0257|><|mt_end|>"]  # fmt: skip
+            "\x00<|mt_start|><|mt_00001|><|mt_0257|><|mt_end|>"]
     out = reward(completions=junk, answer=[g(1, 2)] * len(junk))
     assert len(out) == len(junk) and all(0.0 <= x <= 1.0 for x in out)
     gcg = get_reward("latent_match", mode="gcg")

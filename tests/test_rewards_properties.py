@@ -14,7 +14,7 @@ FRAGMENTS = [
     "<|mt_start|>", "<|mt_end|>", "<|mt_0001|>", "<|mt_0258|>", "<|mt_0255|>", "<|mt_0511|>", "<|mt_9999|>",
     "<|mt_12345|>", "<|mt_", "|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|im_end|>", "```json\n",
     "\n```", '{"mask_2d": ', ', "label": "x"}', "[", "]", ",", "No target.", " ", "\n", "man", "DOG", "<", "|",
-]  # fmt: skip
+]
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 texts = st.one_of(

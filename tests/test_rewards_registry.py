@@ -78,7 +78,7 @@ def test_build_rewards_from_a_recipe_list():
             {"name": "no_repeat", "weight": 0.5},
             {"name": "rewards.format:gres_format"},
         ]}
-    )  # fmt: skip
+    )
     funcs, weights = build_rewards(recipe.rewards)
     assert [f.__name__ for f in funcs] == ["answer_match", "no_repeat", "gres_format"]
     assert weights == [1.0, 0.5, 1.0]
@@ -99,7 +99,7 @@ def test_every_builtin_reward_pickles_and_scores_the_same_after():
 
     image = Image.fromarray(np.zeros((32, 32, 3), np.uint8))
     batch = dict(completions=[A, "No target.", "<|mt_start|><|mt_0001|>"], answer=[A, A, "No target."],
-                 image=[image] * 3, masks=[[], [], []])  # fmt: skip
+                 image=[image] * 3, masks=[[], [], []])
     for name in builtin_names():
         params = {}
         if name == "mask_iou":  # a random-init tiny tokenizer: decoding is what is exercised, not its quality

@@ -64,10 +64,10 @@ def test_rewards_inside_grpo_trainer(tmp_path):
         seed=0, beta=0.0, gradient_checkpointing=False,
         # Push the random policy towards the object-ref tokens, which TRL's own decoding strips.
         generation_kwargs={"sequence_bias": [[[ref_start], 6.0], [[ref_end], 6.0]]},
-    )  # fmt: skip
+    )
     before = [p.detach().clone() for p in model.parameters()]
     trainer = GRPOTrainer(model=model, reward_funcs=[*wrapped, trl_text], args=args,
-                          train_dataset=Dataset.from_list(rows), processing_class=processor)  # fmt: skip
+                          train_dataset=Dataset.from_list(rows), processing_class=processor)
     trainer.train()
 
     # Raw text: exactly the ids decoded with special tokens, object refs included; TRL's text has none.
@@ -97,4 +97,4 @@ def test_rewards_inside_grpo_trainer(tmp_path):
         tags |= set(events.Tags()["scalars"])
     for name in ("answer_match", "flaky"):
         assert {f"train/rewards/{name}/mean", f"train/rewards/{name}/std",
-                f"train/rewards/{name}/seconds_per_call"} <= tags  # fmt: skip
+                f"train/rewards/{name}/seconds_per_call"} <= tags

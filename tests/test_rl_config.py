@@ -125,7 +125,7 @@ def test_plus_recipes_keep_the_released_setup_and_add_the_miniatures_winner(name
     released = load_recipe(next(p for p in RECIPES if p.name == "gres_grpo.yaml"), _data_overrides(path, tmp_path))
     r = load_recipe(path, _data_overrides(path, tmp_path))
     keep = ("num_generations", "temperature", "top_p", "learning_rate", "weight_decay", "beta", "epsilon",
-            "epsilon_high", "loss_type", "per_device_train_batch_size", "gradient_accumulation_steps")  # fmt: skip
+            "epsilon_high", "loss_type", "per_device_train_batch_size", "gradient_accumulation_steps")
     assert {k: r.grpo[k] for k in keep} == {k: released.grpo[k] for k in keep}
     assert [w.name for w in r.rewards] == ["answer_match", "mask_iou"] and r.rewards[0].params["grading"] == "coarse"
     assert r.sampling.balance == {"no_target": 0.35, "single": 0.45, "multi": 0.2}

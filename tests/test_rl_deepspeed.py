@@ -58,7 +58,7 @@ def test_grpo_under_zero2_zero3_and_zero3_lora(tmp_path):
         **os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000), "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-    }  # fmt: skip
+    }
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=400)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]

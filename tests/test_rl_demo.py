@@ -15,7 +15,7 @@ def test_demo_pipeline_writes_the_report(tmp_path, capsys):
         rc = cli.main(["demo", "--out", str(tmp_path / "demo"), "--test-samples", "6",
             "data.mask_tokenizer=random", "data.shapes.n_train=16", "data.shapes.n_eval=0", "sft.args.max_steps=3",
             "grpo.max_steps=2", "grpo.save_steps=1", "grpo.max_completion_length=16", "run.report_to=[none]",
-        ])  # fmt: skip
+        ])
     finally:
         torch.set_num_threads(threads)
     assert rc == 0

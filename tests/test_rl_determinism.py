@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _trajectory(tmp_path, name, *overrides):
     recipe = tiny_recipe(tmp_path, f"run.output_dir={tmp_path / name}", "grpo.max_steps=3", "grpo.log_completions=true",
-                         *overrides)  # fmt: skip
+                         *overrides)
     ds, _ = rl_data.load_datasets(recipe)
     model, processor = rl_policy.prepare_policy(recipe, tmp_path / name)
     trainer = tr.build_trainer(recipe, tmp_path / name, ds, None, model, processor)

@@ -13,7 +13,7 @@ TOY = [
     "data.mask_tokenizer=random", "data.shapes.n_train=16", "data.shapes.n_eval=0", "sft.args.max_steps=2",
     "grpo.max_steps=2", "grpo.per_device_train_batch_size=8", "grpo.num_generations=4",
     "grpo.max_completion_length=8", "grpo.save_strategy=no", "grpo.log_completions=false", "run.report_to=[none]",
-]  # fmt: skip
+]
 GRES_METRICS = ("gIoU", "cIoU", "N-acc", "T-acc")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ variants:
 def _forbid(monkeypatch, *names):
     """Make the named stages raise: a re-run that calls one of them redid a finished cell."""
     targets = {"run": (train_mod, "run"), "run_sft_stage": (train_mod, "run_sft_stage"),
-               "evaluate_policy": (demo, "evaluate_policy")}  # fmt: skip
+               "evaluate_policy": (demo, "evaluate_policy")}
     for name in names:
         module, attr = targets[name]
 
@@ -173,7 +173,7 @@ variants:
         assert len({rl[(v, seed)].key for v in ("default", "beta0", "unfrozen")}) == 3
     assert {c.variant for c in sft} == {"sft:default+beta0+unfrozen", "sft:slow_sft"}
     assert experiment.sft_of(cells) == {"default": "sft:default+beta0+unfrozen", "beta0": "sft:default+beta0+unfrozen",
-                                          "unfrozen": "sft:default+beta0+unfrozen", "slow_sft": "sft:slow_sft"}  # fmt: skip
+                                          "unfrozen": "sft:default+beta0+unfrozen", "slow_sft": "sft:slow_sft"}
     labels = [c.label for c in cells]
     assert len(labels) == 2 * (2 + 4 + 2 + 4) and labels[0] == "SFT seed=0 (sft:default+beta0+unfrozen)"
 
@@ -187,7 +187,7 @@ def test_report_on_a_constructed_summary_pairs_rl_with_its_seeds_sft(tmp_path):
     runs += [{"variant": "default", "seed": s, "policy": "RL", "metrics": real[s], "wall_s": 2.0} for s in range(3)]
     runs += [{"variant": "beta0", "seed": s, "policy": "RL", "metrics": traded[s], "wall_s": 2.0} for s in range(3)]
     summary = {"task": "gres", "runs": runs, "sft_of": {"default": "sft", "beta0": "sft"}, "seeds": [0, 1, 2],
-               "eval": {"split": "test", "samples": 6}}  # fmt: skip
+               "eval": {"split": "test", "samples": 6}}
     text = experiment.write_report(plan, summary, tmp_path)
     assert "| default | 3 | +6.00 ± 1.00 | +4.00 ± 1.00 | +1.00 ± 0.00 | +0.00 ± 0.00 |" in text
     assert "| sft | SFT | 21.00 ± 1.00 |" in text

@@ -32,7 +32,7 @@ def _run(tmp_path, name, *overrides):
     if not eval_data.exists():
         write_prepared(eval_data, n=8, split="val")
     recipe = tiny_recipe(tmp_path, f"data.eval={eval_data}", f"run.output_dir={tmp_path / name}", "grpo.max_steps=3",
-                         *overrides)  # fmt: skip
+                         *overrides)
     history = History()
     torch.manual_seed(0)
     train_mod.run(recipe, callbacks=[history])
@@ -47,7 +47,7 @@ def _training_values(logs):
 
 def test_monitor_logs_metrics_and_images_without_changing_the_rollouts(tmp_path):
     on = ["monitor.eval_steps=2", "monitor.eval_samples=4", "monitor.image_steps=3", "monitor.image_samples=2",
-          "monitor.max_new_tokens=12"]  # fmt: skip
+          "monitor.max_new_tokens=12"]
     logs, run = _run(tmp_path, "on", *on)
     # Metrics at step 0 (the baseline) and every eval_steps, through Trainer.log.
     evals = [h for h in logs if "eval_metrics/gIoU" in h]
@@ -90,7 +90,7 @@ def test_shapes_gcg_is_monitored_with_the_gcg_metrics(tmp_path):
         "grpo.logging_steps=1", "grpo.per_device_train_batch_size=4", "grpo.num_generations=4",
         "grpo.max_completion_length=8", "grpo.log_completions=false", "monitor.eval_steps=1", "monitor.eval_samples=3",
         "monitor.max_new_tokens=8",
-    ])  # fmt: skip
+    ])
     history = History()
     train_mod.run(recipe, callbacks=[history])
     evals = [h for h in history.logs if "eval_metrics/AP50" in h]
@@ -177,12 +177,12 @@ def test_wandb_gets_the_metrics_and_the_image(tmp_path, monkeypatch):
     import wandb
 
     for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true",
-                       "WANDB_PROJECT": "samtok-rl-tests"}.items():  # fmt: skip
+                       "WANDB_PROJECT": "samtok-rl-tests"}.items():
         monkeypatch.setenv(key, value)
     try:
         logs, _ = _run(tmp_path, "wandb", "run.report_to=[wandb]", "grpo.max_steps=1", "grpo.log_completions=false",
                        "monitor.eval_steps=1", "monitor.eval_samples=2", "monitor.image_steps=1",
-                       "monitor.image_samples=1", "monitor.max_new_tokens=8")  # fmt: skip
+                       "monitor.image_samples=1", "monitor.max_new_tokens=8")
     finally:
         wandb.finish()
         wandb.teardown()  # wandb keeps its settings (WANDB_DIR) in a process-wide singleton otherwise
@@ -218,4 +218,4 @@ def test_vllm_sync_check_is_validated():
         load_recipe(ROOT / "recipes" / "shapes_gres.yaml", ["monitor.vllm_sync_steps=10"])
     with pytest.raises(RecipeError, match="keep grpo.vllm_importance_sampling_correction on"):
         load_recipe(ROOT / "recipes" / "gres_grpo.yaml", ["monitor.vllm_sync_steps=10", "grpo.use_vllm=true",
-                    "grpo.vllm_importance_sampling_correction=false"], check_files=False)  # fmt: skip
+                    "grpo.vllm_importance_sampling_correction=false"], check_files=False)

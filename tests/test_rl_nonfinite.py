@@ -57,7 +57,7 @@ def test_a_non_finite_step_is_skipped_and_counted(tmp_path):
 def test_too_many_non_finite_steps_in_a_row_stop_with_the_last_checkpoint_intact(tmp_path):
     torch.manual_seed(0)
     trainer = _trainer(tmp_path, "grpo.max_steps=5", "grpo.save_strategy=steps", "grpo.save_steps=1",
-                       "run.max_nonfinite_steps=2", callback=NaNGradientsAt({2, 3}))  # fmt: skip
+                       "run.max_nonfinite_steps=2", callback=NaNGradientsAt({2, 3}))
     with pytest.raises(tr.NonFiniteError, match="2 optimizer steps in a row had non-finite gradients"):
         trainer.train()
     last = checkpoint.last_checkpoint(tmp_path / "run")
@@ -77,7 +77,7 @@ def test_out_of_memory_mid_step_applies_nothing_saves_the_last_step_and_says_wha
     torch.manual_seed(0)
     snap = NaNGradientsAt(())  # no poison: only its per-step snapshots
     trainer = _trainer(tmp_path, "grpo.max_steps=5", "grpo.gradient_accumulation_steps=2",
-                       "grpo.per_device_train_batch_size=4", "grpo.save_strategy=no", callback=snap)  # fmt: skip
+                       "grpo.per_device_train_batch_size=4", "grpo.save_strategy=no", callback=snap)
     calls = {"n": 0}
     real = tr.SamtokGRPOTrainer.compute_loss
 
@@ -123,7 +123,7 @@ def test_the_cli_exits_1_on_out_of_memory(tmp_path, monkeypatch, capsys):
 def none_on_no_target(completions, no_target=None, **kwargs):
     """Not applicable (None) on no-target rows, a varied score elsewhere."""
     return [None if nt else len(c if isinstance(c, str) else c[0]["content"]) % 7 / 7
-            for c, nt in zip(completions, no_target)]  # fmt: skip
+            for c, nt in zip(completions, no_target)]
 
 
 def test_a_group_whose_rewards_are_all_none_contributes_nothing_and_is_counted(tmp_path):
@@ -131,7 +131,7 @@ def test_a_group_whose_rewards_are_all_none_contributes_nothing_and_is_counted(t
     snap = NaNGradientsAt(())
     trainer = _trainer(tmp_path, "rewards=[{name: 'test_rl_nonfinite:none_on_no_target'}]",
                        "sampling.balance={no_target: 1.0}", "grpo.max_steps=1", "grpo.log_completions=true",
-                       callback=snap)  # fmt: skip
+                       callback=snap)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     logs = [h for h in trainer.state.log_history if "rewards/unscorable_groups" in h]

@@ -98,7 +98,7 @@ def test_demo_report_for_gcg_uses_gcg_metrics(tmp_path):
 
     recipe = load_recipe(demo.RECIPES["gcg"])
     results = {"SFT": {"AP50": 10.0, "mIoU": 30.0, "recall": 20.0, "mean reward": 40.0},
-               "RL": {"AP50": 14.0, "mIoU": 28.0, "recall": 25.0, "mean reward": 50.0}}  # fmt: skip
+               "RL": {"AP50": 14.0, "mIoU": 28.0, "recall": 25.0, "mean reward": 50.0}}
     text = demo.write_report(results, recipe, tmp_path, 60.0, 50, tmp_path / "curve.png", task="gcg")
     assert "| policy | AP50 | mIoU | recall | mean reward |" in text and "gIoU" not in text
     assert "Measured AP50 gain of RL over SFT: +4.00 points." in text

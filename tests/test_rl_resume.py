@@ -35,7 +35,7 @@ def _overrides(data: Path, run: Path, *extra) -> list[str]:
         "run.keep_checkpoints=2", "grpo.save_strategy=steps", "grpo.save_steps=1", "grpo.logging_steps=1",
         "grpo.per_device_train_batch_size=8", "grpo.num_generations=4", "grpo.max_completion_length=8",
         "grpo.learning_rate=0.01", "grpo.temperature=1.5", "grpo.log_completions=true", REWARDS, *extra,
-    ]  # fmt: skip
+    ]
 
 
 def _env(**extra) -> dict:
@@ -50,7 +50,7 @@ def _start(stop_at: int, overrides: list[str], launcher=(), **env) -> subprocess
     # would block it.
     out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
     proc = subprocess.Popen([sys.executable, *launcher, DRIVER, str(stop_at), *overrides], cwd=ROOT,
-                            env=_env(**env), stdout=out, stderr=err, text=True)  # fmt: skip
+                            env=_env(**env), stdout=out, stderr=err, text=True)
     proc.files = out, err
     return proc
 
@@ -149,14 +149,14 @@ def test_two_ranks_zero3_lora_resume_equals_straight(tmp_path):
     from tiny_runs import assert_mask_rows_trained, before_after, changed_params
 
     launcher = ["-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/zero3.yaml",
-                "--num_processes", "2", "--main_process_port", str(30500 + os.getpid() % 1000)]  # fmt: skip
+                "--num_processes", "2", "--main_process_port", str(30500 + os.getpid() % 1000)]
     lora = ("model.finetune=lora", "grpo.learning_rate=0.05", "grpo.per_device_train_batch_size=4",
-            "grpo.max_completion_length=6", "grpo.save_steps=2")  # fmt: skip
+            "grpo.max_completion_length=6", "grpo.save_steps=2")
     # With dynamic sampling on and a reward without spread on no-target prompts: both ranks must make the same
     # number of extra generation rounds (ZeRO-3's generate gathers parameters across ranks: a mismatch hangs),
     # and a resumed run must draw the same extra prompts.
     dynamic = ("sampling.dynamic.enabled=true", "sampling.dynamic.max_rounds=1",
-               "rewards=[{name: answer_match, params: {grading: coarse}}, {name: 'test_rl_sampling:target_only_reward'}]")  # fmt: skip
+               "rewards=[{name: answer_match, params: {grading: coarse}}, {name: 'test_rl_sampling:target_only_reward'}]")
     straight, resumed = _straight_and_resumed(tmp_path, [2], *lora, *dynamic, launcher=launcher)
     a, b = checkpoint_state(straight / "checkpoint-6"), checkpoint_state(resumed / "checkpoint-6")
     ranks = [k for k in a if k.endswith("optim_states.pt")]
@@ -184,7 +184,7 @@ def test_killed_run_resumes_from_last_complete_checkpoint_with_its_weights(tmp_p
     base = _overrides(data, run, "grpo.save_steps=2", "grpo.log_completions=false")
     proc = subprocess.Popen([sys.executable, "-m", "rl.train", str(ROOT / "recipes" / "shapes_gres.yaml"), *base,
                              "grpo.max_steps=1000"], cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
+                            stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
@@ -290,7 +290,7 @@ def test_resuming_with_a_changed_model_tokenizer_or_group_size_is_refused(tmp_pa
     save_resolved(load_recipe(recipe, base), run / "recipe.yaml")
     refuse_changed_resume(load_recipe(recipe, [*base, "grpo.learning_rate=1e-6"]), run)  # may change
     for change, key in (("model.tiny.hidden_size=32", "model"), ("data.mask_tokenizer=random", "data.mask_tokenizer"),
-                        ("grpo.num_generations=4", "grpo.num_generations")):  # fmt: skip
+                        ("grpo.num_generations=4", "grpo.num_generations")):
         with pytest.raises(RecipeError, match=rf"{key}: .* in {run / 'recipe.yaml'}"):
             refuse_changed_resume(load_recipe(recipe, [*base, change]), run)
     with pytest.raises(RecipeError, match=r"sampling.balance: None in .*, \{'no_target': 1.0\} now"):
@@ -318,7 +318,7 @@ def test_sigterm_saves_a_complete_checkpoint_exits_0_and_resumes_exactly(tmp_pat
     base = _overrides(data, run, "grpo.save_steps=1000")
     proc = subprocess.Popen([sys.executable, "-m", "rl.train", str(ROOT / "recipes" / "shapes_gres.yaml"), *base,
                              "grpo.max_steps=1000"], cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None and not (run / "completions" / "completions_00002.parquet").exists():
@@ -354,14 +354,14 @@ def _torchrun(tmp_path, fault: str, *extra, restarts: int = 0, timeout: int = 30
     # torchrun's default (static) rendezvous: with --rdzv-backend c10d a restarted gloo job was seen reading the
     # dead attempt's addresses from the store (torch 2.14) and failing to connect.
     launcher = ["-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", str(restarts),
-                "--master-port", str(31500 + os.getpid() % 1000)]  # fmt: skip
+                "--master-port", str(31500 + os.getpid() % 1000)]
     overrides = _overrides(data, run, "grpo.max_steps=4", "grpo.per_device_train_batch_size=4",
-                           "grpo.max_completion_length=4", "grpo.log_completions=false", *extra)  # fmt: skip
+                           "grpo.max_completion_length=4", "grpo.log_completions=false", *extra)
     started = time.perf_counter()
     # Its own session, so that a timeout kills the workers too (killing torchrun alone would orphan them).
     proc = subprocess.Popen([sys.executable, *launcher, DRIVER, "0", *overrides], cwd=ROOT,
                             env=_env(RESUME_RUN_FAULT=fault), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # fmt: skip
+                            text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
@@ -377,7 +377,7 @@ def test_a_rank_killed_under_torchrun_restarts_the_job_which_resumes(tmp_path):
     process group under its own store prefix (rl.config), resumes from the last complete checkpoint (step 2) and
     finishes with one continuous history. Without the prefix this failed on 4 of 5 runs (stale addresses)."""
     done, run, _ = _torchrun(tmp_path, "kill:1:3", "run.resume=true", "run.dist_timeout_s=60", restarts=1,
-                             timeout=420)  # fmt: skip
+                             timeout=420)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "failed (exitcode: -9) local_rank: 1" in done.stderr  # the first attempt did die: the job was restarted
     assert f"resuming from {run / 'checkpoint-2'}" in done.stderr

@@ -99,12 +99,12 @@ def test_take_and_join_repad_left_and_right():
          "completion_ids": torch.tensor([[1, 0], [2, 3]]), "completion_mask": torch.tensor([[1, 0], [1, 1]]),
          "advantages": torch.tensor([0.5, -0.5]), "num_items_in_batch": torch.tensor(3),
          "pixel_values": [torch.ones(2, 3), torch.ones(4, 3)], "num_images": [1, 1],
-         "mm_token_type_ids": torch.tensor([[0, 1, 0, 0], [1, 1, 0, 0]])}  # fmt: skip
+         "mm_token_type_ids": torch.tensor([[0, 1, 0, 0], [1, 1, 0, 0]])}
     b = {"prompt_ids": torch.tensor([[9, 9, 9]]), "prompt_mask": torch.tensor([[1, 1, 1]]),
          "completion_ids": torch.tensor([[4, 4, 4]]), "completion_mask": torch.tensor([[1, 1, 1]]),
          "advantages": torch.tensor([1.0]), "num_items_in_batch": torch.tensor(3),
          "pixel_values": [torch.zeros(1, 3)], "num_images": [1],
-         "mm_token_type_ids": torch.tensor([[1, 1, 0, 0, 0, 0]])}  # fmt: skip
+         "mm_token_type_ids": torch.tensor([[1, 1, 0, 0, 0, 0]])}
     out = sampling.join([sampling.take(a, [1]), b], pad_token_id=0)
     # prompt part left-padded to the joined prompt width (3), completion part right-padded (3): rows stay aligned
     # with cat(prompt_ids, completion_ids), as the model's rope index needs
@@ -123,7 +123,7 @@ def test_take_and_join_repad_left_and_right():
 def target_only_reward(completions, no_target=None, **kwargs):
     """Constant on no-target rows (those groups have no spread), varied on the others."""
     return [0.5 if nt else len(c if isinstance(c, str) else c[0]["content"]) % 7 / 7
-            for c, nt in zip(completions, no_target)]  # fmt: skip
+            for c, nt in zip(completions, no_target)]
 
 
 def test_dynamic_sampling_trains_only_groups_with_spread(tmp_path, monkeypatch):
@@ -136,7 +136,7 @@ def test_dynamic_sampling_trains_only_groups_with_spread(tmp_path, monkeypatch):
     recipe = tiny_recipe(tmp_path, "rewards=[{name: 'test_rl_sampling:target_only_reward'}]",
                          "sampling.balance={no_target: 0.5, single: 0.5}", "sampling.dynamic.enabled=true",
                          "sampling.dynamic.max_rounds=4", "grpo.max_steps=2", "grpo.gradient_accumulation_steps=2",
-                         "grpo.per_device_train_batch_size=4", "grpo.save_strategy=no")  # fmt: skip
+                         "grpo.per_device_train_batch_size=4", "grpo.save_strategy=no")
     trainer, _, _ = train_tiny(recipe)
     assert len(batches) == 2  # one generation batch per step (steps_per_generation = GA = 2)
     for batch in batches:

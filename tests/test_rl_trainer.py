@@ -90,7 +90,7 @@ def test_checkpoints_are_staged_then_committed(tmp_path):
 
 def test_messages_text():
     convo = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Segment the dog."}]},
-             {"role": "assistant", "content": "No target."}]  # fmt: skip
+             {"role": "assistant", "content": "No target."}]
     assert tr.messages_text(convo) == "user: <image>Segment the dog.\nassistant: No target."
     assert tr.messages_text("plain") == "plain"
 
@@ -101,7 +101,7 @@ def test_wandb_logging_with_image_prompts(tmp_path, monkeypatch):
     import wandb
 
     for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true",
-                       "WANDB_PROJECT": "samtok-rl-tests"}.items():  # fmt: skip
+                       "WANDB_PROJECT": "samtok-rl-tests"}.items():
         monkeypatch.setenv(key, value)
     torch.manual_seed(0)
     try:
@@ -161,7 +161,7 @@ def test_colocated_vllm_rollouts_see_one_placeholder_per_image(tmp_path, monkeyp
     trainer = tr.build_trainer(recipe, tmp_path / "run", ds, None, model, processor)
     pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     out = trainer.vllm_generation.generate(prompts=[[1, pad, pad, pad, 2], [3, pad, pad, 4]], images=[["a"], ["b"]],
-                                           num_generations=4)  # fmt: skip
+                                           num_generations=4)
     assert out == "served"
     assert trainer.vllm_generation.calls[-1] == ([[1, pad, 2], [3, pad, 4]], [["a"], ["b"]])
     trainer.vllm_generation.generate(prompts=[[1, pad, pad, 2]], images=None, num_generations=4)

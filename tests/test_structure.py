@@ -27,7 +27,7 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             # `from rl import cli` imports the module rl.cli; `from envs import get_env` the package's __init__
             names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                     for a in node.names]  # fmt: skip
+                     for a in node.names]
         else:
             continue
         found |= {n for n in names if n in modules}
@@ -38,7 +38,7 @@ def test_imports_follow_the_layers_and_never_come_back():
     modules = _modules()
     graph = {name: _imports(path, modules) - {name} for name, path in modules.items()}
     wrong = [f"{a} imports {b}" for a, deps in graph.items() for b in deps
-             if LAYERS.index(b.split(".")[0]) > LAYERS.index(a.split(".")[0])]  # fmt: skip
+             if LAYERS.index(b.split(".")[0]) > LAYERS.index(a.split(".")[0])]
     assert not wrong, wrong
 
     def reaches(start: str, goal: str) -> bool:
@@ -58,7 +58,7 @@ def test_imports_follow_the_layers_and_never_come_back():
 
 def test_only_the_cli_parses_command_lines():
     parsing = [str(p.relative_to(ROOT)) for p in _modules().values()
-               if "argparse" in _imports_any(p) and p != ROOT / "rl" / "cli.py"]  # fmt: skip
+               if "argparse" in _imports_any(p) and p != ROOT / "rl" / "cli.py"]
     assert not parsing, parsing
 
 

@@ -56,7 +56,7 @@ def tiny_recipe(tmp_path, *overrides):
         "grpo.learning_rate=0.01", "grpo.temperature=1.5",
         "rewards=[{name: answer_match, params: {grading: coarse}}, {name: mask_format}, "
         "{name: 'tiny_runs:varied_reward'}]", *overrides,
-    ])  # fmt: skip
+    ])
 
 
 def train_tiny(recipe):
