@@ -5,14 +5,15 @@ PY := $(VENV)/bin/python
 # The stamp depends on the files that define the environment, so editing a pin reinstalls.
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-vllm lint bench install vllm-env clean
+.PHONY: demo test test-vllm lint bench install vllm-env gpu-env clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "setuptools>=70" wheel
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
-	# sam2 1.1.0 is an sdist: build it without CUDA and without pulling another torch.
+	# sam2 (a declared dependency) is an sdist: built first, without CUDA and without build isolation, its
+	# setup.py imports no torch; left to pip, it would build in an isolated env with a torch of its own.
 	SAM2_BUILD_CUDA=0 $(PY) -m pip install --quiet --no-build-isolation --no-deps sam2==1.1.0
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -60,5 +61,26 @@ vllm-env: $(VSTAMP)
 test-vllm: $(VSTAMP)
 	OMP_NUM_THREADS=2 VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VPY) -m pytest -q -p no:cacheprovider tests/test_eval_vllm.py
 
+# The GPU environment in one command: training (TRL, DeepSpeed, peft), sam2 and vLLM in TRL's window in one venv,
+# so that GRPO can roll out with colocated (or served) vLLM. vLLM 0.31.0 pins torch 2.13.0, torchvision 0.28.0 and
+# transformers <5.18, so this env takes vLLM's pins, not constraints.txt (torch 2.14.1 and transformers 5.24, the
+# CPU set, which vLLM 0.31 refuses). `===` takes PyPI's CUDA torch even where a local +cpu build of 2.13.0 exists.
+# torchaudio/torchcodec (vLLM's audio and video inputs) are not used. Ends with `samtok-rl env`: what is missing.
+GPU_VENV := .venv-gpu
+GPY := $(GPU_VENV)/bin/python
+GSTAMP := $(GPU_VENV)/.installed
+GPU_PINS := vllm==0.31.0 "torch===2.13.0" torchvision==0.28.0
+
+$(GSTAMP): pyproject.toml Makefile
+	test -x $(GPY) || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPY) -m pip install --quiet --upgrade "setuptools>=77,<81" wheel
+	SAM2_BUILD_CUDA=0 $(GPY) -m pip install --quiet --no-build-isolation --no-deps sam2==1.1.0
+	$(GPY) -m pip install --quiet $(GPU_PINS) -e ".[vllm,dev]"
+	$(GPY) -m pip uninstall --quiet -y torchaudio torchcodec
+	touch $(GSTAMP)
+
+gpu-env: $(GSTAMP)
+	$(GPU_VENV)/bin/samtok-rl env
+
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(GPU_VENV) runs .pytest_cache
