@@ -1,8 +1,9 @@
 """rl.sampling: GRPO prompts drawn by answer kind in the configured proportions, in TRL's repeat layout,
 reproducibly per epoch; the recipe switch reaches the trainer and bad shares are refused."""
 
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -156,3 +157,58 @@ def test_dynamic_sampling_is_validated():
             "sampling.dynamic.enabled=true", "sampling.dynamic.min_std=-1", "sampling.dynamic.max_rounds=-2"])
     msg = str(e.value)
     assert "min_std: -1" in msg and "max_rounds: -2" in msg
+
+
+class _OneRank:
+    process_index, num_processes, device = 0, 1, torch.device("cpu")
+
+    @staticmethod
+    def gather(t):
+        return t
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_dynamic_sampling_keeps_vllm_rollouts_aligned(level):
+    """vLLM rollouts add per-token sampling log-probs and TRL's importance-sampling ratio (per token, or one per
+    sequence in the sequence_* modes) to the generation batch: a refilled batch carries each row's own values."""
+    g, calls = 2, []
+
+    def rollout(inputs):  # round r: completions of length r + 2; group 0 of round 0 has no reward spread
+        r, n = len(calls), len(inputs)
+        calls.append([row["id"] for row in inputs])
+        length = r + 2
+        ids = torch.arange(n * length).view(n, length) + 100 * r
+        logps = -ids.float() / 1000
+        ratio = torch.full((n, 1), 1.0 + r) if level == "sequence" else 1.0 + logps.abs()
+        rewards = torch.tensor([[0.5], [0.5], [0.0], [1.0]]) if r == 0 else torch.tensor([[0.0], [1.0], [0.2], [0.9]])
+        trainer._round_rewards = rewards
+        return {"prompt_ids": torch.ones(n, 3, dtype=torch.long), "prompt_mask": torch.ones(n, 3, dtype=torch.long),
+                "completion_ids": ids, "completion_mask": torch.ones(n, length, dtype=torch.long),
+                "advantages": torch.arange(n, dtype=torch.float) + 10 * r, "num_items_in_batch": torch.tensor(0),
+                "old_per_token_logps": logps, "sampling_per_token_logps": logps - 0.01,
+                "importance_sampling_ratio": ratio}
+
+    trainer = SimpleNamespace(
+        dynamic=SimpleNamespace(min_std=0.1, max_rounds=2), accelerator=_OneRank(), num_generations=g,
+        reward_weights=torch.ones(1), args=SimpleNamespace(seed=0), state=SimpleNamespace(global_step=0),
+        prompt_sampler=sampling.EpochSeededRepeatSampler(list(range(6)), mini_repeat_count=g, batch_size=2),
+        train_dataset=[{"id": i} for i in range(6)], _tokenizer=SimpleNamespace(pad_token_id=0),
+        _metrics={"train": defaultdict(list)})
+    out = sampling.dynamic_generation(trainer, [{"id": 0}] * g + [{"id": 1}] * g, rollout)
+
+    assert len(calls) == 2  # one extra round refilled the dropped group
+    # kept: round 0's group 1 (rows 2-3), then round 1's group 0 (rows 0-1); completions padded to the longest
+    assert out["advantages"].tolist() == [2.0, 3.0, 10.0, 11.0]
+    assert out["completion_ids"][:2, 2].tolist() == [0, 0] and out["completion_mask"][:2].sum().item() == 4
+    for key in ("old_per_token_logps", "sampling_per_token_logps"):
+        assert torch.allclose(out[key][out["completion_mask"].bool()], torch.cat([
+            -torch.arange(4, 8).float() / 1000 - (0.01 if key[0] == "s" else 0),
+            -(torch.arange(0, 6).float() + 100) / 1000 - (0.01 if key[0] == "s" else 0)]))
+    ratio = out["importance_sampling_ratio"]
+    if level == "sequence":
+        assert ratio.shape == (4, 1) and ratio.flatten().tolist() == [1.0, 1.0, 2.0, 2.0]
+    else:
+        assert ratio.shape == out["completion_ids"].shape and (ratio[:2, 2] == 1.0).all()  # neutral padding
+    assert int(out["num_items_in_batch"]) == 10
+    assert trainer._metrics["train"]["sampling/frac_filtered"] == [0.5]
+    assert trainer._metrics["train"]["sampling/effective_batch"] == [4.0]
