@@ -190,5 +190,19 @@ def main(argv: list[str] | None = None) -> int:
     return int(module.command(**vars(options)) or 0)
 
 
+def console() -> int:
+    """The ``samtok-rl`` console script: ``main``, quiet when a reader such as ``head`` closes the pipe early."""
+    try:
+        code = main()
+        sys.stdout.flush()  # inside the try: a closed pipe shows at the flush
+        return code
+    except BrokenPipeError:
+        import os
+
+        # Python's recipe: point stdout at devnull so that the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -28,3 +28,12 @@ def test_every_command_parses_its_help_and_has_a_command():
 def test_console_script_installed():
     out = subprocess.run([sys.executable, "-m", "rl.cli", "--help"], capture_output=True, text=True, check=True)
     assert "usage: samtok-rl" in out.stdout
+
+
+def test_a_reader_that_closes_the_pipe_early_is_not_an_error():
+    """`samtok-rl env | head -3`: the command stops quietly, without a BrokenPipeError traceback. Here stdout is a
+    pipe whose reader is already gone, so every write fails as it does once `head` has exited."""
+    child = ("import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); sys.argv = ['samtok-rl', '--help']\n"
+             "from rl.cli import console; sys.exit(console())")
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert proc.returncode == 0 and "BrokenPipe" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

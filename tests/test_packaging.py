@@ -85,7 +85,7 @@ def test_the_wheel_ships_the_console_script_and_the_tiny_tokenizer(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         entry = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
-    assert "samtok-rl = rl.cli:main" in entry
+    assert "samtok-rl = rl.cli:console" in entry
     weights = {n for n in names if n.startswith("tokenizer/weights/tiny/")}
     assert any(n.endswith(".safetensors") for n in weights) and any(n.endswith("config.json") for n in weights)
     assert {f"{p}/__init__.py" for p in PACKAGES} <= names
