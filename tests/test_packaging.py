@@ -4,6 +4,7 @@ script and the committed tiny tokenizer weights."""
 
 import ast
 import importlib.metadata as md
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,9 +22,15 @@ OPTIONAL = {"vllm": "vllm", "wandb": "wandb", "flash_attn": None}
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    # Built from a copy of what the wheel is made of: pip builds in the source tree, and a build/ left there
+    # would keep shipping a module after it was deleted from the checkout.
+    src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("wheel")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True, text=True)  # fmt: skip
+                    str(src)], check=True, capture_output=True, text=True)
     (path,) = out.glob("samtok_rl-*.whl")
     return path
 
