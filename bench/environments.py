@@ -16,7 +16,8 @@ import numpy as np
 
 from envs import get_env
 from envs.metrics import gres_scores
-from envs.prepare import load_mask_tokenizer, prepare_dataset
+from envs.prepare import prepare_dataset
+from tokenizer.load import load_mask_tokenizer
 
 
 def records(n, size, seed=0):

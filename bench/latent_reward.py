@@ -30,12 +30,12 @@ def agreement(scenes: int = 150, per_mask: int = 12, seed: int = 0, timings: dic
     from envs.shapes import gres_samples
     from rewards.answer_match import answer_match
     from rewards.latent import LatentMatch
-    from tokenizer import MaskTokenizer
     from tokenizer.codec import format_mask
+    from tokenizer.load import load_mask_tokenizer
     from tokenizer.masks import decode_rle, mask_to_box
 
     rng = np.random.default_rng(seed)
-    tok = MaskTokenizer.tiny_pretrained(device="cpu")
+    tok = load_mask_tokenizer("tiny", "cpu")
     k = tok.quantizer.codebook_size
     samples = [s for s in gres_samples("test", scenes * 2, seed=seed) if s["masks"]][:scenes]
     encoded = []

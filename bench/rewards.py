@@ -96,7 +96,9 @@ def _mask_tokenizer(kind, device):
 
     if kind == "tiny":
         try:
-            return MaskTokenizer.tiny_pretrained(device=device), "tiny pretrained"
+            from tokenizer.load import load_mask_tokenizer
+
+            return load_mask_tokenizer("tiny", device), "tiny pretrained"
         except FileNotFoundError:
             kind = "random-tiny"
     torch.manual_seed(0)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from envs import get_env
 from envs.base import BadRowError, BadRows, build_rows, group_by_image, rows_to_dataset, unique_masks
+from tokenizer.load import load_mask_tokenizer
 
 
 def plan_shards(samples: list[dict], shard_size: int) -> list[list[dict]]:
@@ -180,24 +181,6 @@ def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc="prepare", unit="sample", disable=not enabled, file=sys.stderr)
-
-
-def load_mask_tokenizer(spec: str, seed: int = 0):
-    """``tiny`` (trained tiny weights), ``random`` (untrained, seeded: smoke tests only) or a saved folder."""
-    import torch
-
-    from tokenizer.model import MaskTokenizer
-
-    if spec == "tiny":
-        return MaskTokenizer.tiny_pretrained()
-    if spec in ("random", "random-tiny"):
-        from tokenizer.config import tiny
-
-        torch.manual_seed(seed)
-        return MaskTokenizer(tiny()).eval()
-    if Path(spec).is_dir():
-        return MaskTokenizer.from_pretrained(spec)
-    raise ValueError(f"--tokenizer must be 'tiny', 'random' or a saved MaskTokenizer folder, got {spec!r}")
 
 
 def parse_options(items) -> dict:

@@ -32,7 +32,7 @@ Measured by ``bench/rewards.py --tokenizer hiera_t`` on an H200: peak 889 MiB of
 from __future__ import annotations
 
 from rewards.parsing import completion_text, gcg_pred, gt_gcg
-from tokenizer.codec import parse_masks
+from tokenizer.codec import CODEBOOK_SIZE, parse_masks
 
 MODES = ("gres", "instances", "gcg")
 
@@ -40,14 +40,12 @@ MODES = ("gres", "instances", "gcg")
 def _load_tokenizer(mask_tokenizer, device):
     import torch
 
-    from tokenizer import MaskTokenizer
+    from tokenizer.load import load_mask_tokenizer
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if mask_tokenizer == "tiny":
-        return MaskTokenizer.tiny_pretrained(device=device)
     if isinstance(mask_tokenizer, str):
-        return MaskTokenizer.from_pretrained(mask_tokenizer, device=device).eval()
+        return load_mask_tokenizer(mask_tokenizer, device)
     if not hasattr(mask_tokenizer, "decode"):
         raise TypeError(f"mask_tokenizer must have a decode(image, codes) method, got {type(mask_tokenizer).__name__}")
     return mask_tokenizer  # a ready object stays where its owner put it
@@ -123,6 +121,8 @@ class MaskIoU:
             raise ValueError(f"max_pred_masks must be a positive integer, got {max_pred_masks!r}")
         self.mode, self.max_pred_masks = mode, max_pred_masks
         self.mask_tokenizer = _load_tokenizer(mask_tokenizer, device)
+        # Groups are parsed as this tokenizer decodes them: a code past a smaller codebook names no mask.
+        self.codebook_size = getattr(self.mask_tokenizer, "codebook_size", CODEBOOK_SIZE)
 
     def decode(self, image, codes):
         """Masks [len(codes), H, W] (None for no codes), each distinct code decoded once."""
@@ -145,12 +145,12 @@ class MaskIoU:
         gt = _gt_masks(rles, _image_shape(image), cache)
         text = completion_text(completion)
         if self.mode == "gcg":
-            pred_phrases, codes = gcg_pred(text)
+            pred_phrases, codes = gcg_pred(text, self.codebook_size)
             gt_phrases = gt_gcg(answer if isinstance(answer, str) else "")[1]
             if len(gt_phrases) != len(gt):
                 raise ValueError(f"row has {len(gt_phrases)} phrases in 'answer' but {len(gt)} masks in 'masks'")
         else:
-            codes = parse_masks(text)
+            codes = parse_masks(text, self.codebook_size)
         if len(set(codes)) > self.max_pred_masks:
             return 0.0
         pred = self.decode(image, codes)

@@ -28,22 +28,19 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from rewards.parsing import completion_text, gcg_pred, gt_gcg
-from tokenizer.codec import CODEBOOK_SIZE, parse_masks
+from rewards.parsing import completion_text, gcg_pred
+from tokenizer.codec import parse_masks
 
 SIMILARITIES = ("rbf", "cosine")
 MODES = ("gres", "gcg")
 
 
 def codebooks_of(mask_tokenizer="tiny") -> list[np.ndarray]:
-    """The level codebooks ``[K, D]`` of a mask tokenizer (``"tiny"``, a checkpoint path or a loaded one), float64."""
+    """The level codebooks ``[K, D]`` of a mask tokenizer (a ``tokenizer.load`` spec or a loaded one), float64."""
     if isinstance(mask_tokenizer, str):
-        from tokenizer import MaskTokenizer
+        from tokenizer.load import load_mask_tokenizer
 
-        if mask_tokenizer == "tiny":
-            mask_tokenizer = MaskTokenizer.tiny_pretrained(device="cpu")
-        else:
-            mask_tokenizer = MaskTokenizer.from_pretrained(mask_tokenizer, device="cpu")
+        mask_tokenizer = load_mask_tokenizer(mask_tokenizer, "cpu")
     q = mask_tokenizer.quantizer
     k = q.codebook_size
     # Each level's table has K codes and one padding row after them, never a code.
@@ -85,22 +82,15 @@ class LatentMatch:
         d2 = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2 * a @ b.T
         return np.exp(-np.maximum(d2, 0.0) / self.scale)
 
-    def _valid(self, codes):
-        # parse_masks gives level codes of the full token range; a code this tokenizer cannot embed is no mask.
-        return [(c1, c2) for c1, c2 in codes if 0 <= c1 < self.k and -1 <= c2 < self.k]
-
     def score(self, completion, answer) -> float:
+        # Groups are read as this tokenizer decodes them (``mask_groups``' codebook_size): a first code past
+        # the codebook names no mask, a second one past it is -1 (embedded as 0).
         text, answer = completion_text(completion), answer if isinstance(answer, str) else ""
         if self.mode == "gcg":
-            pred_phrases, pred = gcg_pred(text)
-            keep = [i for i, c in enumerate(pred) if self._valid([c])]
-            pred_phrases, pred = [pred_phrases[i] for i in keep], [pred[i] for i in keep]
-            gt_groups, gt_phrases = gt_gcg(answer)
-            gt = [(int(c1), int(c2) - CODEBOOK_SIZE) for c1, c2 in gt_groups]  # level-2 tokens follow level 1's
-            keep = [i for i, c in enumerate(gt) if self._valid([c])]
-            gt, gt_phrases = [gt[i] for i in keep], [gt_phrases[i] for i in keep]
+            pred_phrases, pred = gcg_pred(text, self.k)
+            gt_phrases, gt = gcg_pred(answer, self.k)
         else:
-            pred, gt = self._valid(parse_masks(text)), self._valid(parse_masks(answer))
+            pred, gt = parse_masks(text, self.k), parse_masks(answer, self.k)
             pred_phrases = gt_phrases = None
         if not pred and not gt:
             return 1.0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from tokenizer.codec import GROUP, PHRASE, mask_groups
+from tokenizer.codec import CODEBOOK_SIZE, GROUP, PHRASE, mask_groups
 
 GROUP_RE = re.compile(GROUP)
 # A phrase (the codec's grammar) and the mask group that directly follows it, after optional whitespace, when
@@ -71,9 +71,10 @@ def gt_gcg(answer: str) -> tuple[list[tuple[str, str]], list[str]]:
     return gcg_parse(answer)
 
 
-def gcg_pred(text: str) -> tuple[list[str], list[tuple[int, int]]]:
-    """(normalised phrase, codes) of every phrase directly followed by a (repaired, decodable) mask group."""
-    groups = {g.start: g.codes for g in mask_groups(text)}
+def gcg_pred(text: str, codebook_size: int = CODEBOOK_SIZE) -> tuple[list[str], list[tuple[int, int]]]:
+    """(normalised phrase, codes) of every phrase directly followed by a (repaired, decodable) mask group;
+    ``codebook_size``: the decoding tokenizer's codes per level (``tokenizer.codec.mask_groups``)."""
+    groups = {g.start: g.codes for g in mask_groups(text, codebook_size)}
     names, codes = [], []
     for m in PHRASE_WS_RE.finditer(text):
         pair = groups.get(m.end())

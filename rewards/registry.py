@@ -61,6 +61,15 @@ def check_params(spec: str, params: dict) -> None:
         _build(obj, spec, params)
 
 
+def needs_mask_tokenizer(spec: str) -> bool:
+    """Whether the reward ``spec`` names decodes or embeds masks: its factory takes a ``mask_tokenizer`` parameter
+    (mask_iou, latent_match, and any user factory that declares one). A recipe passes its own there."""
+    try:
+        return "mask_tokenizer" in inspect.signature(resolve(spec)).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def get_reward(spec: str, **params):
     """The reward function named by ``spec``, built with ``params``. Fails with the list of valid names."""
     obj = resolve(spec)

@@ -92,6 +92,8 @@ def _tokenizer(p, module) -> None:
     t.add_argument("--out", required=True, help="output folder (weights, log, checkpoints while running)")
     t.add_argument("--config",
                    help="tiny (default) | hiera_t | official | path to a config.json (ignored with --init/--official-ckpt)")
+    t.add_argument("--codebook-size", type=int,
+                   help="codes per level of a new tokenizer, 2..256 (default 256); fewer codes are shared by more masks")
     t.add_argument("--init", help="start from a saved MaskTokenizer folder (fine-tuning)")
     t.add_argument("--scenes", type=int, help=f"shapes-world training scenes (default {recipe['scenes']})")
     t.add_argument("--steps", type=int, help=f"default {recipe['steps']}")

@@ -13,8 +13,8 @@ from rl.schema import GENERATED_ENVS
 def shapes_rows(recipe: Recipe, split: str, n: int, mask_tokenizer=None) -> list[dict]:
     """Rows of the generated shapes world (GT answers encoded with the recipe's mask tokenizer)."""
     from envs.base import build_rows, group_by_image
-    from envs.prepare import load_mask_tokenizer
     from envs.shapes import shapes_env
+    from tokenizer.load import load_mask_tokenizer
 
     d = recipe.data
     task = "gcg" if d.env == "shapes_gcg" else "gres"

@@ -29,7 +29,7 @@ import numpy as np
 from envs import BadRows, get_env
 from envs.base import build_rows, group_by_image, load_image, merged_mask
 from rl.generation import generate
-from tokenizer.codec import parse_masks
+from tokenizer.codec import CODEBOOK_SIZE, parse_masks
 from tokenizer.masks import decode_rle, encode_rle
 
 MAX_NEW_TOKENS = {"gres": 96, "gcg": 128}  # greedy completion budget of the demo, experiments and monitor
@@ -46,7 +46,7 @@ def eval_rows(env, split: str, limit: int | None = None, strict: bool = True) ->
 def predicted_masks(text: str, row: dict, mask_tokenizer) -> np.ndarray:
     """bool [N,H,W]: one mask per mask group of the completion, decoded on the row's image (N may be 0)."""
     image = load_image(row["image"])
-    codes = parse_masks(text)
+    codes = parse_masks(text, getattr(mask_tokenizer, "codebook_size", CODEBOOK_SIZE))
     if not codes:
         return np.zeros((0, image.height, image.width), bool)
     return np.asarray(mask_tokenizer.decode(image, codes), dtype=bool)
@@ -225,7 +225,8 @@ def command(policy: str, env: str, out: str, split: str = "val", option: list[st
     """``samtok-rl eval``: generate with ``policy`` over ``env``'s ``split`` and write the official metrics to
     ``out``. ``vllm_options``: ``dtype``, ``max_model_len``, ``gpu_memory_utilization``, ``tensor_parallel_size``
     (``rl.vllm_backend.engine_kwargs``, which holds their defaults). The exit status."""
-    from envs.prepare import load_mask_tokenizer, parse_options
+    from envs.prepare import parse_options
+    from tokenizer.load import load_mask_tokenizer
 
     try:
         environment = get_env(env, **parse_options(option))

@@ -155,7 +155,7 @@ class HeldOutEval(TrainerCallback):
                         "to its SAMTok tokenizer folder, or the metrics mean nothing", recipe.data.mask_tokenizer)
         with preserved_rng():  # a "random" mask tokenizer seeds torch's global RNG
             if mask_tokenizer is None:
-                from envs.prepare import load_mask_tokenizer
+                from tokenizer.load import load_mask_tokenizer
 
                 mask_tokenizer = load_mask_tokenizer(recipe.data.mask_tokenizer)
             self.mask_tokenizer = mask_tokenizer

@@ -138,7 +138,7 @@ def check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
     if not r.rewards:
         problems.append("rewards: at least one reward is required")
     for i, rw in enumerate(r.rewards):
-        _check_reward(rw, f"rewards[{i}]", problems)
+        _check_reward(rw, f"rewards[{i}]", problems, r.data.mask_tokenizer)
     if r.reward_runtime.timeout_s is not None and r.reward_runtime.timeout_s <= 0:
         problems.append("reward_runtime.timeout_s: must be > 0 or null")
     _one_of(r.reward_runtime.isolation, ("none", "process"), "reward_runtime.isolation", problems)
@@ -162,8 +162,12 @@ def check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
     _check_sampling(r.sampling, problems)
     if check_files:
         _check_local_path(r.model.path, "model.path", problems)
-        if r.data.mask_tokenizer not in ("tiny", "random") and not Path(r.data.mask_tokenizer).is_dir():
-            problems.append(f"data.mask_tokenizer: {r.data.mask_tokenizer!r} is not tiny, random or a directory")
+        try:
+            from tokenizer.load import spec_folder
+
+            spec_folder(r.data.mask_tokenizer)
+        except ValueError as e:
+            problems.append(f"data.mask_tokenizer: {e}")
         for key in ("train", "eval", "image_root"):
             value = getattr(r.data, key)
             if value is not None and not Path(value).exists():
@@ -276,8 +280,9 @@ def _check_local_path(path: str, where: str, problems: list[str]) -> None:
         problems.append(f"{where}: local path {path!r} does not exist")
 
 
-def _check_reward(rw: Reward, where: str, problems: list[str]) -> None:
-    """Resolve the name and bind the params without building heavy rewards (mask_iou loads a model)."""
+def _check_reward(rw: Reward, where: str, problems: list[str], mask_tokenizer: str) -> None:
+    """Resolve the name and bind the params without building heavy rewards (mask_iou loads a model); a reward
+    that decodes masks must decode them with the recipe's one tokenizer (``data.mask_tokenizer``)."""
     if not rw.name:
         problems.append(f"{where}.name: required")
         return
@@ -285,5 +290,10 @@ def _check_reward(rw: Reward, where: str, problems: list[str]) -> None:
         from rewards import registry
 
         registry.check_params(rw.name, rw.params)
+        own = rw.params.get("mask_tokenizer")
+        if own is not None and own != mask_tokenizer and registry.needs_mask_tokenizer(rw.name):
+            problems.append(f"{where}.params.mask_tokenizer: {own!r} differs from data.mask_tokenizer "
+                            f"{mask_tokenizer!r}, which encoded the answers; drop the parameter (the reward gets "
+                            "data.mask_tokenizer) or set data.mask_tokenizer to it")
     except Exception as e:  # the registry's message names the valid rewards or the bad parameter
         problems.append(f"{where}: {e}")

@@ -10,6 +10,7 @@ warm-started runs) is in ``tokenizer/weights/tiny/README.md``. Evaluate with::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -38,6 +39,7 @@ class Options:
     sam2_ckpt: str | None = None
     sam2_config: str = "sam2.1_hiera_l"
     config: str = "tiny"
+    codebook_size: int | None = None  # codes per level (2..256); default the config's (256)
     init: str | None = None
     scenes: int | None = None  # train: TINY_RECIPE's; eval: 200
     steps: int = TINY_RECIPE["steps"]
@@ -85,6 +87,8 @@ def _build(args):
     from tokenizer import MaskTokenizer, config
 
     model = _official(args)
+    if args.codebook_size is not None and (model is not None or args.init):
+        raise ValueError("--codebook-size sets a new tokenizer's codebooks; a --init or official tokenizer keeps its own")
     if model is not None:
         return model, True
     if args.init:
@@ -96,6 +100,8 @@ def _build(args):
         cfg = config.TokenizerConfig.load(args.config)
     else:
         raise SystemExit(f"--config must be one of {sorted(factories)} or a config.json path, got {args.config!r}")
+    if args.codebook_size is not None:
+        cfg = dataclasses.replace(cfg, codebook_size=args.codebook_size)  # validated by the config itself
     torch.manual_seed(args.seed)
     return MaskTokenizer(cfg), False
 
@@ -129,13 +135,13 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from tokenizer import MaskTokenizer
+    from tokenizer.load import load_mask_tokenizer
     from tokenizer.train import reconstruction_miou
 
     data = _load_data(args, args.scenes, args.split)  # bad data fails before the model is loaded
     model = _official(args)
     if model is None:
-        model = MaskTokenizer.tiny_pretrained() if args.weights == "tiny" else MaskTokenizer.from_pretrained(args.weights)
+        model = load_mask_tokenizer(args.weights)
     t0 = time.time()
     result = reconstruction_miou(model, data)
     result["seconds"] = round(time.time() - t0, 1)

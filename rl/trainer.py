@@ -58,17 +58,29 @@ def _wandb_available() -> bool:
 def build_rewards(recipe: Recipe, tokenizer) -> list:
     """Registry rewards wrapped by the robust runtime: raw-text decoding of ``completion_ids`` (mask and
     object-ref tokens kept), None on failure or timeout, failure-rate stop, time per call logged."""
-    import dataclasses
-
     from rewards import build_rewards as registry_rewards
     from rewards import wrap_rewards
 
-    funcs, _ = registry_rewards([dataclasses.asdict(r) for r in recipe.rewards])  # weights: GRPOConfig's
+    funcs, _ = registry_rewards(reward_items(recipe))  # weights: GRPOConfig's
     rt = recipe.reward_runtime
     wrapped = wrap_rewards(funcs, tokenizer=tokenizer, timeout_s=rt.timeout_s, max_failure_rate=rt.max_failure_rate,
                            isolation=rt.isolation)
     wrapped[0] = LogDecodedMasks(wrapped[0], tokenizer)
     return wrapped
+
+
+def reward_items(recipe: Recipe) -> list[dict]:
+    """The recipe's rewards as registry items; every reward that decodes masks gets ``data.mask_tokenizer`` (the
+    tokenizer that encoded the answers; recipe validation refuses a reward that names another)."""
+    import dataclasses
+
+    from rewards.registry import needs_mask_tokenizer
+
+    items = [dataclasses.asdict(r) for r in recipe.rewards]
+    for item in items:
+        if needs_mask_tokenizer(item["name"]):
+            item["params"] = {**item["params"], "mask_tokenizer": recipe.data.mask_tokenizer}
+    return items
 
 
 class LogDecodedMasks:

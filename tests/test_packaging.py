@@ -93,8 +93,11 @@ def test_the_wheel_ships_the_console_script_and_the_tiny_tokenizer(wheel):
         names = set(z.namelist())
         entry = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert "samtok-rl = rl.cli:console" in entry
-    weights = {n for n in names if n.startswith("tokenizer/weights/tiny/")}
-    assert any(n.endswith(".safetensors") for n in weights) and any(n.endswith("config.json") for n in weights)
+    from tokenizer.load import PRETRAINED
+
+    for name in PRETRAINED:  # every committed tokenizer a recipe can name
+        weights = {n for n in names if n.startswith(f"tokenizer/weights/{name}/")}
+        assert any(n.endswith(".safetensors") for n in weights) and any(n.endswith("config.json") for n in weights), name
     assert {f"{p}/__init__.py" for p in PACKAGES} <= names
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
     assert wheel.name.endswith("-py3-none-any.whl")  # pure Python: one wheel for every platform

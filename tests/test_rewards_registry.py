@@ -103,7 +103,7 @@ def test_every_builtin_reward_pickles_and_scores_the_same_after():
     for name in builtin_names():
         params = {}
         if name == "mask_iou":  # a random-init tiny tokenizer: decoding is what is exercised, not its quality
-            from envs.prepare import load_mask_tokenizer
+            from tokenizer.load import load_mask_tokenizer
 
             params = {"mask_tokenizer": load_mask_tokenizer("random")}
         reward = get_reward(name, **params)

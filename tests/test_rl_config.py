@@ -18,10 +18,14 @@ RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 
 def _data_overrides(path: Path, tmp_path: Path) -> list[str]:
     """Released recipes point at prepared data that a fresh clone does not have: stand-ins in tmp_path."""
-    env = yaml.safe_load(path.read_text())["data"]["env"]
-    if env in ("grefcoco", "grandf"):
+    data = yaml.safe_load(path.read_text())["data"]
+    if data["env"] in ("grefcoco", "grandf"):
         (tmp_path / "prepared").mkdir(exist_ok=True)
-        return [f"data.train={tmp_path / 'prepared'}"]
+        overrides = [f"data.train={tmp_path / 'prepared'}"]
+        if "mask_tokenizer" in data:  # the released tokenizer's files
+            (tmp_path / "mask_tokenizer").mkdir(exist_ok=True)
+            overrides.append(f"data.mask_tokenizer={tmp_path / 'mask_tokenizer'}")
+        return overrides
     return []
 
 
@@ -192,7 +196,8 @@ def test_old_environment_names_load_with_a_warning_naming_the_file(old, new, tmp
         r = load_recipe(path)
     assert r.data.env == new and new in ENVIRONMENTS  # one set of names: the recipe's is the registry's
     with pytest.warns(FutureWarning):
-        assert load_recipe(ROOT / "recipes" / "shapes_gres.yaml", [f"data.env={old}", f"data.train={tmp_path}"]).data.env == new
+        assert load_recipe(ROOT / "recipes" / "shapes_gres.yaml", [f"data.env={old}", f"data.train={tmp_path}",
+                                                                   f"data.eval={tmp_path}"]).data.env == new
 
 
 def test_a_recipe_without_rewards_trains_with_its_environments_recommended_rewards(tmp_path):

@@ -255,8 +255,9 @@ def test_bf16_runs(tok):
 def test_config_validation():
     with pytest.raises(ValueError, match="multiple of 32"):
         config.TokenizerConfig(image_size=100)
-    with pytest.raises(ValueError, match="2x256"):
-        config.TokenizerConfig(codebook_size=512)
+    for size, depth in ((512, 2), (1, 2), (16, 3)):
+        with pytest.raises(ValueError, match=f"2 codebooks of 2..256 codes, got {depth}x{size}"):
+            config.TokenizerConfig(codebook_size=size, codebook_depth=depth)
     with pytest.raises(ValueError, match="unknown SAM2 config"):
         config.from_sam2("sam2.1_hiera_xxl")
 
@@ -270,9 +271,10 @@ def test_box_prompts_follow_the_convention_the_tokenizer_was_trained_with():
     import numpy as np
 
     from tokenizer import MaskTokenizer
+    from tokenizer.load import load_mask_tokenizer
     from tokenizer.masks import mask_to_box
 
-    tiny = MaskTokenizer.tiny_pretrained()
+    tiny = load_mask_tokenizer("tiny")
     assert tiny.config.box_convention == "exclusive"
     official = MaskTokenizer(dataclasses.replace(tiny.config, box_convention="inclusive")).eval()
     official.load_state_dict(tiny.state_dict())

@@ -102,16 +102,16 @@ def format_masks(all_codes: Iterable[Sequence[int]]) -> list[str]:
     return [format_mask(c) for c in all_codes]
 
 
-def parse_masks(text: str) -> list[tuple[int, int]]:
+def parse_masks(text: str, codebook_size: int = CODEBOOK_SIZE) -> list[tuple[int, int]]:
     """Every mask group in untrusted model output, repaired by the official rules: ``[(c1, c2), ...]``.
 
-    See ``mask_groups`` for the rules. Never raises: any input (including non-strings) gives a list,
-    possibly empty.
+    See ``mask_groups`` for the rules (and ``codebook_size``). Never raises: any input (including non-strings)
+    gives a list, possibly empty.
     """
-    return [g.codes for g in mask_groups(text)]
+    return [g.codes for g in mask_groups(text, codebook_size)]
 
 
-def mask_groups(text: str) -> list[MaskGroup]:
+def mask_groups(text: str, codebook_size: int = CODEBOOK_SIZE) -> list[MaskGroup]:
     """The mask groups of untrusted model output with their spans, repaired as the official code does.
 
     The official path rewrites the text with three regexes, then extracts exact groups; its outcome per
@@ -129,6 +129,10 @@ def mask_groups(text: str) -> list[MaskGroup]:
     * The kept codes must have exactly four digits (``extract_mt_token_ids_v2``), else the group is dropped.
     * A first code outside level 1's range (0..255) drops the group; a second code outside level 2's
       range (256..511), the filler included, becomes -1.
+    * ``codebook_size`` (default 256): the codes per level of the tokenizer that will decode the groups. A
+      smaller codebook uses the first ``codebook_size`` tokens of each level and never produces the others;
+      a code past it is read as the official path reads a code past 255: a first code drops the group (it
+      names no mask), a second becomes -1 (decoded as code 0).
 
     Codes and ends outside any group are ignored. One pass over the mask tokens (linear in the text);
     never raises, never evaluates anything: any input (including non-strings) gives a list, possibly empty.
@@ -162,23 +166,23 @@ def mask_groups(text: str) -> list[MaskGroup]:
         else:  # S C <|mt_..., or S C C... without a directly following end: broken
             i = k
             continue
-        codes = _codes(first, second)
+        codes = _codes(first, second, codebook_size)
         if codes is not None:
             out.append(MaskGroup(start, end, codes))
     return out
 
 
-def _codes(first: str, second: str | None) -> tuple[int, int] | None:
+def _codes(first: str, second: str | None, codebook_size: int) -> tuple[int, int] | None:
     """``(c1, c2)`` from the digits of the kept codes (``None``: the filler), or ``None`` to drop the group."""
     # Only four-digit codes are extracted; checking the length first also keeps int() off huge digit runs.
     if len(first) != 4 or (second is not None and len(second) != 4):
         return None
     c1 = int(first)
-    if not 0 <= c1 < CODEBOOK_SIZE:
+    if not 0 <= c1 < min(codebook_size, CODEBOOK_SIZE):
         return None
     # Quirk kept: the filler is the code 9999, out of level 2's range like any other bad second code.
     c2 = -1 if second is None else int(second) - CODEBOOK_SIZE
-    return c1, c2 if 0 <= c2 < CODEBOOK_SIZE else -1
+    return c1, c2 if 0 <= c2 < min(codebook_size, CODEBOOK_SIZE) else -1
 
 
 def add_mask_tokens(tokenizer, model=None, seed: int = 0) -> int:

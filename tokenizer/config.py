@@ -82,9 +82,12 @@ class TokenizerConfig:
             raise ValueError(f"box_convention must be 'inclusive' or 'exclusive', got {self.box_convention!r}")
         if self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
-        if self.codebook_size != CODEBOOK_SIZE or self.codebook_depth != CODEBOOK_DEPTH:
+        # The text format has CODEBOOK_SIZE tokens per level; a smaller codebook uses the first codebook_size of
+        # them and never produces the rest (coarser codes shared by more masks, as SAMTok's are: see
+        # tokenizer/weights/tiny16/README.md). The depth is fixed: a mask is always two codes.
+        if self.codebook_depth != CODEBOOK_DEPTH or not 2 <= self.codebook_size <= CODEBOOK_SIZE:
             raise ValueError(
-                f"the mask-token text format fixes the codebooks at {CODEBOOK_DEPTH}x{CODEBOOK_SIZE}, "
+                f"the mask-token text format fixes {CODEBOOK_DEPTH} codebooks of 2..{CODEBOOK_SIZE} codes, "
                 f"got {self.codebook_depth}x{self.codebook_size}"
             )
 
@@ -147,8 +150,8 @@ def hiera_t(image_size: int = 1024) -> TokenizerConfig:
     return from_sam2("sam2.1_hiera_t", image_size)
 
 
-def tiny() -> TokenizerConfig:
-    """CPU configuration for tests and the shapes world.
+def tiny(codebook_size: int = CODEBOOK_SIZE) -> TokenizerConfig:
+    """CPU configuration for tests and the shapes world (``codebook_size`` codes per level).
 
     * 256 px model input (the shapes world draws 112 px scenes): the decoder predicts logits at
       stride 4, i.e. a 64x64 grid, under 2 source pixels per cell, which small (16 px) shapes need to
@@ -175,4 +178,5 @@ def tiny() -> TokenizerConfig:
         encoder_mlp_dim=256,
         iou_loss_weight=1.0,
         dead_code_threshold=0.02,
+        codebook_size=codebook_size,
     )

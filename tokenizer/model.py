@@ -33,7 +33,6 @@ from tokenizer.config import TokenizerConfig, from_sam2
 from tokenizer.masks import mask_to_box
 from tokenizer.vq import ResidualQuantizer
 
-TINY_WEIGHTS = Path(__file__).parent / "weights" / "tiny"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Parts of the released SAM2Base that only video tracking uses; the tokenizer never runs them, so their
@@ -113,6 +112,12 @@ class MaskTokenizer(nn.Module):
     @property
     def sam(self) -> SAM2Parts:
         return self.model.sam2_model
+
+    @property
+    def codebook_size(self) -> int:
+        """Codes per level. The text format has 256 tokens per level; a smaller codebook never produces the
+        rest, and parsing reads them as it reads codes past 255 (``tokenizer.codec.mask_groups``)."""
+        return self.config.codebook_size
 
     @property
     def device(self) -> torch.device:
@@ -332,14 +337,6 @@ class MaskTokenizer(nn.Module):
         model = cls(TokenizerConfig.load(path / "config.json"))
         _load_strict(model, load_file(str(path / "model.safetensors")), str(path / "model.safetensors"))
         return (model.to(device) if device is not None else model).eval()
-
-    @classmethod
-    def tiny_pretrained(cls, device=None) -> MaskTokenizer:
-        """The small tokenizer trained on the shapes world, committed in ``tokenizer/weights/tiny``."""
-        if not (TINY_WEIGHTS / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{TINY_WEIGHTS} has no weights; {TINY_WEIGHTS / 'README.md'} has the commands "
-                                    "that rebuild them")
-        return cls.from_pretrained(TINY_WEIGHTS, device).eval()
 
     @classmethod
     def load_official(cls, mask_tokenizer_ckpt, sam2_ckpt, sam2_config: str = "sam2.1_hiera_l",

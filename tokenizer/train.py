@@ -296,9 +296,10 @@ def _resume(model, opt, sched, root: Path) -> int:
 
 @torch.no_grad()
 def reconstruction_miou(model: MaskTokenizer, data: Sequence) -> dict:
-    """Mean per-mask IoU of ``decode(encode(mask))`` against the mask, over every non-empty mask in ``data``."""
+    """Mean per-mask IoU of ``decode(encode(mask))`` against the mask, over every non-empty mask in ``data``,
+    and how the masks share codes (``code_sharing``)."""
     model.eval()
-    ious = []
+    ious, codes = [], []
     for image, masks in data:
         masks = np.asarray(masks, dtype=bool)
         if masks.ndim != 3:
@@ -306,11 +307,33 @@ def reconstruction_miou(model: MaskTokenizer, data: Sequence) -> dict:
         masks = masks[masks.any(axis=(1, 2))]
         if len(masks) == 0:
             continue
-        rec = model.decode(image, model.encode(image, masks)).numpy()
+        c = model.encode(image, masks)
+        rec = model.decode(image, c).numpy()
         ious.extend(float(masks_iou(a[None], b[None])[0, 0]) for a, b in zip(masks, rec))
+        codes.extend(map(tuple, c.tolist()))
     if not ious:
         raise ValueError("no non-empty masks to evaluate")
-    return {"miou": float(np.mean(ious)), "masks": len(ious), "frac_iou_ge_0.9": float(np.mean(np.array(ious) >= 0.9))}
+    return {"miou": float(np.mean(ious)), "masks": len(ious), "frac_iou_ge_0.9": float(np.mean(np.array(ious) >= 0.9)),
+            **code_sharing(codes)}
+
+
+def code_sharing(codes) -> dict:
+    """How many masks share each code pair, from the ``(c1, c2)`` of a set of masks.
+
+    SAMTok's released tokenizer has ~3,200 training masks per pair: its codes are coarse and the decoder, which
+    sees the image, draws the exact boundary, so one pair serves many objects and exact-match rewards can fire.
+    ``masks_per_pair``: masks / distinct pairs used; ``frac_unique``: the share of masks whose pair no other mask
+    has; ``level1_used`` / ``level2_used``: distinct codes per level.
+    """
+    from collections import Counter
+
+    counts = Counter(tuple(c) for c in codes)
+    n = sum(counts.values())
+    if n == 0:
+        return {"pairs_used": 0, "masks_per_pair": 0.0, "frac_unique": 0.0, "level1_used": 0, "level2_used": 0}
+    return {"pairs_used": len(counts), "masks_per_pair": n / len(counts),
+            "frac_unique": sum(1 for k in counts.values() if k == 1) / n,
+            "level1_used": len({c[0] for c in counts}), "level2_used": len({c[1] for c in counts})}
 
 
 class CocoMasks:
