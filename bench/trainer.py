@@ -39,6 +39,17 @@ class StepTimer(TrainerCallback):
         self.times.append(time.perf_counter() - self._t)
 
 
+class LogCollector(TrainerCallback):
+    """Each logged row that carries the reward (reward, completions/mean_length, ...), with its step."""
+
+    def __init__(self):
+        self.rows = []
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "reward" in logs:
+            self.rows.append({"step": state.global_step, **logs})
+
+
 class CentroidCodes:
     """Deterministic stand-in encoder for the GT answers (the reward is textual; the codes' meaning is irrelevant)."""
 
@@ -53,7 +64,9 @@ def recipe_for(run_dir: Path, steps: int):
     return load_recipe(ROOT / "recipes" / "shapes_gres.yaml", [
         f"run.output_dir={run_dir}", "run.report_to=[none]", "sft.enabled=false", f"grpo.max_steps={steps}",
         "grpo.save_strategy=no", "grpo.logging_steps=1000", "grpo.max_completion_length=32",
-        "data.shapes.n_train=64", "data.shapes.n_eval=0",
+        "data.shapes.n_train=64", "data.shapes.n_eval=0", "monitor.eval_steps=0",
+        # One reward on both sides: the plain trainer gets the same answer_match, bare.
+        "rewards=[{name: answer_match, params: {grading: coarse}}]",
     ])
 
 
@@ -81,7 +94,7 @@ def run_plain(recipe, dataset, steps):
     torch.manual_seed(0)
     model, processor = load_policy(Path(recipe.run.output_dir) / "policy-init")
     trainable.freeze_vision_tower(model)  # same trainable parameters as ours
-    reward = get_reward("answer_match")
+    reward = get_reward("answer_match", **recipe.rewards[0].params)
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=tr.grpo_config(recipe, recipe.run.output_dir),
                           train_dataset=dataset, processing_class=processor, callbacks=[timer])
     trainer.train()
@@ -128,8 +141,7 @@ def run_qwen_3b(steps: int = 3, shrink: int = 1) -> int:
     from envs.base import rows_to_dataset
     from rl import train
     from rl.config import load_recipe
-    from rl.demo import LogCollector  # keeps each step's logged scalars (reward, completions/mean_length, ...)
-    from rl.trainer import shapes_rows
+    from rl.data import shapes_rows
 
     tmp = Path(tempfile.mkdtemp())
     cuda = torch.cuda.is_available()
@@ -170,7 +182,7 @@ def main(argv=None) -> int:
         return run_qwen_3b(shrink=args.shrink)
     torch.set_num_threads(1)
     from envs.base import rows_to_dataset
-    from rl.trainer import shapes_rows
+    from rl.data import shapes_rows
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe = recipe_for(Path(tmp) / "run", args.steps)

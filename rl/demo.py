@@ -20,24 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-from transformers import TrainerCallback
-
+from rl.curves import learning_summary, plot_runs, read_run
 from rl.evaluate import MAX_NEW_TOKENS, recall_note, score_task
 from rl.report import HEADLINE, TASK_METRICS, delta, gain_source, pair_flags, spread_flags
 
 RECIPES = {task: Path(__file__).resolve().parents[1] / "recipes" / f"shapes_{task}.yaml" for task in ("gres", "gcg")}
 RECIPE = RECIPES["gres"]
 METRICS = TASK_METRICS["gres"]
-# GCG answers caption the whole image, so they run longer than GRES's one mask group per expression.
-class LogCollector(TrainerCallback):
-    """Keeps GRPO's logged scalars in memory for the reward curve."""
-
-    def __init__(self):
-        self.rows = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "reward" in logs:
-            self.rows.append({"step": state.global_step, **logs})
 
 
 def command(overrides: list[str] = (), task: str = "gres", recipe: str | None = None, out: str = "runs/demo",
@@ -72,19 +61,18 @@ def command(overrides: list[str] = (), task: str = "gres", recipe: str | None = 
 
 
 def run_demo(recipe, out: Path, test_samples: int, start: float, task: str = "gres") -> str:
-    from envs.prepare import load_mask_tokenizer
     from rl import train as train_mod
     from rl.data import shapes_rows
     from rl.policy import load_policy
+    from tokenizer.load import load_mask_tokenizer
 
     _say(start, "loading the tiny mask tokenizer")
     mask_tok = load_mask_tokenizer(recipe.data.mask_tokenizer)  # FileNotFoundError names the rebuild command
     _say(start, f"encoding {test_samples} held-out test samples")
     test = shapes_rows(recipe, "test", test_samples, mask_tok)
 
-    collector = LogCollector()
     _say(start, "SFT warm start, then GRPO (progress bars below)")
-    final = train_mod.run(recipe, callbacks=[collector])
+    final = train_mod.run(recipe)
 
     grading = answer_grading(recipe)  # the mean-reward column uses GRPO's grading
     results = {}
@@ -93,9 +81,11 @@ def run_demo(recipe, out: Path, test_samples: int, start: float, task: str = "gr
         model, processor = load_policy(path)
         results[name] = evaluate_policy(model, processor, mask_tok, test, out / f"eval_{name.lower()}", grading, task,
                                         reward_params=answer_params(recipe))
-    curve = plot_reward_curve(collector.rows, out / "reward_curve.png", reward_summary(recipe))
+    curves = read_run(out)
+    figure = plot_runs({"GRPO": [(f"seed {recipe.run.seed}", curves)]}, task, out / "learning_curves.png",
+                       reward_summary(recipe))
     wall = time.perf_counter() - start
-    report = write_report(results, recipe, out, wall, len(test), curve, task)
+    report = write_report(results, recipe, out, wall, len(test), figure, task, curves)
     return report
 
 
@@ -128,26 +118,6 @@ def answer_scores(task: str, texts, rows, grading: str, params: dict | None = No
     return answer_match(grading=grading, task="gcg", **keep)(completions=texts, answer=[r["answer"] for r in rows])
 
 
-def plot_reward_curve(rows: list[dict], path: Path, label: str = "answer_match") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    steps = [r["step"] for r in rows]
-    ax.plot(steps, [r["reward"] for r in rows], label=f"mean reward: {label}")
-    ax.fill_between(steps, [r["reward"] - r["reward_std"] for r in rows], [r["reward"] + r["reward_std"] for r in rows],
-                    alpha=0.2)
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel("reward")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def answer_grading(recipe) -> str:
     """The grading of the recipe's answer_match reward (the demo's mean-reward column), binary if it has none."""
     return next((r.params.get("grading", "binary") for r in recipe.rewards if r.name == "answer_match"), "binary")
@@ -167,7 +137,8 @@ def reward_summary(recipe) -> str:
     return " + ".join(parts)
 
 
-def write_report(results: dict, recipe, out: Path, wall: float, n_test: int, curve: Path, task: str = "gres") -> str:
+def write_report(results: dict, recipe, out: Path, wall: float, n_test: int, curve: Path, task: str = "gres",
+                 curves: dict | None = None) -> str:
     cols = [*TASK_METRICS[task], "mean reward"]
     terms = ", with the recipe's phrase and no-repeat terms" if task == "gcg" else ""
     lines = [
@@ -195,11 +166,13 @@ def write_report(results: dict, recipe, out: Path, wall: float, n_test: int, cur
     lines += [f"Note: {flag}" for flag in pair_flags(task, d) + spread_flags(task, [d])]
     if task == "gcg":
         lines.append(recall_note())
+    if curves is not None:
+        lines.append("Learning: " + learning_summary(curves, task))
     lines += [
         f"Wall time: {wall / 60:.1f} min.",
         "",
-        f"Reward curve: {curve}. Rollout grids (GT | predicted masks): {out / 'eval_sft' / 'grid.png'}, "
-        f"{out / 'eval_rl' / 'grid.png'}.",
+        f"Learning curves (sampled reward, held-out metrics): {curve}. Rollout grids (GT | predicted masks): "
+        f"{out / 'eval_sft' / 'grid.png'}, {out / 'eval_rl' / 'grid.png'}.",
     ]
     report = "\n".join(lines)
     (out / "report.md").write_text(report + "\n")

@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rl import curves as curves_mod
 from rl import report as flags_mod
 from rl.config import Model, key_form, load_recipe, to_dict
 from rl.experiment_report import plot_deltas, write_report
@@ -196,7 +197,7 @@ class Evaluator:
         self.plan, self._rows, self._tokenizers = plan, None, {}
 
     def tokenizer(self, name: str):
-        from envs.prepare import load_mask_tokenizer
+        from tokenizer.load import load_mask_tokenizer
 
         if name not in self._tokenizers:
             self._tokenizers[name] = load_mask_tokenizer(name)
@@ -333,8 +334,11 @@ def summarize(plan: Plan, cells: list[Cell], seeds: list[int]) -> dict:
             continue
         metrics = c.state()["result"]["metrics"]
         ordered = {**{k: float(metrics[k]) for k in keep}, **{k: float(v) for k, v in metrics.items() if k not in keep}}
-        runs.append({"variant": c.variant, "seed": c.seed, "policy": c.policy, "metrics": ordered,
-                     "wall_s": float(c.needs.state()["wall_s"])})
+        run = {"variant": c.variant, "seed": c.seed, "policy": c.policy, "metrics": ordered,
+               "wall_s": float(c.needs.state()["wall_s"])}
+        if c.policy == "RL":  # the sampled training reward per fifth of GRPO (rl.curves)
+            run["reward_fifths"] = curves_mod.fifths([v for _, v in curves_mod.read_run(c.needs.dir)["reward"]])
+        runs.append(run)
     return {"task": plan.task, "runs": runs, "sft_of": sft_of(cells), "seeds": list(seeds),
             "eval": {**plan.eval, "decoding": "greedy"}}
 
@@ -356,7 +360,17 @@ def run_experiment(plan: Plan, seeds: list[int], out: str | os.PathLike, say=pri
     write_json(out / "summary.json", summary)
     write_report(plan, summary, out)
     plot_deltas(summary, out / "deltas.png")
+    plot_curves(plan, cells, out / "curves.png")
     return summary
+
+
+def plot_curves(plan: Plan, cells: list[Cell], path: Path) -> Path:
+    """``curves.png``: per variant, the sampled reward and the held-out monitor's metrics of every seed's GRPO run."""
+    runs: dict[str, list] = {}
+    for c in cells:
+        if c.kind == "rl":
+            runs.setdefault(c.variant, []).append((f"seed {c.seed}", curves_mod.read_run(c.dir)))
+    return curves_mod.plot_runs(runs, plan.task, path)
 
 
 def command(plan: str, out: str, overrides: list[str] = (), seeds: list[int] = (0, 1, 2),

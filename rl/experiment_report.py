@@ -70,10 +70,31 @@ def write_report(plan: Plan, summary: dict, out: Path) -> str:
     for v, ds in deltas.items():
         lines.append(f"- **{v}**: {flags_mod.gain_source(task, flags_mod.mean_delta(ds))}")
         lines += [f"  - Note: {f}" for f in flags_mod.variant_flags(task, ds)]
-    lines += ["", "Deltas per variant with each seed's point: `deltas.png`."]
+    lines += ["", *_learning_lines(summary)]
+    lines += ["", "Deltas per variant with each seed's point: `deltas.png`. Learning curves (sampled reward, held-out "
+              "monitor) per variant and seed: `curves.png`."]
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
+
+
+def _learning_lines(summary: dict) -> list[str]:
+    """The sampled training reward (weighted total) per fifth of each GRPO run, and on how many seeds it rose."""
+    rl = [r for r in summary["runs"] if r["policy"] == "RL" and r.get("reward_fifths")]
+    if not rl:
+        return []
+    lines = ["## Learning: the sampled training reward", "",
+             "Mean of the weighted total reward of GRPO's sampled completions per fifth of the run.", "",
+             "| variant | seed | fifths | last − first |", "|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['seed']} | {', '.join(f'{v:.3f}' for v in r['reward_fifths'])} | "
+              f"{r['reward_fifths'][-1] - r['reward_fifths'][0]:+.3f} |" for r in rl]
+    lines.append("")
+    by_variant: dict[str, list[float]] = {}
+    for r in rl:
+        by_variant.setdefault(r["variant"], []).append(r["reward_fifths"][-1] - r["reward_fifths"][0])
+    lines += [f"- `{v}`: the reward rose (last fifth > first) on {sum(d > 0 for d in ds)} of {len(ds)} seeds"
+              for v, ds in by_variant.items()]
+    return lines
 
 
 def _mean_rows(summary: dict, cols) -> list[str]:

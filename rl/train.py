@@ -12,6 +12,7 @@ Run directory layout (``run.output_dir``)::
     checkpoint-N/        complete checkpoints only (staged in .staging/ and renamed when done)
     runs/                TensorBoard event files
     monitor/             held-out metrics during GRPO (metrics.jsonl) and rollout grids (step_N.png), when monitor: is on
+    log_history.json     every logged scalar of GRPO (rewards, loss, KL, held-out metrics), written when training ends
     final/               the trained policy, LoRA merged
 """
 
@@ -87,6 +88,7 @@ def run(recipe: Recipe, callbacks=()) -> Path:
 
     from rl import checkpoint, monitor, policy
     from rl import trainer as tr
+    from rl.curves import save_history
     from rl.data import load_datasets
 
     if monitor.zero3_problem(recipe):  # before minutes of SFT
@@ -130,6 +132,8 @@ def run(recipe: Recipe, callbacks=()) -> Path:
             if state.num_processes > 1 and is_collective_timeout(e):
                 raise RankTimeout(waited_message(e, state, recipe.run.dist_timeout_s, run_dir)) from e
             raise
+    if state.is_main_process:  # the scalars behind the learning curves (rl.curves), also of a stopped run
+        save_history(trainer.state.log_history, run_dir)
     if stop.stopped_at is not None:
         raise Preempted(run_dir / f"checkpoint-{stop.stopped_at}")
     return tr.save_final(trainer, processor, run_dir / "final")

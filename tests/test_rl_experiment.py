@@ -11,8 +11,9 @@ from rl import train as train_mod
 
 TOY = [
     "data.mask_tokenizer=random", "data.shapes.n_train=16", "data.shapes.n_eval=0", "sft.args.max_steps=2",
-    "grpo.max_steps=2", "grpo.per_device_train_batch_size=8", "grpo.num_generations=4",
+    "grpo.max_steps=5", "grpo.logging_steps=1", "grpo.per_device_train_batch_size=8", "grpo.num_generations=4",
     "grpo.max_completion_length=8", "grpo.save_strategy=no", "grpo.log_completions=false", "run.report_to=[none]",
+    "monitor.eval_steps=0",
 ]
 GRES_METRICS = ("gIoU", "cIoU", "N-acc", "T-acc")
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,10 @@ def test_toy_experiment_writes_summary_report_plot_and_resumes(tmp_path, monkeyp
     assert sorted((r["variant"], r["seed"], r["policy"]) for r in runs) == sorted(
         [("sft", s, "SFT") for s in (0, 1)] + [(v, s, "RL") for v in ("default", "beta0") for s in (0, 1)])
     for r in runs:
-        assert set(r) == {"variant", "seed", "policy", "metrics", "wall_s"}
+        assert set(r) == {"variant", "seed", "policy", "metrics", "wall_s"} | ({"reward_fifths"} if r["policy"] == "RL" else set())
+        if r["policy"] == "RL":  # the sampled reward of its 5 GRPO steps, one logged value per fifth
+            logged = json.loads((out / f"seed{r['seed']}" / r["variant"] / "log_history.json").read_text())
+            assert r["reward_fifths"] == [h["reward"] for h in logged if "reward" in h]
         assert isinstance(r["variant"], str) and isinstance(r["seed"], int) and isinstance(r["wall_s"], float)
         assert r["wall_s"] > 0
         for k in GRES_METRICS:
@@ -76,7 +80,10 @@ def test_toy_experiment_writes_summary_report_plot_and_resumes(tmp_path, monkeyp
     text = (out / "report.md").read_text()
     assert "| sft | 1 | SFT |" in text and "| beta0 | 0 | RL |" in text
     assert "| default | 2 | " in text and "one seed proves nothing" in text and "- **beta0**: " in text
-    assert (out / "deltas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "deltas.png").stat().st_size > 5000
+    assert "## Learning: the sampled training reward" in text and "| beta0 | 1 | " in text
+    assert "- `default`: the reward rose (last fifth > first) on " in text
+    for png in ("deltas.png", "curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 5000
 
     # Second run: every cell is finished, so no stage may run and no cell result may be rewritten.
     before = _cell_mtimes(out)

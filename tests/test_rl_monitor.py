@@ -132,9 +132,13 @@ def _shapes(*overrides):
 
 
 def test_monitor_section_is_off_by_default_and_validated():
-    r = _shapes()
-    assert (r.monitor.eval_steps, r.monitor.image_steps) == (0, 0) and not monitor.enabled(r)
-    r = _shapes("monitor.eval_steps=5", "monitor.max_new_tokens=32")
+    from rl.schema import Monitor
+
+    assert (Monitor().eval_steps, Monitor().image_steps) == (0, 0)
+    assert not monitor.enabled(_shapes("monitor.eval_steps=0"))
+    r = _shapes()  # the shapes recipes turn it on: their learning curves
+    assert monitor.enabled(r) and (r.monitor.eval_steps, r.monitor.eval_samples) == (15, 64)
+    r = _shapes("monitor.eval_steps=5", "monitor.eval_samples=32", "monitor.max_new_tokens=32")
     assert monitor.enabled(r) and r.monitor.eval_samples == 32 and monitor.task_of(r) == "gres"
     with pytest.raises(RecipeError, match=r"monitor\.eval_stepz: unknown key \(did you mean 'eval_steps'\?\)"):
         _shapes("monitor.eval_stepz=5")
@@ -149,7 +153,7 @@ def test_monitor_section_is_off_by_default_and_validated():
 
 def test_prepared_data_needs_an_eval_split_to_be_monitored(tmp_path):
     (tmp_path / "train").mkdir()
-    base = ["data.env=grefcoco", f"data.train={tmp_path / 'train'}"]
+    base = ["data.env=grefcoco", f"data.train={tmp_path / 'train'}", "monitor.eval_steps=0"]
     _shapes(*base)  # unmonitored: no eval split needed
     with pytest.raises(RecipeError, match="monitor: env 'grefcoco' needs held-out rows to evaluate on: set data.eval"):
         _shapes(*base, "monitor.image_steps=10")
@@ -168,7 +172,7 @@ def test_monitoring_is_refused_under_zero3(tmp_path, monkeypatch):
     assert "does not run under DeepSpeed ZeRO-3" in train_mod.preflight(recipe)
     with pytest.raises(monitor.MonitorError, match="ZeRO-3"):
         train_mod.run(recipe)
-    assert monitor.zero3_problem(_shapes()) is None  # not monitored: nothing to refuse
+    assert monitor.zero3_problem(_shapes("monitor.eval_steps=0")) is None  # not monitored: nothing to refuse
     config.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
     assert monitor.zero3_problem(recipe) is None
 

@@ -37,6 +37,13 @@ def varied_reward(completions, **kwargs):
     return [len(c[0]["content"] if isinstance(c, list) else c) % 7 / 7 for c in completions]
 
 
+def mask_token_share(completions, completion_ids=None, **kwargs):
+    """A dense reward any policy can climb: the share of completion tokens that are mask tokens (a third of the tiny
+    vocabulary, so an untrained policy scores about 0.3 with spread within every group)."""
+    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+    return [t.count("<|mt_") / max(1, len(ids)) for t, ids in zip(texts, completion_ids, strict=True)]
+
+
 def write_prepared(out: Path, n: int = 16, split: str = "train") -> Path:
     """A prepared GRES dataset (save_to_disk) of shapes rows with CentroidCodes answers."""
     from envs.base import build_rows, rows_to_dataset
@@ -53,7 +60,7 @@ def tiny_recipe(tmp_path, *overrides):
         "data.env=grefcoco", f"data.train={data}", "sft.enabled=false", f"run.output_dir={tmp_path / 'run'}",
         "run.report_to=[tensorboard]", "grpo.max_steps=2", "grpo.save_strategy=no", "grpo.logging_steps=1",
         "grpo.per_device_train_batch_size=8", "grpo.num_generations=4", "grpo.max_completion_length=12",
-        "grpo.learning_rate=0.01", "grpo.temperature=1.5",
+        "grpo.learning_rate=0.01", "grpo.temperature=1.5", "monitor.eval_steps=0",
         "rewards=[{name: answer_match, params: {grading: coarse}}, {name: mask_format}, "
         "{name: 'tiny_runs:varied_reward'}]", *overrides,
     ])
