@@ -140,6 +140,23 @@ def _experiment(p, module) -> None:
     p.add_argument("--variants", nargs="+", metavar="NAME", help="run and report only these variants of the plan (default: all)")
 
 
+def _rewards(p, module) -> None:
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("probe", argument_default=argparse.SUPPRESS,
+                       help="what a recipe's rewards will teach GRPO, measured on sampled completions at step 0")
+    s.add_argument("recipe", help="recipe YAML")
+    s.add_argument("overrides", nargs="*", help="key=value recipe overrides, e.g. \"rewards=[{name: answer_match}]\"")
+    s.add_argument("--policy", help="policy folder to sample from (default: the recipe's start: its SFT policy in "
+                                     "run.output_dir/sft, trained if missing)")
+    s.add_argument("--prompts", type=int, help="prompts to sample, num_generations completions each (default 64)")
+    s.add_argument("--reward", action="append", metavar="SPEC",
+                   help='another reward to score beside the recipe\'s: a name, module:function or file.py:function, '
+                        'optionally with JSON params: \'answer_match{"grading": "binary"}\' (repeatable)')
+    s.add_argument("--completions", help="rescore a run's logged completions (its folder or its completions/) "
+                                         "instead of sampling")
+    s.add_argument("--out", help="output folder for probe.json and probe.png (default run.output_dir/probe)")
+
+
 COMMANDS = {
     "train": Command("rl.train", "GRPO training from a recipe: samtok-rl train RECIPE.yaml [key=value ...] [--dry-run]",
                      _train),
@@ -151,6 +168,8 @@ COMMANDS = {
     "demo": Command("rl.demo", "the CPU default run: tiny policy, shapes world, SFT then GRPO, SFT-vs-RL report", _demo),
     "env": Command("rl.env_report", "versions, GPUs and what a recipe needs that this environment lacks (for bug reports)",
                    _env),
+    "rewards": Command("rl.probe", "reward lab: rewards probe RECIPE measures what its rewards will teach GRPO",
+                       _rewards, raw_description=True),
     "experiment": Command("rl.experiment",
                           "variants x seeds of SFT then GRPO from a plan, evaluated on held-out data: mean ± std report",
                           _experiment, intermixed=True),  # overrides may follow --out, as the usage line shows

@@ -84,8 +84,10 @@ def reward_items(recipe: Recipe) -> list[dict]:
 
 
 class LogDecodedMasks:
-    """Adds a ``pred_masks`` column (the codes parsed from each raw completion) to TRL's completion logs
-    (console sample, parquet files, W&B table) when ``grpo.log_completions`` is on. Delegates scoring."""
+    """Adds columns to TRL's completion logs (console sample, parquet files, W&B table) when ``grpo.log_completions``
+    is on: ``pred_masks`` (the codes parsed from each raw completion), and ``raw_completion`` (the text the rewards
+    read, special tokens kept) with ``row_id`` (the dataset row), which ``samtok-rl rewards probe --completions``
+    rescores. Delegates scoring."""
 
     def __init__(self, reward, tokenizer):
         self.reward, self.tokenizer = reward, tokenizer
@@ -96,7 +98,11 @@ class LogDecodedMasks:
             from rewards import decode_raw
             from tokenizer.codec import parse_masks
 
-            log_extra("pred_masks", [str(parse_masks(t)) for t in decode_raw(completion_ids, self.tokenizer)])
+            texts = decode_raw(completion_ids, self.tokenizer)
+            log_extra("pred_masks", [str(parse_masks(t)) for t in texts])
+            log_extra("raw_completion", texts)
+            if kwargs.get("id") is not None:
+                log_extra("row_id", [str(i) for i in kwargs["id"]])
         return self.reward(*args, completion_ids=completion_ids, log_extra=log_extra, **kwargs)
 
 

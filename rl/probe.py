@@ -1,0 +1,562 @@
+"""``samtok-rl rewards probe RECIPE [key=value ...]``: what a reward will teach GRPO, measured at step 0 in minutes.
+
+It samples ``num_generations`` completions for each of ``--prompts`` prompts exactly as the recipe's GRPO draws its
+first ones (the recipe's start policy, or ``--policy``; its temperature, top_p and other sampling settings; its prompt
+sampler, ``sampling.balance`` included), scores them with every reward of the recipe (plus any ``--reward``) through
+the recipe's reward runtime (raw-text decoding, timeouts, isolation), and reports, per reward, for the recipe's
+weighted total, and per answer kind (GRES: no target / one object / several; GCG: by number of phrases):
+
+- ``mean`` and ``spread`` (the mean within-group standard deviation);
+- ``zero_spread``: the share of groups whose completions all score the same (no GRPO gradient; TRL's
+  ``frac_reward_zero_std``);
+- ``nt_mass``: the share of the total |advantage| (TRL's group-normalised advantage) that lands on completions
+  answering ``No target.`` (GRES);
+- ``spearman_iou``: the rank correlation with the decoded mask IoU of the same completions (``mask_iou`` with the
+  recipe's tokenizer, ``gres`` mode or GCG's ``instances``: the quality the official metric rewards), within groups
+  (what GRPO's advantages compare; averaged over groups where both vary) and pooled;
+- ``exact_match``: how often the paper's binary answer_match fires: per completion, and the share of target groups
+  where at least one completion matches exactly;
+- ``seconds_per_completion``: the reward's cost.
+
+The **signal score** ranks rewards by what they will teach: the share of the weighted total's |advantage| mass that
+sits on target prompts and agrees with the decoded IoU, ``sum over target groups of m_g * rho_g / sum over all
+groups of m_g``, where ``m_g`` is the group's |advantage| mass and ``rho_g`` its within-group Spearman of reward and
+IoU (0 where the IoU does not vary). It is 0 for a reward without spread, small when the spread sits on no-target
+prompts only (the collapse into ``No target.``), negative when the reward ranks masks against their IoU.
+
+Warnings (in words, on the terminal and in ``probe.json``), with these thresholds:
+
+- ``NO_GRADIENT``: more than this share of groups without spread in the weighted total: "N% of groups give no
+  gradient";
+- ``NT_MASS`` with ``LOW_SIGNAL``: at least this share of the |advantage| mass on ``No target.`` while the signal
+  score is under ``LOW_SIGNAL``: "most advantage mass is on 'No target.': expect collapse";
+- ``OPPOSITE``: a reward whose within-group Spearman with the IoU is below this: "ranks completions opposite to IoU";
+- a reward with no spread in any group: "does not depend on the completion".
+
+A run is **flagged** when either of the first two fires for the weighted total: GRPO with it is expected to learn
+nothing or to collapse.
+
+``--completions DIR`` rescores a run's logged completions instead of sampling (TRL's parquet files in
+``<run>/completions``, with the row id and raw text this project's trainer logs beside each completion): a reward
+idea can be tried on yesterday's rollouts. Writes ``probe.json`` and ``probe.png`` (reward against IoU; zero-spread
+share by kind, the weighted total beside its parts) into ``--out`` (default ``<run.output_dir>/probe``), both or
+neither.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+NO_GRADIENT = 0.5
+NT_MASS = 0.5
+LOW_SIGNAL = 0.2
+OPPOSITE = -0.1
+ZERO_STD = 1e-8  # TRL's torch.isclose(std, 0)
+ADV_EPS = 1e-4  # TRL: (r - mean) / (std + 1e-4)
+
+
+class ProbeError(ValueError):
+    """Bad input to the probe: named, with nothing written."""
+
+
+@dataclass
+class Rollouts:
+    """Completions in groups: ``rows[i]`` is the dataset row of completion ``i``; ``groups`` lists the completion
+    indices of each prompt."""
+
+    rows: list[dict]
+    texts: list[str]
+    ids: list[list[int]]
+    groups: list[list[int]]
+    source: str = ""
+    seconds: float = 0.0
+    logged: dict[str, list[float]] = field(default_factory=dict)  # logged reward columns (rescoring)
+
+
+# ---------------------------------------------------------------- rollouts
+
+
+def start_policy(recipe, policy: str | None):
+    """``(model, processor, where)``: ``policy`` if given, else the policy the recipe's GRPO starts from (its SFT
+    policy in ``<run.output_dir>/sft``, trained now if missing; or ``model.path``)."""
+    from rl.policy import initial_policy, load_policy
+
+    if policy:
+        if not Path(policy).exists() and "/" not in policy.strip("./"):
+            raise ProbeError(f"--policy {policy!r}: no such folder")
+        model, processor = load_policy(policy)
+        return model, processor, policy
+    if recipe.sft.enabled:
+        from rl import train as train_mod
+        from rl.data import load_datasets
+
+        run_dir = Path(recipe.run.output_dir)
+        train_ds, _ = load_datasets(recipe)
+        sft = train_mod.run_sft_stage(recipe, run_dir, train_ds)
+        model, processor = load_policy(sft)
+        return model, processor, str(sft)
+    model, processor = initial_policy(recipe)
+    return model, processor, recipe.model.path
+
+
+def prompt_order(recipe, dataset) -> list[int]:
+    """The dataset rows in the order GRPO's prompt sampler draws them in its first epoch."""
+    from rl import sampling
+
+    if recipe.sampling.balance:
+        s = sampling.BalancedRepeatSampler(dataset, 1, 1, 1, True, recipe.run.seed,
+                                           kinds=sampling.dataset_kinds(dataset), shares=recipe.sampling.balance)
+        return s.epoch_order()
+    return list(sampling.EpochSeededRepeatSampler(dataset, 1, 1, 1, True, recipe.run.seed))
+
+
+def sample(recipe, model, processor, dataset, n_prompts: int, batch_size: int = 32) -> Rollouts:
+    """``num_generations`` completions for each of the first ``n_prompts`` prompts GRPO would draw, sampled with the
+    recipe's GRPO settings (seeded by ``run.seed``)."""
+    import torch
+
+    from rl.generation import generate, grpo_sampling
+    from rl.trainer import grpo_config
+
+    if len(dataset) == 0:
+        raise ProbeError("the recipe's training set is empty: nothing to probe")
+    with tempfile.TemporaryDirectory() as tmp:
+        args = grpo_config(recipe, tmp)
+    g = args.num_generations
+    order = prompt_order(recipe, dataset)[:n_prompts]
+    rows = [dataset[i] for i in order for _ in range(g)]
+    torch.manual_seed(recipe.run.seed)
+    start = time.perf_counter()
+    texts, ids = generate(model, processor, rows, args.max_completion_length, batch_size, do_sample=True,
+                          return_ids=True, **grpo_sampling(args))
+    groups = [list(range(k * g, (k + 1) * g)) for k in range(len(order))]
+    return Rollouts(rows, texts, ids, groups, "sampled", time.perf_counter() - start)
+
+
+def logged_rollouts(folder: str | Path, dataset) -> Rollouts:
+    """A run's logged completions (TRL's ``completions/*.parquet``) joined to their dataset rows by row id."""
+    import pandas as pd
+
+    folder = Path(folder)
+    if (folder / "completions").is_dir():
+        folder = folder / "completions"
+    if not folder.is_dir():
+        raise ProbeError(f"--completions {folder}: no such folder")
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        raise ProbeError(f"--completions {folder}: no logged completions (*.parquet); train with "
+                         "grpo.log_completions=true")
+    frames = [pd.read_parquet(f) for f in files]
+    df = pd.concat(frames, ignore_index=True)
+    missing = [c for c in ("step", "row_id", "raw_completion") if c not in df.columns]
+    if missing:
+        raise ProbeError(f"--completions {folder}: the logged completions lack {missing} (logged before this "
+                         "version of the trainer, which logs each completion's row id and raw text)")
+    by_id = {rid: i for i, rid in enumerate(dataset["id"])}
+    unknown = sorted(set(df["row_id"]) - set(by_id))
+    if unknown:
+        raise ProbeError(f"--completions {folder}: {len(unknown)} logged row ids are not in the recipe's training set "
+                         f"(e.g. {unknown[0]!r}): rescore with the recipe that made the run")
+    rows_cache: dict[str, dict] = {}
+    rows, texts, groups, where = [], [], [], {}
+    for step, rid, text in zip(df["step"], df["row_id"], df["raw_completion"]):
+        if rid not in rows_cache:
+            rows_cache[rid] = dataset[by_id[rid]]
+        key = (int(step), rid)
+        if key not in where:
+            where[key] = len(groups)
+            groups.append([])
+        groups[where[key]].append(len(rows))
+        rows.append(rows_cache[rid])
+        texts.append(text)
+    logged = {c: [float(v) for v in df[c]] for c in df.columns
+              if c not in ("step", "prompt", "completion", "row_id", "raw_completion", "advantage", "pred_masks")}
+    return Rollouts(rows, texts, [None] * len(texts), groups, f"logged: {folder}", 0.0, logged)
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def build_probe_rewards(recipe, tokenizer, extra: list[str] = ()) -> list[tuple[str, float | None, object]]:
+    """``(name, weight, wrapped reward)``: the recipe's rewards (weights set), then each ``--reward`` (weight None:
+    scored and reported, not part of the total). Extra specs: ``NAME`` or ``NAME:{"param": value}`` (JSON)."""
+    from rewards import get_reward, wrap_rewards
+    from rewards.registry import needs_mask_tokenizer
+    from rl.trainer import build_rewards
+
+    out = [(f.__name__, r.weight, f) for f, r in zip(build_rewards(recipe, tokenizer), recipe.rewards)]
+    rt = recipe.reward_runtime
+    for spec in extra:
+        name, params = _reward_spec(spec)
+        if needs_mask_tokenizer(name):
+            params.setdefault("mask_tokenizer", recipe.data.mask_tokenizer)
+        try:
+            fn = get_reward(name, **params)
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            raise ProbeError(f"--reward {spec!r}: {e}") from None
+        wrapped = wrap_rewards([fn], tokenizer=tokenizer, timeout_s=rt.timeout_s, max_failure_rate=rt.max_failure_rate,
+                               isolation=rt.isolation)[0]
+        taken = {n for n, _, _ in out}
+        wrapped.__name__ = next(f"{wrapped.__name__}{s}" for s in ["", *(f"_{k}" for k in range(2, 99))]
+                                if f"{wrapped.__name__}{s}" not in taken)
+        out.append((wrapped.__name__, None, wrapped))
+    return out
+
+
+def _reward_spec(spec: str) -> tuple[str, dict]:
+    name, brace, rest = spec.partition("{")
+    if not brace:
+        return spec, {}
+    name = name.rstrip(":").strip()
+    try:
+        params = json.loads("{" + rest)
+    except json.JSONDecodeError as e:
+        raise ProbeError(f"--reward {spec!r}: the parameters after the name must be a JSON object ({e})") from None
+    if not isinstance(params, dict):
+        raise ProbeError(f"--reward {spec!r}: the parameters must be a JSON object")
+    return name, params
+
+
+def score(rollouts: Rollouts, rewards, tokenizer=None) -> dict[str, dict]:
+    """``{name: {"values": [...], "seconds": s}}``: every reward on every completion, in TRL's calling contract."""
+    from rewards.runtime import RewardFailureError
+
+    columns = _columns(rollouts.rows)
+    completions = [[{"role": "assistant", "content": t}] for t in rollouts.texts]
+    prompts = [r["prompt"] for r in rollouts.rows]
+    ids = rollouts.ids if rollouts.ids and rollouts.ids[0] is not None else None
+    out = {}
+    for name, _, fn in rewards:
+        start = time.perf_counter()
+        try:
+            values = fn(prompts=prompts, completions=completions, completion_ids=ids, **columns)
+        except RewardFailureError as e:
+            raise ProbeError(str(e)) from None
+        failed = sum(v is None for v in values)
+        if failed == len(values):
+            last = "; ".join(f"{k}: {m[:200]}" for k, m in getattr(fn, "last_error", {}).items())
+            raise ProbeError(f"reward {name!r} failed on every completion ({last or 'returned None'})")
+        out[name] = {"values": [math.nan if v is None else float(v) for v in values],
+                     "seconds": time.perf_counter() - start, "failed": failed}
+    return out
+
+
+def _columns(rows: list[dict]) -> dict[str, list]:
+    keys = [k for k in rows[0] if k != "prompt"]
+    return {k: [r[k] for r in rows] for k in keys}
+
+
+def decoded_iou(rollouts: Rollouts, task: str, mask_tokenizer) -> list[float]:
+    """The decoded-mask IoU of every completion with its GT (``mask_iou``: GRES ``gres`` mode, GCG ``instances``)."""
+    from rewards.iou import MaskIoU
+
+    reward = MaskIoU("gres" if task == "gres" else "instances", mask_tokenizer=mask_tokenizer)
+    return reward(completions=rollouts.texts, **{k: v for k, v in _columns(rollouts.rows).items()
+                                                 if k in ("image", "masks", "answer")})
+
+
+def exact_matches(rollouts: Rollouts, task: str) -> list[bool]:
+    """Whether the paper's binary answer_match (mask groups, exact) gives the completion full marks."""
+    from rewards.answer_match import score as answer_score
+
+    return [answer_score(t, r["answer"], "binary") == 1.0 if task == "gres" else
+            _gcg_exact(t, r["answer"]) for t, r in zip(rollouts.texts, rollouts.rows)]
+
+
+def _gcg_exact(text: str, answer: str) -> bool:
+    from rewards.answer_match import answer_match
+
+    return answer_match(grading="binary", task="gcg", phrase_weight=0.0, no_repeat_weight=0.0)(
+        completions=[text], answer=[answer])[0] == 1.0
+
+
+# ---------------------------------------------------------------- analysis
+
+
+def answer_kind(task: str, row: dict) -> str:
+    """GRES: no_target / single / multi; GCG: the number of phrases (``4+`` from four on)."""
+    from rl.sampling import answer_kind as gres_kind
+
+    if task == "gres":
+        return gres_kind(bool(row.get("no_target")), len(row.get("masks") or []))
+    n = len(row.get("masks") or [])
+    return f"{n} phrase{'s' if n != 1 else ''}" if n < 4 else "4+ phrases"
+
+
+def analyse(task: str, rollouts: Rollouts, scores: dict, weights: dict, iou: list[float], exact: list[bool]) -> dict:
+    """Every statistic of the module docstring, per reward and for the weighted total, overall and per kind."""
+    from tokenizer.codec import NO_TARGET
+
+    is_nt = [t.strip() == NO_TARGET for t in rollouts.texts]
+    total = np.zeros(len(rollouts.texts))
+    scorable = np.zeros(len(rollouts.texts), bool)
+    for name, w in weights.items():
+        v = np.asarray(scores[name]["values"])
+        total += w * np.nan_to_num(v)
+        scorable |= ~np.isnan(v)
+    total[~scorable] = np.nan
+    kinds = [answer_kind(task, rollouts.rows[g[0]]) for g in rollouts.groups]
+    target = [not (task == "gres" and k == "no_target") for k in kinds]
+    iou = np.asarray(iou, float)
+    series = {name: np.asarray(s["values"], float) for name, s in scores.items()}
+    series["total"] = total
+    report = {"rewards": {}, "kinds": sorted(set(kinds)), "groups": len(rollouts.groups),
+              "completions": len(rollouts.texts)}
+    for name, values in series.items():
+        stats = _stats(values, rollouts.groups, iou, is_nt, target)
+        stats["by_kind"] = {k: _stats(values, [g for g, kk in zip(rollouts.groups, kinds) if kk == k], iou, is_nt,
+                                      [t for t, kk in zip(target, kinds) if kk == k])
+                            for k in report["kinds"]}
+        if name != "total":
+            stats["weight"] = weights.get(name)
+            stats["seconds_per_completion"] = scores[name]["seconds"] / max(1, len(values))
+            stats["failed"] = scores[name]["failed"]
+        report["rewards"][name] = stats
+    target_groups = [g for g, t in zip(rollouts.groups, target) if t]
+    report["exact_match"] = {
+        "completions": float(np.mean(exact)) if exact else 0.0,
+        "target_completions": float(np.mean([exact[i] for g in target_groups for i in g])) if target_groups else 0.0,
+        "target_groups_with_a_match": float(np.mean([any(exact[i] for i in g) for g in target_groups]))
+        if target_groups else 0.0,
+        "by_kind": {k: float(np.mean([exact[i] for g, kk in zip(rollouts.groups, kinds) if kk == k for i in g]))
+                    for k in report["kinds"]},
+    }
+    report["decoded_iou"] = float(np.nanmean(iou)) if len(iou) else math.nan
+    report["signal"] = report["rewards"]["total"]["signal"]
+    report["warnings"] = warnings(task, report)
+    report["flagged"] = any(w["kind"] in ("no_gradient", "collapse") for w in report["warnings"])
+    return report
+
+
+def advantages(values: np.ndarray, groups: list[list[int]]) -> np.ndarray:
+    """TRL's group-normalised advantages, ``(r - mean) / (std + 1e-4)`` per group (sample std), NaNs left out."""
+    adv = np.zeros(len(values))
+    for g in groups:
+        v = values[g]
+        ok = ~np.isnan(v)
+        if ok.sum() < 2:
+            continue
+        mean, std = v[ok].mean(), v[ok].std(ddof=1)
+        adv[np.asarray(g)[ok]] = (v[ok] - mean) / (std + ADV_EPS)
+    return adv
+
+
+def _stats(values, groups, iou, is_nt, target) -> dict:
+    from scipy.stats import spearmanr
+
+    if not groups:
+        return {}
+    adv = advantages(values, groups)
+    spreads, zero, rhos, mass, aligned = [], 0, [], 0.0, 0.0
+    for g, is_target in zip(groups, target):
+        v = values[g]
+        v = v[~np.isnan(v)]
+        std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        spreads.append(std)
+        zero += std <= ZERO_STD
+        m = float(np.abs(adv[g]).sum())
+        mass += m
+        rho = _spearman(values[g], iou[g])
+        if rho is not None:
+            rhos.append(rho)
+            if is_target:
+                aligned += m * rho
+    nt_mass = float(np.abs(adv[[i for g in groups for i in g if is_nt[i]]]).sum()) / mass if mass else 0.0
+    idx = [i for g in groups for i in g]
+    ok = [i for i in idx if not (math.isnan(values[i]) or math.isnan(iou[i]))]
+    pooled = spearmanr(values[ok], iou[ok])[0] if len(ok) > 2 and np.ptp(values[ok]) > 0 and np.ptp(iou[ok]) > 0 else None
+    return {
+        "mean": float(np.nanmean(values[idx])),
+        "spread": float(np.mean(spreads)),
+        "zero_spread": zero / len(groups),
+        "nt_mass": nt_mass,
+        "spearman_iou": float(np.mean(rhos)) if rhos else None,
+        "spearman_iou_pooled": None if pooled is None or math.isnan(pooled) else float(pooled),
+        "signal": aligned / mass if mass else 0.0,
+        "groups": len(groups),
+    }
+
+
+def _spearman(a, b) -> float | None:
+    """Spearman of two vectors over the entries both have, None when either does not vary."""
+    from scipy.stats import spearmanr
+
+    ok = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[ok], b[ok]
+    if len(a) < 2 or np.ptp(a) <= ZERO_STD or np.ptp(b) <= ZERO_STD:
+        return None
+    return float(spearmanr(a, b)[0])
+
+
+def warnings(task: str, report: dict) -> list[dict]:
+    out = []
+    total = report["rewards"]["total"]
+    if total["zero_spread"] > NO_GRADIENT:
+        out.append({"kind": "no_gradient", "reward": "total",
+                    "text": f"{total['zero_spread']:.0%} of groups give no gradient: all their completions score the "
+                            "same weighted total"})
+    if task == "gres" and total["nt_mass"] >= NT_MASS and total["signal"] < LOW_SIGNAL:
+        out.append({"kind": "collapse", "reward": "total",
+                    "text": f"most advantage mass ({total['nt_mass']:.0%}) is on 'No target.' completions and little "
+                            f"on better masks (signal {total['signal']:.2f}): expect collapse into 'No target.'"})
+    for name, s in report["rewards"].items():
+        if name == "total":
+            continue
+        if s["zero_spread"] >= 1.0:
+            out.append({"kind": "ignores_completion", "reward": name,
+                        "text": f"{name} gives every completion of a prompt the same score: it does not depend on "
+                                "the completion, so it teaches nothing"})
+        elif s["spearman_iou"] is not None and s["spearman_iou"] < OPPOSITE:
+            out.append({"kind": "opposite", "reward": name,
+                        "text": f"{name} ranks completions opposite to IoU (within-group Spearman "
+                                f"{s['spearman_iou']:+.2f})"})
+    return out
+
+
+# ---------------------------------------------------------------- output
+
+
+def table(report: dict) -> str:
+    def f(v, fmt="{:.3f}"):
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+    head = (f"{'reward':<24} {'weight':>6} {'mean':>7} {'spread':>7} {'0-spread':>8} {'NT adv':>7} "
+            f"{'rho IoU':>8} {'signal':>7} {'s/compl':>9}")
+    lines = [head, "-" * len(head)]
+    for name, s in report["rewards"].items():
+        weight = "total" if name == "total" else ("extra" if s.get("weight") is None else f"{s['weight']:g}")
+        lines.append(f"{name:<24} {weight:>6} {f(s['mean']):>7} {f(s['spread']):>7} {f(s['zero_spread'], '{:.0%}'):>8} "
+                     f"{f(s['nt_mass'], '{:.0%}'):>7} {f(s['spearman_iou'], '{:+.2f}'):>8} {f(s['signal'], '{:+.3f}'):>7} "
+                     f"{f(s.get('seconds_per_completion'), '{:.1e}'):>9}")
+    lines += ["", "by answer kind (weighted total): " + "; ".join(
+        f"{k}: {v['groups']} groups, {v['zero_spread']:.0%} zero-spread, rho {f(v['spearman_iou'], '{:+.2f}')}"
+        for k, v in report["rewards"]["total"]["by_kind"].items() if v)]
+    e = report["exact_match"]
+    lines.append(f"exact match (binary answer_match = 1): {e['completions']:.1%} of completions, "
+                 f"{e['target_completions']:.1%} on target prompts; target groups with at least one: "
+                 f"{e['target_groups_with_a_match']:.1%}")
+    lines.append(f"signal score: {report['signal']:+.3f}" + ("  FLAGGED" if report["flagged"] else ""))
+    lines += [f"warning: {w['text']}" for w in report["warnings"]]
+    return "\n".join(lines)
+
+
+def plot(report: dict, scores: dict, iou: list[float], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(scores)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(names):
+        v = np.asarray(scores[name]["values"], float)
+        a.scatter(np.asarray(iou) + rng.uniform(-0.01, 0.01, len(v)), v + rng.uniform(-0.01, 0.01, len(v)), s=4,
+                  alpha=0.4, color=f"C{k}", label=f"{name} (rho {report['rewards'][name]['spearman_iou'] or 0:+.2f})")
+    a.set_xlabel("decoded mask IoU of the completion")
+    a.set_ylabel("reward")
+    a.set_title("each reward against the decoded IoU (jittered)", fontsize=9)
+    a.legend(fontsize=7)
+    kinds = report["kinds"]
+    series = ["total", *names]
+    width = 0.8 / len(series)
+    for k, name in enumerate(series):
+        by = report["rewards"][name]["by_kind"]
+        b.bar(np.arange(len(kinds)) + k * width, [by[kd].get("zero_spread", 0) if by[kd] else 0 for kd in kinds], width,
+              label="weighted total" if name == "total" else name, color="black" if name == "total" else f"C{k - 1}",
+              alpha=0.8)
+    b.set_xticks(np.arange(len(kinds)) + 0.4 - width / 2, kinds, fontsize=8)
+    b.set_ylim(0, 1)
+    b.set_ylabel("share of groups without spread")
+    b.set_title(f"zero-spread groups by answer kind; signal {report['signal']:+.3f}", fontsize=9)
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(out: Path, report: dict, scores: dict, iou: list[float]) -> None:
+    """probe.json and probe.png, both or neither: written in a scratch folder, then moved in."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".probe-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "probe.json").write_text(json.dumps(report, indent=1) + "\n")
+        plot(report, scores, iou, tmp / "probe.png")
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("probe.json", "probe.png"):
+            shutil.move(str(tmp / name), out / name)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def probe(recipe, policy: str | None = None, prompts: int = 64, extra: list[str] = (), completions: str | None = None,
+          out: str | None = None, say=print) -> dict:
+    """Run the probe; returns the report (also written to ``out``)."""
+    from rl.data import load_datasets
+    from rl.monitor import task_of
+    from tokenizer.load import load_mask_tokenizer
+
+    task = task_of(recipe)
+    start = time.perf_counter()
+    train_ds, _ = load_datasets(recipe)
+    if completions:  # the raw texts were logged: no policy, no tokenizer needed
+        rollouts = logged_rollouts(completions, train_ds)
+        tokenizer, where = None, rollouts.source
+    else:
+        if prompts < 1:
+            raise ProbeError(f"--prompts must be >= 1, got {prompts}")
+        model, processor, where = start_policy(recipe, policy)
+        say(f"probe: sampling {prompts} prompts x {recipe.grpo.get('num_generations', 8)} completions from {where}")
+        rollouts = sample(recipe, model, processor, train_ds, prompts)
+        tokenizer = processor.tokenizer
+        del model
+    rewards = build_probe_rewards(recipe, tokenizer, extra)
+    scores = score(rollouts, rewards)
+    weights = {name: w for name, w, _ in rewards if w is not None}
+    tok = load_mask_tokenizer(recipe.data.mask_tokenizer)
+    iou = decoded_iou(rollouts, task, tok)
+    report = analyse(task, rollouts, scores, weights, iou, exact_matches(rollouts, task))
+    report.update(task=task, policy=where, rollouts=rollouts.source, sampling_seconds=rollouts.seconds,
+                  seconds=time.perf_counter() - start, mask_tokenizer=recipe.data.mask_tokenizer,
+                  recipe_rewards=[r.name for r in recipe.rewards], thresholds={
+                      "NO_GRADIENT": NO_GRADIENT, "NT_MASS": NT_MASS, "LOW_SIGNAL": LOW_SIGNAL, "OPPOSITE": OPPOSITE})
+    if rollouts.logged:  # rescoring: how the live rewards compared with the logged ones
+        report["logged_rewards"] = {k: v for k, v in rollouts.logged.items() if k in scores}
+    write_outputs(Path(out) if out else Path(recipe.run.output_dir) / "probe", report, scores, iou)
+    return report
+
+
+def command(cmd: str, recipe: str, overrides: list[str] = (), policy: str | None = None, prompts: int = 64,
+            reward: list[str] = (), completions: str | None = None, out: str | None = None) -> int:
+    """``samtok-rl rewards probe`` (``cmd`` is ``probe``): the exit status (2 for bad input, with nothing written)."""
+    import torch
+
+    from rl.config import RecipeError, load_recipe
+
+    try:
+        loaded = load_recipe(recipe, list(overrides))
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    try:
+        report = probe(loaded, policy, prompts, list(reward), completions, out)
+    except (ProbeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    where = Path(out) if out else Path(loaded.run.output_dir) / "probe"
+    print(table(report))
+    print(f"probe: {report['completions']} completions in {report['groups']} groups, {report['seconds']:.1f} s; "
+          f"wrote {where / 'probe.json'} and {where / 'probe.png'}")
+    return 0
