@@ -144,7 +144,7 @@ def _rewards(p, module) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("probe", argument_default=argparse.SUPPRESS,
                        help="what a recipe's rewards will teach GRPO, measured on sampled completions at step 0")
-    s.add_argument("recipe", help="recipe YAML")
+    s.add_argument("recipe", help="recipe YAML, or an experiment plan (every variant probed and ranked)")
     s.add_argument("overrides", nargs="*", help="key=value recipe overrides, e.g. \"rewards=[{name: answer_match}]\"")
     s.add_argument("--policy", help="policy folder to sample from (default: the recipe's start: its SFT policy in "
                                      "run.output_dir/sft, trained if missing)")
@@ -155,6 +155,8 @@ def _rewards(p, module) -> None:
     s.add_argument("--completions", help="rescore a run's logged completions (its folder or its completions/) "
                                          "instead of sampling")
     s.add_argument("--out", help="output folder for probe.json and probe.png (default run.output_dir/probe)")
+    s.add_argument("--against", help="with a plan: a finished experiment's summary.json, to rank its measured deltas "
+                                     "beside the signal scores")
 
 
 COMMANDS = {

@@ -36,6 +36,10 @@ Warnings (in words, on the terminal and in ``probe.json``), with these threshold
 A run is **flagged** when either of the first two fires for the weighted total: GRPO with it is expected to learn
 nothing or to collapse.
 
+Given an experiment plan instead of a recipe (``recipes/experiments/*.yaml``), every variant is probed from the same
+policy and ranked by signal score; ``--against DIR/summary.json`` adds the variants' measured mean RL - SFT
+headline deltas (gIoU, GCG: AP50) of a finished experiment and the Spearman between the two rankings.
+
 ``--completions DIR`` rescores a run's logged completions instead of sampling (TRL's parquet files in
 ``<run>/completions``, with the row id and raw text this project's trainer logs beside each completion): a reward
 idea can be tried on yesterday's rollouts. Writes ``probe.json`` and ``probe.png`` (reward against IoU; zero-spread
@@ -537,19 +541,87 @@ def probe(recipe, policy: str | None = None, prompts: int = 64, extra: list[str]
     return report
 
 
+def probe_plan(plan, policy: str | None, prompts: int, out: Path, against: str | None = None, say=print) -> dict:
+    """Every variant of an experiment plan probed from one policy, ranked by signal score; with ``against`` (a
+    finished experiment's summary.json) the measured mean RL - SFT headline delta beside it and the Spearman."""
+    from scipy.stats import spearmanr
+
+    from rl.config import load_recipe
+    from rl.experiment_report import variant_deltas
+    from rl.report import HEADLINE
+
+    measured = {}
+    if against:
+        path = Path(against)
+        if not path.is_file():
+            raise ProbeError(f"--against {path}: no such file (an experiment's summary.json)")
+        summary = json.loads(path.read_text())
+        head = HEADLINE[summary["task"]]
+        measured = {v: float(np.mean([d[head] for d in ds])) for v, ds in variant_deltas(summary).items()}
+    rows = {}
+    for name, overrides in plan.variants.items():
+        recipe = load_recipe(plan.recipe, [*overrides, *plan.overrides])
+        say(f"probe: variant {name}")
+        report = probe(recipe, policy, prompts, out=str(out / name), say=say)
+        rows[name] = {"signal": report["signal"], "flagged": report["flagged"],
+                      "zero_spread": report["rewards"]["total"]["zero_spread"],
+                      "nt_mass": report["rewards"]["total"]["nt_mass"],
+                      "exact_match_target_groups": report["exact_match"]["target_groups_with_a_match"],
+                      "warnings": [w["text"] for w in report["warnings"]], "measured": measured.get(name)}
+    ranking = {"plan": plan.source, "task": plan.task, "policy": policy, "prompts": prompts, "variants": rows}
+    both = [v for v in rows if rows[v]["measured"] is not None]
+    if len(both) >= 3:
+        ranking["spearman_signal_vs_measured"] = float(spearmanr([rows[v]["signal"] for v in both],
+                                                                 [rows[v]["measured"] for v in both])[0])
+        ranking["measured_metric"] = f"mean RL - SFT {HEADLINE[plan.task]} ({against})"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ranking.json").write_text(json.dumps(ranking, indent=1) + "\n")
+    return ranking
+
+
+def ranking_table(ranking: dict) -> str:
+    rows = sorted(ranking["variants"].items(), key=lambda kv: -kv[1]["signal"])
+    lines = [f"{'variant':<18} {'signal':>7} {'0-spread':>8} {'NT adv':>7} {'measured':>9}  flags"]
+    for v, r in rows:
+        measured = "n/a" if r["measured"] is None else f"{r['measured']:+.2f}"
+        lines.append(f"{v:<18} {r['signal']:+7.3f} {r['zero_spread']:8.0%} {r['nt_mass']:7.0%} {measured:>9}  "
+                     + ("FLAGGED: " + "; ".join(r["warnings"]) if r["flagged"] else ""))
+    if "spearman_signal_vs_measured" in ranking:
+        lines.append(f"Spearman(signal, {ranking['measured_metric']}): {ranking['spearman_signal_vs_measured']:+.2f}")
+    return "\n".join(lines)
+
+
 def command(cmd: str, recipe: str, overrides: list[str] = (), policy: str | None = None, prompts: int = 64,
-            reward: list[str] = (), completions: str | None = None, out: str | None = None) -> int:
+            reward: list[str] = (), completions: str | None = None, out: str | None = None,
+            against: str | None = None) -> int:
     """``samtok-rl rewards probe`` (``cmd`` is ``probe``): the exit status (2 for bad input, with nothing written)."""
     import torch
+    import yaml
 
     from rl.config import RecipeError, load_recipe
+    from rl.plan import PlanError, load_plan
 
+    torch.set_num_threads(1)
+    try:
+        is_plan = "variants" in (yaml.safe_load(Path(recipe).read_text()) or {}) if Path(recipe).is_file() else False
+    except yaml.YAMLError:
+        is_plan = False
+    if is_plan:
+        try:
+            plan = load_plan(recipe, list(overrides))
+            where = Path(out or Path("runs") / "probe" / Path(recipe).stem)
+            ranking = probe_plan(plan, policy, prompts, where, against)
+        except (PlanError, ProbeError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(ranking_table(ranking))
+        print(f"probe: wrote {where / 'ranking.json'} and each variant's probe.json")
+        return 0
     try:
         loaded = load_recipe(recipe, list(overrides))
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    torch.set_num_threads(1)
     try:
         report = probe(loaded, policy, prompts, list(reward), completions, out)
     except (ProbeError, FileNotFoundError) as e:

@@ -134,3 +134,32 @@ def test_probe_command_end_to_end(tmp_path, capsys):
     assert set(report["rewards"]) == {"answer_match", "mask_iou", "answer_match_2", "total"}
     assert (out / "probe.png").stat().st_size > 5000
     assert Path(report["policy"]) == tmp_path / "run" / "policy-init"
+
+
+def test_a_plan_is_probed_variant_by_variant_and_ranked_against_measured_deltas(tmp_path, capsys):
+    from rl.config import load_recipe, save_resolved
+    from rl.policy import prepare_policy
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "shapes_gres.yaml", [
+        "data.mask_tokenizer=random", "data.shapes.n_train=8", f"run.output_dir={tmp_path / 'run'}",
+        "grpo.num_generations=4", "grpo.per_device_train_batch_size=8", "grpo.max_completion_length=8"])
+    save_resolved(recipe, tmp_path / "recipe.yaml")
+    prepare_policy(recipe, tmp_path / "run")
+    (tmp_path / "plan.yaml").write_text(
+        "task: gres\nrecipe: recipe.yaml\nvariants:\n  varied: []\n"
+        "  binary: [\"rewards=[{name: answer_match, params: {grading: binary}}]\"]\n"
+        "  flat: [\"rewards=[{name: 'tiny_runs:constant_reward'}]\"]\n")
+    runs = [{"variant": "sft", "seed": 0, "policy": "SFT", "metrics": {"gIoU": 50.0}}]
+    runs += [{"variant": v, "seed": 0, "policy": "RL", "metrics": {"gIoU": 50.0 + d}}
+             for v, d in (("varied", 3.0), ("binary", -1.0), ("flat", 0.0))]
+    (tmp_path / "summary.json").write_text(json.dumps(
+        {"task": "gres", "runs": runs, "sft_of": {"varied": "sft", "binary": "sft", "flat": "sft"}}))
+    rc = cli.main(["rewards", "probe", str(tmp_path / "plan.yaml"), "--policy", str(tmp_path / "run" / "policy-init"),
+                   "--prompts", "3", "--out", str(tmp_path / "probe"), "--against", str(tmp_path / "summary.json")])
+    assert rc == 0
+    ranking = json.loads((tmp_path / "probe" / "ranking.json").read_text())
+    assert set(ranking["variants"]) == {"varied", "binary", "flat"}
+    assert ranking["variants"]["varied"]["measured"] == 3.0 and "spearman_signal_vs_measured" in ranking
+    assert ranking["variants"]["flat"]["flagged"] and ranking["variants"]["flat"]["signal"] == 0.0
+    assert (tmp_path / "probe" / "binary" / "probe.json").is_file()
+    assert "Spearman(signal, mean RL - SFT gIoU" in capsys.readouterr().out

@@ -37,6 +37,11 @@ def varied_reward(completions, **kwargs):
     return [len(c[0]["content"] if isinstance(c, list) else c) % 7 / 7 for c in completions]
 
 
+def constant_reward(completions, **kwargs):
+    """A reward that ignores the completion (the probe must flag it)."""
+    return [0.5] * len(completions)
+
+
 def mask_token_share(completions, completion_ids=None, **kwargs):
     """A dense reward any policy can climb: the share of completion tokens that are mask tokens (a third of the tiny
     vocabulary, so an untrained policy scores about 0.3 with spread within every group)."""
