@@ -1,6 +1,6 @@
 """How well the decode-free ``latent_match`` reward ranks predictions like the decoded IoU does (shapes world).
 
-    python bench/latent_reward.py [--scenes 150] [--per-mask 12]
+    python bench/latent_reward.py [--scenes 150] [--per-mask 12] [--tokenizer tiny16|tiny]
 
 For GT masks of held-out shapes scenes, candidate code pairs are drawn the way a policy errs (the GT pair with
 another level-2 code, another level-1 code, a pair of another object in the scene, of another scene, a random
@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def agreement(scenes: int = 150, per_mask: int = 12, seed: int = 0, timings: dict | None = None) -> dict:
+def agreement(scenes: int = 150, per_mask: int = 12, seed: int = 0, timings: dict | None = None,
+              tokenizer: str = "tiny16") -> dict:
     """Spearman correlation with the decoded IoU of each reward, over the candidate pairs (see the module doc)."""
     from scipy.stats import spearmanr
 
@@ -35,7 +36,7 @@ def agreement(scenes: int = 150, per_mask: int = 12, seed: int = 0, timings: dic
     from tokenizer.masks import decode_rle, mask_to_box
 
     rng = np.random.default_rng(seed)
-    tok = load_mask_tokenizer("tiny", "cpu")
+    tok = load_mask_tokenizer(tokenizer, "cpu")
     k = tok.quantizer.codebook_size
     samples = [s for s in gres_samples("test", scenes * 2, seed=seed) if s["masks"]][:scenes]
     encoded = []
@@ -71,8 +72,8 @@ def agreement(scenes: int = 150, per_mask: int = 12, seed: int = 0, timings: dic
         gts += [format_mask((c1, c2))] * len(cands)
     iou = np.array(iou)
     rewards = {
-        "latent_match rbf": LatentMatch(similarity="rbf"),
-        "latent_match cosine": LatentMatch(similarity="cosine"),
+        "latent_match rbf": LatentMatch(tok, similarity="rbf"),
+        "latent_match cosine": LatentMatch(tok, similarity="cosine"),
         "answer_match coarse": answer_match(grading="coarse"),
         "answer_match binary": answer_match(grading="binary"),
     }
@@ -93,11 +94,12 @@ def main(argv=None) -> int:
     ap.add_argument("--scenes", type=int, default=150)
     ap.add_argument("--per-mask", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tokenizer", default="tiny16", help="mask tokenizer spec: tiny16 (default) or tiny (2x256)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     timings = {}
-    rho = agreement(args.scenes, args.per_mask, args.seed, timings)
-    print(f"{timings['pairs']} (prediction, GT) pairs from {args.scenes} shapes scenes; "
+    rho = agreement(args.scenes, args.per_mask, args.seed, timings, args.tokenizer)
+    print(f"{args.tokenizer}: {timings['pairs']} (prediction, GT) pairs from {args.scenes} shapes scenes; "
           f"decoded IoU mean {timings['mean_iou']:.3f}")
     print(f"{'reward':<22} {'Spearman vs IoU':>16} {'us/completion':>14}")
     for name, r in rho.items():

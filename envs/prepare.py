@@ -197,7 +197,7 @@ def parse_options(items) -> dict:
     return options
 
 
-def command(env: str, split: str, out: str, option: list[str] = (), tokenizer: str = "tiny", shard_size: int = 1000,
+def command(env: str, split: str, out: str, option: list[str] = (), tokenizer: str = "tiny16", shard_size: int = 1000,
             lenient: bool = False, overwrite: bool = False, no_progress: bool = False) -> int:
     """``samtok-rl prepare`` (its options: ``rl.cli``): ``env``'s ``split`` encoded into ``out``. The exit status."""
     try:

@@ -114,7 +114,7 @@ class MaskIoU:
     __name__ = "mask_iou"
     builds_model = True  # recipe validation binds its parameters without building it
 
-    def __init__(self, mode: str = "gres", mask_tokenizer="tiny", device=None, max_pred_masks: int = 64):
+    def __init__(self, mode: str = "gres", mask_tokenizer="tiny16", device=None, max_pred_masks: int = 64):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not isinstance(max_pred_masks, int) or max_pred_masks < 1:
@@ -181,12 +181,12 @@ class MaskIoU:
             return [self.score(c, im, r, a, cache) for c, im, r, a in zip(completions, images, rles, answers, strict=True)]
 
 
-def mask_iou(mode: str = "gres", mask_tokenizer="tiny", device=None, max_pred_masks: int = 64) -> MaskIoU:
+def mask_iou(mode: str = "gres", mask_tokenizer="tiny16", device=None, max_pred_masks: int = 64) -> MaskIoU:
     """The decoded-mask IoU reward (a ``MaskIoU``).
 
     ``mask_tokenizer``: a ``tokenizer.MaskTokenizer`` (or any object with ``decode(image, codes)`` returning
-    a bool tensor [N, H, W] at the image's size), ``"tiny"`` for the tiny pretrained one, or a checkpoint
-    path. ``device`` (for a name or path): where the tokenizer runs; default the GPU when there is one.
+    a bool tensor [N, H, W] at the image's size), or a ``tokenizer.load`` spec (``tiny16``, ``tiny``, a folder).
+    In a recipe it is ``data.mask_tokenizer``, which encoded the answers. ``device`` (for a name or path): where the tokenizer runs; default the GPU when there is one.
     ``max_pred_masks`` bounds memory: a completion with more distinct predicted masks scores 0 undecoded
     (a degenerate rollout; a few hundred full-size masks would not fit). Repeated codes are decoded once.
     Needs the dataset columns ``image`` and ``masks`` (and ``answer`` for ``gcg``).

@@ -35,7 +35,7 @@ SIMILARITIES = ("rbf", "cosine")
 MODES = ("gres", "gcg")
 
 
-def codebooks_of(mask_tokenizer="tiny") -> list[np.ndarray]:
+def codebooks_of(mask_tokenizer="tiny16") -> list[np.ndarray]:
     """The level codebooks ``[K, D]`` of a mask tokenizer (a ``tokenizer.load`` spec or a loaded one), float64."""
     if isinstance(mask_tokenizer, str):
         from tokenizer.load import load_mask_tokenizer
@@ -52,7 +52,7 @@ class LatentMatch:
 
     builds_model = True  # it loads the mask tokenizer: recipe validation binds its parameters without building
 
-    def __init__(self, mask_tokenizer="tiny", similarity: str = "rbf", mode: str = "gres", codebooks=None):
+    def __init__(self, mask_tokenizer="tiny16", similarity: str = "rbf", mode: str = "gres", codebooks=None):
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
         if mode not in MODES:

@@ -38,7 +38,7 @@ def _eval(p, module) -> None:
     p.add_argument("--env", required=True, help="shapes_gres, shapes_gcg, grefcoco, grandf")
     p.add_argument("--split", help="default: val")
     p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="environment option")
-    p.add_argument("--tokenizer", help="mask tokenizer that decodes predictions: tiny (default) | random | folder")
+    p.add_argument("--tokenizer", help="mask tokenizer that decodes predictions: tiny16 (default: the shapes recipes') | tiny | random | folder")
     p.add_argument("--tokenizer-device", help="where masks are decoded (default: the GPU when there is one)")
     p.add_argument("--out", required=True)
     p.add_argument("--limit", type=int, help="evaluate the first N samples only")
@@ -66,7 +66,7 @@ def _prepare(p, module) -> None:
     p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
                    help="environment option, e.g. root=data/grefcoco image_root=data/coco/train2014 train_size=2000")
     p.add_argument("--tokenizer",
-                   help="tiny (default) | random (untrained, for smoke tests) | path of a saved MaskTokenizer")
+                   help="tiny16 (default) | tiny (2x256) | random (untrained, for smoke tests) | a saved MaskTokenizer folder")
     p.add_argument("--shard-size", type=int, help="rows per shard, default 1000")
     p.add_argument("--lenient", action="store_true", help="skip and report bad rows instead of failing")
     p.add_argument("--overwrite", action="store_true", help="delete --out first")

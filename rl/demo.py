@@ -51,11 +51,20 @@ def command(overrides: list[str] = (), task: str = "gres", recipe: str | None = 
     torch.set_num_threads(1)
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
+    from rl.preemption import Preempted, Stopped, sigterm_stops
+
     try:
-        report = run_demo(loaded, out, test_samples, start, task)
+        with sigterm_stops():
+            report = run_demo(loaded, out, test_samples, start, task)
     except FileNotFoundError as e:  # e.g. the committed tiny mask-tokenizer weights are missing
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (Preempted, Stopped) as e:
+        kept = (f"the GRPO stage saved {e.checkpoint} (samtok-rl train {out / 'recipe.yaml'} run.resume=true "
+                "continues it)" if isinstance(e, Preempted) else "nothing is kept")
+        print(f"stopped on SIGTERM: {kept}; the demo starts over with `samtok-rl demo` (it replaces {out})",
+              file=sys.stderr)
+        return 0
     print(report)
     return 0
 

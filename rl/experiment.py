@@ -394,11 +394,19 @@ def command(plan: str, out: str, overrides: list[str] = (), seeds: list[int] = (
         plan.variants = {v: o for v, o in plan.variants.items() if v in variants}
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # as the demo: tiny matrices on a small CPU gain nothing from more threads
+    from rl.preemption import Preempted, Stopped, sigterm_stops
+
     try:
-        run_experiment(plan, list(seeds), out)
+        with sigterm_stops():
+            run_experiment(plan, list(seeds), out)
     except (ExperimentError, FileNotFoundError) as e:  # FileNotFoundError: e.g. the tiny tokenizer's weights
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (Preempted, Stopped) as e:
+        saved = f"; the GRPO cell under way saved {e.checkpoint} and resumes from it" if isinstance(e, Preempted) else ""
+        print(f"stopped on SIGTERM: the finished cells are kept in {out}{saved}; run the same command again to "
+              "continue", file=sys.stderr)
+        return 0
     print((Path(out) / "report.md").read_text(), end="")
     return 0
 

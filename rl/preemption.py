@@ -7,6 +7,10 @@ which ``samtok-rl train`` turns into exit status 0. ``run.resume=true`` then con
 generation block (``steps_per_generation`` or ``num_iterations`` > 1) the stop waits for the block's end:
 its rollouts live in memory only.
 
+Commands that run more than one stage (``samtok-rl experiment``, ``demo``, ``eval``) hold ``sigterm_stops``:
+outside GRPO's own handler a SIGTERM raises ``Stopped`` at once, and the command ends with one line saying what was
+kept and how to continue, exit status 0, as ``train`` does.
+
 An out-of-memory error mid-step is the other early stop: ``SamtokGRPOTrainer`` drops the step's partial
 gradients, saves the last complete step when that is safe and raises ``OutOfMemoryStop`` (exit status 1),
 whose message says what was saved and what to lower.
@@ -28,6 +32,28 @@ class Preempted(Exception):
     def __init__(self, checkpoint):
         self.checkpoint = checkpoint
         super().__init__(f"stopped on SIGTERM after saving {checkpoint}; continue with run.resume=true")
+
+
+class Stopped(Exception):
+    """SIGTERM outside a GRPO stage (SFT, evaluation, data encoding): the work under way is dropped."""
+
+
+@contextmanager
+def sigterm_stops():
+    """While the block runs, SIGTERM raises ``Stopped`` (GRPO's ``StopOnSigterm`` takes over during training and
+    puts this handler back after). Main thread only: signals are delivered there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped("stopped on SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class OutOfMemoryStop(RuntimeError):

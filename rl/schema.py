@@ -105,7 +105,7 @@ class Data:
     image_root: str | None = None
     # Encoder of the GT answers for the generated shapes envs: "tiny" (committed weights), "random"
     # (random-init tiny tokenizer, for tests: codes are arbitrary but deterministic) or a saved directory.
-    mask_tokenizer: str = "tiny"
+    mask_tokenizer: str = "tiny16"  # a tokenizer.load spec: tiny16 (the shapes recipes), tiny, random, a folder
     shapes: Shapes = field(default_factory=Shapes)
     max_train_samples: int | None = None
 
