@@ -48,7 +48,7 @@ from rl.schema import (  # noqa: F401  (re-exported: rl.config is where recipes 
 # Recipe settings added after runs and experiment cells were first written (dotted paths), with their defaults: a
 # saved recipe without one ran with that value (resume checks and experiment cell keys read it so).
 def later_settings() -> dict:
-    return {"sampling.balance": None, "sampling.dynamic": dataclasses.asdict(Dynamic()),
+    return {"sampling.balance": None, "sampling.stratify": False, "sampling.dynamic": dataclasses.asdict(Dynamic()),
             "reward_runtime.isolation": RewardRuntime.isolation}
 
 

@@ -68,10 +68,11 @@ def _shapes_cache_key(recipe: Recipe, split: str, n: int) -> str | None:
     import tokenizer.masks
     import tokenizer.model
     import tokenizer.vq
+    from tokenizer.load import spec_folder
 
     d = recipe.data
-    folder = Path(__file__).resolve().parents[1] / "tokenizer" / "weights" / "tiny" if d.mask_tokenizer == "tiny" else Path(d.mask_tokenizer)
-    if not folder.is_dir():
+    folder = spec_folder(d.mask_tokenizer)
+    if folder is None or not folder.is_dir():
         return None  # "random": seeded in memory, cheap to rebuild
     h = hashlib.sha256(repr((d.env, split, n, d.shapes.seed, d.shapes.image_size)).encode())
     for f in [*sorted(folder.glob("*.json")), *sorted(folder.glob("*.safetensors"))]:

@@ -117,10 +117,13 @@ def prompt_order(recipe, dataset) -> list[int]:
     from rl import sampling
 
     if recipe.sampling.balance:
-        s = sampling.BalancedRepeatSampler(dataset, 1, 1, 1, True, recipe.run.seed,
-                                           kinds=sampling.dataset_kinds(dataset), shares=recipe.sampling.balance)
+        s = sampling.BalancedRepeatSampler(dataset, 1, 1, 1, True, recipe.run.seed, kinds=sampling.dataset_kinds(dataset),
+                                           shares=recipe.sampling.balance, stratify=recipe.sampling.stratify)
         return s.epoch_order()
-    return list(sampling.EpochSeededRepeatSampler(dataset, 1, 1, 1, True, recipe.run.seed))
+    s = sampling.EpochSeededRepeatSampler(dataset, 1, 1, 1, True, recipe.run.seed)
+    if recipe.sampling.stratify:
+        s.kinds = sampling.dataset_kinds(dataset)
+    return list(s)
 
 
 def sample(recipe, model, processor, dataset, n_prompts: int, batch_size: int = 32) -> Rollouts:

@@ -12,6 +12,22 @@ from trl.trainer.utils import RepeatSampler
 from rl.config import ANSWER_KINDS
 
 
+def stratified(pools: dict[str, list[int]], counts: dict[str, int], generator: torch.Generator) -> list[int]:
+    """``counts[k]`` rows of each kind ``k`` (from ``pools[k]`` in order, cycled), interleaved so that every prefix of
+    the order holds each kind in proportion: each slot goes to the kind furthest behind its share (ties in a random
+    order fixed per call). Proportions hold within one row of every kind at every prefix."""
+    total = sum(counts.values())
+    kinds = [k for k in counts if counts[k] > 0]
+    tie = dict(zip(kinds, torch.randperm(len(kinds), generator=generator).tolist()))
+    taken = dict.fromkeys(kinds, 0)
+    order = []
+    for t in range(1, total + 1):
+        kind = max(kinds, key=lambda k: (t * counts[k] / total - taken[k], tie[k]))
+        order.append(pools[kind][taken[kind] % len(pools[kind])])
+        taken[kind] += 1
+    return order
+
+
 class EpochSeededRepeatSampler(RepeatSampler):
     """TRL's ``RepeatSampler`` with each epoch's order drawn from ``seed + epoch``.
 
@@ -22,6 +38,7 @@ class EpochSeededRepeatSampler(RepeatSampler):
     """
 
     epoch = 0
+    kinds: list[str] | None = None  # set: the order is stratified by answer kind (``Sampling.stratify``)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -29,7 +46,13 @@ class EpochSeededRepeatSampler(RepeatSampler):
     def __iter__(self):
         if self.shuffle:
             self.generator.manual_seed((self.seed or 0) + self.epoch)
-        return super().__iter__()
+        if self.kinds is None:
+            return super().__iter__()
+        # Each kind's rows in a fresh permutation, interleaved evenly: the uniform shuffle's prompts, stratified.
+        g = torch.Generator().manual_seed((self.seed or 0) + self.epoch)
+        pools = {k: [i for i, kind in enumerate(self.kinds) if kind == k] for k in ANSWER_KINDS}
+        pools = {k: [rows[i] for i in torch.randperm(len(rows), generator=g).tolist()] for k, rows in pools.items() if rows}
+        return self._batches(stratified(pools, {k: len(v) for k, v in pools.items()}, g))
 
     def _batches(self, indexes: list[int]):
         """TRL's layout of an epoch's prompt order: full batches only, each repeated, each prompt mini-repeated."""
@@ -76,8 +99,9 @@ class BalancedRepeatSampler(EpochSeededRepeatSampler):
     """
 
     def __init__(self, data_source, mini_repeat_count, batch_size=1, repeat_count=1, shuffle=True, seed=None,
-                 kinds: list[str] = (), shares: dict[str, float] | None = None):
+                 kinds: list[str] = (), shares: dict[str, float] | None = None, stratify: bool = False):
         super().__init__(data_source, mini_repeat_count, batch_size, repeat_count, True, seed)
+        self.stratify = stratify
         if len(kinds) != self.num_samples:
             raise ValueError(f"{len(kinds)} answer kinds for {self.num_samples} rows")
         self.shares = {k: float(v) for k, v in (shares or {}).items() if v > 0}
@@ -91,6 +115,9 @@ class BalancedRepeatSampler(EpochSeededRepeatSampler):
     def epoch_order(self) -> list[int]:
         g = torch.Generator().manual_seed((self.seed or 0) + self.epoch)
         counts = kind_counts(self.shares, self.num_samples)
+        if self.stratify:
+            pools = {k: [rows[i] for i in torch.randperm(len(rows), generator=g).tolist()] for k, rows in self.rows.items()}
+            return stratified(pools, counts, g)
         slots = [k for k in self.shares for _ in range(counts[k])]
         slots = [slots[i] for i in torch.randperm(len(slots), generator=g).tolist()]
         pools, taken = {}, dict.fromkeys(self.shares, 0)

@@ -206,9 +206,16 @@ class Sampling:
     ``{no_target: 0.5, single: 0.3, multi: 0.2}``: ``no_target`` (no GT mask), ``single`` (one), ``multi``
     (several). Each prompt's generations stay together, as in TRL's sampler; a kind with fewer rows than its
     share is cycled (oversampled) within the epoch. None: TRL's uniform shuffle.
+
+    ``stratify``: spread the answer kinds evenly through each epoch's prompt order (every stretch of prompts holds
+    each kind in its share, within one prompt), instead of leaving it to the shuffle. The prompts and their shares
+    are the same; what changes is that no stretch of steps draws more no-target prompts than another, so the mean
+    training reward of a stretch moves with learning, not with the prompt mix (a no-target prompt scores far above
+    a target one under every GRES reward). Needs the rows' ``no_target`` and ``masks`` columns.
     """
 
     balance: dict[str, float] | None = None
+    stratify: bool = False
     dynamic: Dynamic = field(default_factory=Dynamic)
 
 

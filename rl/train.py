@@ -175,7 +175,7 @@ def waited_message(error: BaseException, state, timeout_s: float, run_dir: Path)
 # load weights into another policy, decode codes with another tokenizer, or regroup the sampled prompts.
 RESUME_FIXED = ("model", "data.env", "data.mask_tokenizer", "grpo.num_generations", "grpo.per_device_train_batch_size",
                 "grpo.gradient_accumulation_steps", "grpo.steps_per_generation", "sampling.balance",
-                "sampling.dynamic")
+                "sampling.stratify", "sampling.dynamic")
 
 
 def refuse_changed_resume(recipe: Recipe, run_dir: Path) -> None:

@@ -116,6 +116,7 @@ class SamtokGRPOTrainer(GRPOTrainer):
     _staging_root: str | None = None
     max_nonfinite_steps = 3  # set from run.max_nonfinite_steps by build_trainer
     balance: dict | None = None  # set from sampling.balance by build_trainer
+    stratify = False  # sampling.stratify, set by build_trainer
     dynamic = None  # sampling.dynamic (rl.config.Dynamic), set by build_trainer
     prompt_sampler = None
 
@@ -152,11 +153,14 @@ class SamtokGRPOTrainer(GRPOTrainer):
     def _get_train_sampler(self, dataset=None):
         s = super()._get_train_sampler(dataset)
         layout = (s.data_source, s.mini_repeat_count, s.batch_size, s.repeat_count, s.shuffle, s.seed)
+        data = dataset if dataset is not None else self.train_dataset
         if self.balance:
-            kinds = sampling.dataset_kinds(dataset if dataset is not None else self.train_dataset)
-            self.prompt_sampler = sampling.BalancedRepeatSampler(*layout, kinds=kinds, shares=self.balance)
+            self.prompt_sampler = sampling.BalancedRepeatSampler(*layout, kinds=sampling.dataset_kinds(data),
+                                                                 shares=self.balance, stratify=self.stratify)
         else:
             self.prompt_sampler = sampling.EpochSeededRepeatSampler(*layout)
+            if self.stratify:
+                self.prompt_sampler.kinds = sampling.dataset_kinds(data)
         return self.prompt_sampler
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -170,7 +174,23 @@ class SamtokGRPOTrainer(GRPOTrainer):
         if g and len(unscorable) % g == 0:
             self._metrics[mode]["rewards/unscorable_groups"].append(unscorable.view(-1, g).all(1).sum().item())
         self._metrics[mode]["rewards/unscorable_completions"].append(unscorable.sum().item())
+        self._log_reward_by_kind(mode, inputs, rewards)
         return rewards
+
+    def _log_reward_by_kind(self, mode: str, inputs, rewards) -> None:
+        """``reward_by_kind/<kind>``: the weighted total reward of this process's completions per answer kind (GRES:
+        no_target / single / multi), so that learning shows within a kind whatever the batch's mix of kinds."""
+        if not inputs or not all("no_target" in x and "masks" in x for x in inputs):
+            return
+        start = self.accelerator.process_index * len(inputs)  # TRL gathers every process's rewards in rank order
+        local = rewards[start : start + len(inputs)]
+        total = (local * self.reward_weights.to(local.device)).nansum(1)
+        by_kind: dict[str, list[float]] = {}
+        for x, value, scorable in zip(inputs, total.tolist(), (~torch.isnan(local).all(1)).tolist()):
+            if scorable:
+                by_kind.setdefault(sampling.answer_kind(bool(x["no_target"]), len(x["masks"] or [])), []).append(value)
+        for kind, values in by_kind.items():
+            self._metrics[mode][f"reward_by_kind/{kind}"].append(sum(values) / len(values))
 
     def _generate_and_score_completions(self, inputs):
         if self.dynamic is None or not self.dynamic.enabled or not self.model.training:
@@ -332,6 +352,7 @@ def build_trainer(recipe: Recipe, run_dir: str | os.PathLike, train_dataset, eva
     )
     trainer.max_nonfinite_steps = recipe.run.max_nonfinite_steps
     trainer.balance = recipe.sampling.balance
+    trainer.stratify = recipe.sampling.stratify
     trainer.dynamic = recipe.sampling.dynamic
     return trainer
 

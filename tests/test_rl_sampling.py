@@ -46,6 +46,37 @@ def test_balanced_sampler_draws_the_shares_and_keeps_trls_layout():
     assert list(again) != out
 
 
+def _prefix_gap(order, kinds, shares) -> float:
+    """The largest gap, over every prefix of ``order``, between a kind's count and its share of the prefix."""
+    seen, worst = Counter(), 0.0
+    for t, i in enumerate(order, 1):
+        seen[kinds[i]] += 1
+        worst = max(worst, *(abs(seen[k] - t * share) for k, share in shares.items()))
+    return worst
+
+
+def test_stratified_order_spreads_the_kinds_evenly_and_keeps_the_prompts():
+    # The uniform shuffle's prompts, each once per epoch, in an order where every stretch holds each kind in share.
+    plain = sampling.EpochSeededRepeatSampler(list(range(100)), 1, 1, 1, True, seed=3)
+    strat = sampling.EpochSeededRepeatSampler(list(range(100)), 1, 1, 1, True, seed=3)
+    strat.kinds = KINDS
+    order = list(strat)
+    assert sorted(order) == sorted(plain) == list(range(100))
+    shares = {"no_target": 0.1, "single": 0.6, "multi": 0.3}
+    assert _prefix_gap(order, KINDS, shares) <= 1.0 < _prefix_gap(list(plain), KINDS, shares)
+    again = sampling.EpochSeededRepeatSampler(list(range(100)), 1, 1, 1, True, seed=3)
+    again.kinds = KINDS
+    assert list(again) == order  # a function of seed and epoch (resume, every rank alike)
+    again.set_epoch(1)
+    assert list(again) != order and sorted(again) == list(range(100))
+    # With balance: the same exact counts per kind as unstratified, spread evenly.
+    bal = {"no_target": 0.5, "single": 0.3, "multi": 0.2}
+    b = sampling.BalancedRepeatSampler(list(range(100)), 1, kinds=KINDS, shares=bal, seed=3, stratify=True)
+    drawn = b.epoch_order()
+    assert Counter(KINDS[i] for i in drawn) == {"no_target": 50, "single": 30, "multi": 20}
+    assert _prefix_gap(drawn, KINDS, bal) <= 1.0
+
+
 def test_a_kind_without_rows_is_an_error_naming_it():
     with pytest.raises(ValueError, match="asks for multi prompts.*'multi': 0"):
         sampling.BalancedRepeatSampler(list(range(3)), 2, kinds=["single", "no_target", "single"],
@@ -80,6 +111,18 @@ def test_the_trainer_draws_balanced_prompts(tmp_path):
     logged = pd.read_parquet(sorted((tmp_path / "run" / "completions").glob("*.parquet"))[-1])
     no_target_prompts = {p for i in range(len(rows)) if rows[i]["no_target"] for p in [rows[i]["question"]]}
     assert all(any(q in str(p) for q in no_target_prompts) for p in logged["prompt"])
+
+
+def test_the_trainer_stratifies_and_logs_the_reward_by_kind(tmp_path):
+    from tiny_runs import tiny_recipe, train_tiny
+
+    torch.set_num_threads(1)
+    trainer, _, _ = train_tiny(tiny_recipe(tmp_path, "sampling.stratify=true", "grpo.max_steps=2"))
+    sampler = trainer._get_train_sampler(trainer.train_dataset)
+    assert sampler.kinds == sampling.dataset_kinds(trainer.train_dataset)
+    logged = [h for h in trainer.state.log_history if "reward" in h]
+    by_kind = {k for h in logged for k in h if k.startswith("reward_by_kind/")}
+    assert by_kind and by_kind <= {f"reward_by_kind/{k}" for k in ("no_target", "single", "multi")}
 
 
 # ---------------------------------------------------------------- dynamic sampling
