@@ -210,6 +210,8 @@ def command(env: str, split: str, out: str, option: list[str] = (), tokenizer: s
         report = prepare_dataset(environment, split, out, tok, tokenizer, shard_size,
                                  strict=not lenient, options=options, progress=not no_progress)
     except (ValueError, FileNotFoundError) as e:
+        if os.environ.get("SAMTOK_RL_DEBUG", "") not in ("", "0"):  # samtok-rl --debug (rl.errors)
+            raise
         print(f"samtok-rl prepare: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: v for k, v in report.items() if k != "skipped_rows"}, indent=1))

@@ -192,14 +192,22 @@ def parser(name: str, module=None) -> argparse.ArgumentParser:
 
 
 def _usage() -> str:
-    lines = ["usage: samtok-rl COMMAND [args ...]", "", "commands:"]
+    lines = ["usage: samtok-rl [--debug] COMMAND [args ...]", "", "commands:"]
     lines += [f"  {name:<10} {cmd.help}" for name, cmd in COMMANDS.items()]
-    lines += ["", "Run 'samtok-rl COMMAND --help' for a command's options."]
+    lines += ["", "Run 'samtok-rl COMMAND --help' for a command's options. Bad input ends in one line naming what is "
+              "wrong; --debug (or SAMTOK_RL_DEBUG=1) shows the traceback too."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--debug":  # tracebacks for bad input too (rl.errors)
+        import os
+
+        from rl.errors import DEBUG_ENV
+
+        os.environ[DEBUG_ENV] = "1"
+        argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -96,6 +97,32 @@ def load_datasets(recipe: Recipe, mask_tokenizer=None):
     return train, evald
 
 
+class DataError(ValueError):
+    """Training data that cannot be used: the message names the file, the row (line) and the field."""
+
+
+def _check_json_rows(files: list[str]) -> None:
+    """Every row of .jsonl files parses, and a .json file is valid JSON: datasets would otherwise fail deep in
+    pyarrow with a long traceback that names neither the file nor the line."""
+    for f in files:
+        text = Path(f).read_text()
+        if f.endswith(".jsonl"):
+            for n, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{f}: line {n}: not valid JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{f}: line {n}: a row must be a JSON object, got {type(row).__name__}")
+        else:
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{f}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+
+
 def load_prepared(path: str, image_root: str | None = None):
     """A prepared dataset: a ``samtok-rl prepare`` folder, a ``save_to_disk`` directory, or .jsonl/.json/.parquet
     files (or a directory of them)."""
@@ -111,12 +138,14 @@ def load_prepared(path: str, image_root: str | None = None):
     else:
         files = sorted(str(f) for f in p.glob("*") if f.suffix in (".jsonl", ".json", ".parquet")) if p.is_dir() else [str(p)]
         if not files:
-            raise ValueError(f"{path}: no .jsonl/.json/.parquet files")
+            raise DataError(f"{path}: no .jsonl/.json/.parquet files")
         kind = "parquet" if files[0].endswith(".parquet") else "json"
+        if kind == "json":
+            _check_json_rows(files)
         ds = datasets.load_dataset(kind, data_files=files, split="train")
     missing = [c for c in ("prompt", "image", "answer") if c not in ds.column_names]
     if missing:
-        raise ValueError(f"{path}: prepared rows lack the column(s) {missing}; run `samtok-rl prepare` first")
+        raise DataError(f"{path}: prepared rows lack the column(s) {missing}; run `samtok-rl prepare` first")
     if isinstance(ds.features["image"], datasets.Value):  # paths: make them images decoded on access
         if image_root:
             from envs.base import safe_image_path  # refuses paths that escape the image root

@@ -57,8 +57,9 @@ def command(overrides: list[str] = (), task: str = "gres", recipe: str | None = 
         with sigterm_stops():
             report = run_demo(loaded, out, test_samples, start, task)
     except FileNotFoundError as e:  # e.g. the committed tiny mask-tokenizer weights are missing
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        from rl.errors import bad_input
+
+        return bad_input("error", e)
     except (Preempted, Stopped) as e:
         kept = (f"the GRPO stage saved {e.checkpoint} (samtok-rl train {out / 'recipe.yaml'} run.resume=true "
                 "continues it)" if isinstance(e, Preempted) else "nothing is kept")

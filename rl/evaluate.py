@@ -247,8 +247,9 @@ def command(policy: str, env: str, out: str, split: str = "val", option: list[st
         with sigterm_stops():
             environment, rows, info, metrics = run()
     except (ValueError, FileNotFoundError) as e:
-        print(f"samtok-rl eval: error: {e}", file=sys.stderr)
-        return 2
+        from rl.errors import bad_input
+
+        return bad_input("samtok-rl eval: error", e)
     except Stopped:
         print(f"stopped on SIGTERM: the evaluation did not finish (what {out} holds is incomplete); run the same "
               "command again", file=sys.stderr)

@@ -400,8 +400,9 @@ def command(plan: str, out: str, overrides: list[str] = (), seeds: list[int] = (
         with sigterm_stops():
             run_experiment(plan, list(seeds), out)
     except (ExperimentError, FileNotFoundError) as e:  # FileNotFoundError: e.g. the tiny tokenizer's weights
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        from rl.errors import bad_input
+
+        return bad_input("error", e)
     except (Preempted, Stopped) as e:
         saved = f"; the GRPO cell under way saved {e.checkpoint} and resumes from it" if isinstance(e, Preempted) else ""
         print(f"stopped on SIGTERM: the finished cells are kept in {out}{saved}; run the same command again to "

@@ -34,6 +34,7 @@ from transformers import (
 
 from rl.config import TINY
 from rl.distributed import barrier, is_main_process
+from rl.schema import looks_local
 from rl.trainable import ROW_KEYS, ROWS_FILE, apply_lora, freeze_vision_tower, load_rows, mask_token_ids
 from tokenizer.codec import add_mask_tokens, embedding_weights
 
@@ -232,6 +233,8 @@ def load_policy(path, dtype=None, device=None):
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     path = str(path)
+    if looks_local(path) and not Path(path).expanduser().exists():  # a mistyped folder, not a hub id
+        raise FileNotFoundError(f"policy {path!r}: no such folder (a hub id has the form owner/name)")
     if (Path(path) / "adapter_config.json").is_file():
         return _load_adapter_checkpoint(Path(path), dtype, device)
     config = AutoConfig.from_pretrained(path)

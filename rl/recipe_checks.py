@@ -11,7 +11,18 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rl.schema import ANSWER_KINDS, DTYPES, ENVS, FINETUNE, OWNED_BY_RUN, PREPARED_ENVS, REPORTERS, TINY, suggest
+from rl.schema import (
+    ANSWER_KINDS,
+    DTYPES,
+    ENVS,
+    FINETUNE,
+    OWNED_BY_RUN,
+    PREPARED_ENVS,
+    REPORTERS,
+    TINY,
+    looks_local,
+    suggest,
+)
 
 if TYPE_CHECKING:
     from rl.schema import Recipe, Reward, Sampling
@@ -275,8 +286,7 @@ def _check_local_path(path: str, where: str, problems: list[str]) -> None:
     """A hub id (``owner/name``) is not checked: validation never needs the network."""
     if path == TINY:
         return
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1 or Path(path).exists()
-    if looks_local and not Path(path).expanduser().exists():
+    if looks_local(path) and not Path(path).expanduser().exists():
         problems.append(f"{where}: local path {path!r} does not exist")
 
 

@@ -22,6 +22,14 @@ REPORTERS = ("tensorboard", "wandb", "none")
 OWNED_BY_RUN = {"output_dir", "seed", "report_to", "resume_from_checkpoint"}
 
 
+def looks_local(path: str) -> bool:
+    """Whether a model path names a local folder rather than a hub id (``owner/name``): validation and loading tell a
+    mistyped folder from a model to download this way, without the network."""
+    from pathlib import Path
+
+    return path.startswith((".", "/", "~")) or path.count("/") != 1 or Path(path).exists()
+
+
 def suggest(key, names, keep_order: bool = False) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``names``, else the valid names (sorted unless ``keep_order``)."""
     import difflib

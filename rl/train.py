@@ -50,11 +50,13 @@ def command(recipe: str, overrides: list[str] = (), dry_run: bool = False, no_fi
         print(f"error: {problem}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from rl.data import DataError
+    from rl.errors import bad_input
+
     try:
         final = run(recipe)
-    except RecipeError as e:  # a resume that does not fit the run's checkpoints
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (RecipeError, DataError, FileNotFoundError) as e:  # a resume that does not fit, bad data, missing files
+        return bad_input("error", e)
     except Preempted as e:  # a clean stop: the scheduler must not count it as a failure
         print(f"preempted: {e}", file=sys.stderr)
         return 0
