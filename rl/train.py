@@ -136,6 +136,9 @@ def run(recipe: Recipe, callbacks=()) -> Path:
             raise
     if state.is_main_process:  # the scalars behind the learning curves (rl.curves), also of a stopped run
         save_history(trainer.state.log_history, run_dir)
+        from rl.timing import summary
+
+        print(summary(trainer.state.log_history), flush=True)
     if stop.stopped_at is not None:
         raise Preempted(run_dir / f"checkpoint-{stop.stopped_at}")
     return tr.save_final(trainer, processor, run_dir / "final")

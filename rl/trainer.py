@@ -23,6 +23,7 @@ from rl import checkpoint, lm_head, sampling, vllm_rollout
 from rl.config import Recipe
 from rl.distributed import barrier, gathered, without_zero3_init
 from rl.preemption import OutOfMemoryStop
+from rl.timing import PhaseTimer
 from rl.trainable import ROWS_FILE, load_rows, row_trained, save_rows
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,10 @@ class SamtokGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.nonfinite_skipped = 0  # steps skipped for non-finite gradients, in this process
         self._nonfinite_in_a_row = 0
+        # timing_s/*: where each step's time goes (rl.timing); the hooks below open its spans.
+        self.phase_timer = PhaseTimer(self._metrics)
+        self.add_callback(self.phase_timer)
+        self._in_rollout = False
         if self.use_vllm and self.vllm_mode == "colocate":
             pad = self.processing_class.tokenizer.convert_tokens_to_ids("<|image_pad|>")
             self.vllm_generation.generate = vllm_rollout.one_placeholder_per_image(self.vllm_generation.generate, pad)
@@ -163,7 +168,21 @@ class SamtokGRPOTrainer(GRPOTrainer):
                 self.prompt_sampler.kinds = sampling.dataset_kinds(data)
         return self.prompt_sampler
 
+    def _generate(self, prompts):
+        with self.phase_timer.span("generation"):
+            return super()._generate(prompts)
+
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        if not self._in_rollout:  # the loss's own forward pass: part of forward_backward
+            return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        with self.phase_timer.span("logprobs"):  # old-policy and reference log-probs of the rollouts
+            return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        with self.phase_timer.span("rewards"):
+            return self._rewards_and_counts(inputs, prompts, completions, completion_ids_list)
+
+    def _rewards_and_counts(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._round_rewards = rewards  # every rank's rewards of this generation round, for dynamic sampling
         # TRL gives a completion that every reward scored None (NaN here) zero advantage; count them, and the
@@ -193,9 +212,14 @@ class SamtokGRPOTrainer(GRPOTrainer):
             self._metrics[mode][f"reward_by_kind/{kind}"].append(sum(values) / len(values))
 
     def _generate_and_score_completions(self, inputs):
-        if self.dynamic is None or not self.dynamic.enabled or not self.model.training:
-            return super()._generate_and_score_completions(inputs)
-        return sampling.dynamic_generation(self, inputs, super()._generate_and_score_completions)
+        self._in_rollout = True
+        try:
+            with self.phase_timer.span("rollout"):
+                if self.dynamic is None or not self.dynamic.enabled or not self.model.training:
+                    return super()._generate_and_score_completions(inputs)
+                return sampling.dynamic_generation(self, inputs, super()._generate_and_score_completions)
+        finally:
+            self._in_rollout = False
 
     def _load_rng_state(self, checkpoint_dir):
         # Called once, at the resumed step, just before the first batch. TRL counts micro-steps in ``_step``
@@ -218,7 +242,8 @@ class SamtokGRPOTrainer(GRPOTrainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         # Generation and the loss both run inside: an OOM in either is caught before the optimizer steps.
         try:
-            return super().training_step(model, inputs, num_items_in_batch)
+            with self.phase_timer.span("training_step"):
+                return super().training_step(model, inputs, num_items_in_batch)
         except torch.OutOfMemoryError as e:
             raise self._out_of_memory(e) from e
 
@@ -257,8 +282,9 @@ class SamtokGRPOTrainer(GRPOTrainer):
         name = f"checkpoint-{self.state.global_step}"
         self._staging_root = checkpoint.staging_dir(run_dir)
         try:
-            super()._save_checkpoint(model, trial)
-            self._save_rows(os.path.join(self._staging_root, name))  # every rank: gathering is collective
+            with self.phase_timer.span("checkpoint", into="carry"):
+                super()._save_checkpoint(model, trial)
+                self._save_rows(os.path.join(self._staging_root, name))  # every rank: gathering is collective
         finally:
             self._staging_root = None
         barrier()  # every rank's part (DeepSpeed partitions, RNG state) is written before the marker is

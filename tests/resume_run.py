@@ -21,6 +21,12 @@ from transformers import TrainerCallback
 ROOT = Path(__file__).resolve().parents[1]
 # Logged values that measure time, not training.
 TIMING = ("step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second", "seconds_per_call")
+TIMING_PREFIXES = ("timing_s/", "timing_share/")  # rl.timing's phases: wall clock, not training state
+
+
+def untimed(entry: dict) -> dict:
+    """A log-history entry without its wall-clock values."""
+    return {k: v for k, v in entry.items() if not k.endswith(TIMING) and not k.startswith(TIMING_PREFIXES)}
 
 
 class StopAt(TrainerCallback):
@@ -101,7 +107,7 @@ def checkpoint_state(ckpt: Path) -> dict:
     for f in blobs:
         state[str(f.relative_to(ckpt))] = tensors(torch.load(f, map_location="cpu", weights_only=False))
     history = json.loads((ckpt / "trainer_state.json").read_text())["log_history"]
-    state["log_history"] = [{k: v for k, v in h.items() if not k.endswith(TIMING)} for h in history]
+    state["log_history"] = [untimed(h) for h in history]
     return state
 
 

@@ -4,7 +4,7 @@ gives other rollouts; data-loading workers do not change the batches."""
 import pandas as pd
 import pytest
 import torch
-from resume_run import TIMING
+from resume_run import untimed
 from tiny_runs import tiny_recipe
 
 from rl import data as rl_data
@@ -22,7 +22,7 @@ def _trajectory(tmp_path, name, *overrides):
     model, processor = rl_policy.prepare_policy(recipe, tmp_path / name)
     trainer = tr.build_trainer(recipe, tmp_path / name, ds, None, model, processor)
     trainer.train()
-    history = [{k: v for k, v in h.items() if not k.endswith(TIMING)} for h in trainer.state.log_history]
+    history = [untimed(h) for h in trainer.state.log_history]
     frames = [pd.read_parquet(f) for f in sorted((tmp_path / name / "completions").glob("*.parquet"))]
     return history, [f[["prompt", "completion"]].to_dict("list") for f in frames]
 

@@ -41,7 +41,7 @@ def _run(tmp_path, name, *overrides):
 
 def _training_values(logs):
     """Per-step loss, rewards and the other training scalars, without wall-clock timings."""
-    timing = ("second", "time", "runtime")
+    timing = ("second", "time", "runtime", "timing_")
     return [{k: v for k, v in h.items() if not any(t in k for t in timing)} for h in logs if "loss" in h]
 
 
