@@ -16,9 +16,9 @@ mode): e.g. a start and one code that end the output or are followed by text dec
 with text between its tokens or a bad first code is dropped. In ``gcg`` mode a phrase predicts the repaired
 group that starts right after it (after optional whitespace).
 
-Cost and memory: one image-encoder pass per distinct image, thanks to the tokenizer's image-feature cache
-(the ``num_generations`` completions of a prompt share the image), then one light decoder pass per
-completion. Decoding runs on the tokenizer's device (the GPU when there is one); ``MaskTokenizer.decode``
+Cost and memory: per call (TRL calls a reward once per generation batch), one image-encoder pass and one batched
+decoder call per distinct image, for every distinct code of every completion of that image, across all the groups
+of the batch (``MaskIoU.decode_batch``; the ``num_generations`` completions of a prompt share its image). Decoding runs on the tokenizer's device (the GPU when there is one); ``MaskTokenizer.decode``
 returns the masks on the CPU, where the IoU is computed: per completion, N predicted and M GT masks of
 H x W take (N + M) * H * W bytes as booleans plus 4 * (N + M) * H * W bytes as float32 during the IoU
 product, e.g. about 40 MB for N = M = 4 on a 1024 x 1024 image, freed after each completion. On the
@@ -114,12 +114,13 @@ class MaskIoU:
     __name__ = "mask_iou"
     builds_model = True  # recipe validation binds its parameters without building it
 
-    def __init__(self, mode: str = "gres", mask_tokenizer="tiny16", device=None, max_pred_masks: int = 64):
+    def __init__(self, mode: str = "gres", mask_tokenizer="tiny16", device=None, max_pred_masks: int = 64,
+                 batch_decode: bool = True):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not isinstance(max_pred_masks, int) or max_pred_masks < 1:
             raise ValueError(f"max_pred_masks must be a positive integer, got {max_pred_masks!r}")
-        self.mode, self.max_pred_masks = mode, max_pred_masks
+        self.mode, self.max_pred_masks, self.batch_decode = mode, max_pred_masks, batch_decode
         self.mask_tokenizer = _load_tokenizer(mask_tokenizer, device)
         # Groups are parsed as this tokenizer decodes them: a code past a smaller codebook names no mask.
         self.codebook_size = getattr(self.mask_tokenizer, "codebook_size", CODEBOOK_SIZE)
@@ -136,24 +137,33 @@ class MaskIoU:
             return masks
         return masks[[unique.index(c) for c in codes]]
 
-    def score(self, completion, image, rles, answer, cache) -> float:
+    def parse(self, completion, answer):
+        """``(codes, predicted phrases or None)`` of a completion, read as this tokenizer decodes them."""
+        text = completion_text(completion)
+        if self.mode == "gcg":
+            pred_phrases, codes = gcg_pred(text, self.codebook_size)
+            return codes, pred_phrases
+        return parse_masks(text, self.codebook_size), None
+
+    def score(self, completion, image, rles, answer, cache, decoded=None) -> float:
+        """One completion's reward; ``decoded``: its masks already decoded (``{code: mask}``, the batched path)."""
         import numpy as np
         import torch
 
         if image is None:
             raise ValueError("mask_iou needs the dataset column 'image'")
         gt = _gt_masks(rles, _image_shape(image), cache)
-        text = completion_text(completion)
+        codes, pred_phrases = self.parse(completion, answer)
         if self.mode == "gcg":
-            pred_phrases, codes = gcg_pred(text, self.codebook_size)
             gt_phrases = gt_gcg(answer if isinstance(answer, str) else "")[1]
             if len(gt_phrases) != len(gt):
                 raise ValueError(f"row has {len(gt_phrases)} phrases in 'answer' but {len(gt)} masks in 'masks'")
-        else:
-            codes = parse_masks(text, self.codebook_size)
         if len(set(codes)) > self.max_pred_masks:
             return 0.0
-        pred = self.decode(image, codes)
+        if decoded is None:
+            pred = self.decode(image, codes)
+        else:
+            pred = torch.stack([decoded[c] for c in codes]) if codes else None
         if self.mode == "gres":
             if not gt.any():  # no-target row
                 return 1.0 if pred is None else 0.0
@@ -168,6 +178,35 @@ class MaskIoU:
         allowed = np.array([[p == g for g in gt_phrases] for p in pred_phrases], dtype=float).reshape(iou.shape)
         return _matched_iou(iou, allowed)
 
+    def decode_batch(self, completions, images, answers) -> list[dict | None]:
+        """Every completion's masks, ``{code: mask}``, decoded per distinct image: one image-encoder pass and one
+        decoder call (in chunks of the tokenizer's ``max_masks_per_pass``) for all the codes of all the completions
+        of that image, across the groups of a generation batch. None for a completion that is not decoded here (no
+        image, or more distinct masks than ``max_pred_masks``: ``score`` handles it)."""
+        import hashlib
+
+        import numpy as np
+        import torch
+
+        wanted: dict = {}  # image key -> (image, distinct codes)
+        keys = []
+        for c, im, a in zip(completions, images, answers):
+            codes, _ = self.parse(c, a)
+            if im is None or len(set(codes)) > self.max_pred_masks:
+                keys.append(None)
+                continue
+            pixels = np.asarray(im)
+            key = (hashlib.blake2b(pixels.tobytes(), digest_size=16).hexdigest(), pixels.shape)
+            entry = wanted.setdefault(key, (im, {}))
+            entry[1].update(dict.fromkeys(codes))
+            keys.append(key)
+        masks = {}
+        for key, (im, codes) in wanted.items():
+            codes = list(codes)
+            decoded = torch.as_tensor(self.mask_tokenizer.decode(im, codes)).bool() if codes else []
+            masks[key] = dict(zip(codes, decoded))
+        return [None if k is None else masks[k] for k in keys]
+
     def __call__(self, prompts=None, completions=(), completion_ids=None, image=None, masks=None, answer=None,
                  **columns):
         import torch
@@ -178,10 +217,13 @@ class MaskIoU:
         answers = [None] * n if answer is None else answer
         cache = {}
         with torch.no_grad():
-            return [self.score(c, im, r, a, cache) for c, im, r, a in zip(completions, images, rles, answers, strict=True)]
+            decoded = self.decode_batch(completions, images, answers) if self.batch_decode else [None] * n
+            return [self.score(c, im, r, a, cache, d)
+                    for c, im, r, a, d in zip(completions, images, rles, answers, decoded, strict=True)]
 
 
-def mask_iou(mode: str = "gres", mask_tokenizer="tiny16", device=None, max_pred_masks: int = 64) -> MaskIoU:
+def mask_iou(mode: str = "gres", mask_tokenizer="tiny16", device=None, max_pred_masks: int = 64,
+             batch_decode: bool = True) -> MaskIoU:
     """The decoded-mask IoU reward (a ``MaskIoU``).
 
     ``mask_tokenizer``: a ``tokenizer.MaskTokenizer`` (or any object with ``decode(image, codes)`` returning
@@ -189,9 +231,11 @@ def mask_iou(mode: str = "gres", mask_tokenizer="tiny16", device=None, max_pred_
     In a recipe it is ``data.mask_tokenizer``, which encoded the answers. ``device`` (for a name or path): where the tokenizer runs; default the GPU when there is one.
     ``max_pred_masks`` bounds memory: a completion with more distinct predicted masks scores 0 undecoded
     (a degenerate rollout; a few hundred full-size masks would not fit). Repeated codes are decoded once.
-    Needs the dataset columns ``image`` and ``masks`` (and ``answer`` for ``gcg``).
+    Needs the dataset columns ``image`` and ``masks`` (and ``answer`` for ``gcg``). ``batch_decode`` (default):
+    decode every distinct code of a call's completions per distinct image at once (``MaskIoU.decode_batch``);
+    False decodes completion by completion (the same rewards; kept for ``bench/rewards.py``'s comparison).
     """
-    return MaskIoU(mode, mask_tokenizer, device, max_pred_masks)
+    return MaskIoU(mode, mask_tokenizer, device, max_pred_masks, batch_decode)
 
 
 mask_iou.builds_model = True

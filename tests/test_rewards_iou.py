@@ -169,8 +169,51 @@ def test_real_mask_tokenizer_one_encoder_pass_per_group(device):
     fn = get_reward("mask_iou", mode="instances", mask_tokenizer=tok)
     # Eight separate image objects with the same pixels, as a dataset hands them out.
     images = [Image.fromarray(pixels) for _ in completions]
+    calls = []
+    real_decode = tok.decode
+    tok.decode = lambda image, c: calls.append(list(c)) or real_decode(image, c)
     out = fn(prompts=["p"] * 8, completions=completions, image=images, masks=[gt] * 8)
-    assert tok.cache_misses == 1 and tok.cache_hits == 5  # one encoder pass; the empty completion decodes nothing
+    # One encoder pass and one decoder call for the image, holding each distinct code once.
+    assert tok.cache_misses == 1 and tok.cache_hits == 0 and calls == [codes]
     iou = masks_iou(ref, ref[:2])
     expected = [1.0, iou[1, 1] / 2, max(iou[2]) / 2, 0.0]
     assert out == pytest.approx(expected * 2)
+    # Completion by completion (batch_decode=False): one encoder pass, a decoder call per completion, same rewards.
+    tok.clear_cache()
+    tok.cache_hits = tok.cache_misses = 0
+    calls.clear()
+    each = get_reward("mask_iou", mode="instances", mask_tokenizer=tok, batch_decode=False)
+    assert each(prompts=["p"] * 8, completions=completions, image=images, masks=[gt] * 8) == out
+    assert tok.cache_misses == 1 and tok.cache_hits == 5 and len(calls) == 6  # the empty completion decodes nothing
+
+
+@pytest.mark.parametrize("mode", ["gres", "instances", "gcg"])
+def test_batched_decoding_gives_the_per_completion_rewards_to_the_last_bit(mode):
+    """Groups of two scenes interleaved in one call, as a generation batch holds them: the rewards are those of
+    decoding completion by completion, exactly."""
+    import random
+
+    from envs.base import build_rows
+    from envs.shapes import gcg_samples, gres_samples
+    from tokenizer.load import load_mask_tokenizer
+
+    tok = load_mask_tokenizer("tiny16")
+    samples = (gcg_samples if mode == "gcg" else gres_samples)("test", 3, seed=4)
+    rows = [r for s in samples for r in build_rows([s], tok)]
+    rng = random.Random(0)
+    comps, images, masks, answers = [], [], [], []
+    for k in range(24):
+        row = rows[k % len(rows)]
+        if mode == "gcg":  # the GT caption with some codes changed
+            text = row["answer"].replace("<|mt_0", f"<|mt_{rng.choice([0, 0, 1])}", 1)
+        else:
+            text = "".join(format_mask((rng.randrange(16), rng.randrange(16))) for _ in range(rng.randrange(3)))
+        comps.append(text)
+        images.append(row["image"].copy())  # a fresh object per completion, as TRL hands them out
+        masks.append(row["masks"])
+        answers.append(row["answer"])
+    batched = get_reward("mask_iou", mode=mode, mask_tokenizer=tok)(completions=comps, image=images, masks=masks,
+                                                                    answer=answers)
+    each = get_reward("mask_iou", mode=mode, mask_tokenizer=tok, batch_decode=False)
+    assert batched == each(completions=comps, image=images, masks=masks, answer=answers)
+    assert len(set(batched)) > 2
