@@ -201,13 +201,20 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "--debug":  # tracebacks for bad input too (rl.errors)
+    if argv and argv[0] == "--debug":  # tracebacks for bad input too (rl.errors), for this command only
         import os
 
         from rl.errors import DEBUG_ENV
 
-        os.environ[DEBUG_ENV] = "1"
-        argv = argv[1:]
+        before = os.environ.get(DEBUG_ENV)
+        os.environ[DEBUG_ENV] = "1"  # the environment, so that launched subprocesses see it too
+        try:
+            return main(argv[1:])
+        finally:  # main() called in-process (tests, notebooks) must not leave every later command in debug mode
+            if before is None:
+                os.environ.pop(DEBUG_ENV, None)
+            else:
+                os.environ[DEBUG_ENV] = before
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

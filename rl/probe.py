@@ -145,7 +145,7 @@ def sample(recipe, model, processor, dataset, n_prompts: int, batch_size: int = 
 
 def logged_rollouts(folder: str | Path, dataset) -> Rollouts:
     """A run's logged completions (TRL's ``completions/*.parquet``) joined to their dataset rows by row id."""
-    import pandas as pd
+    from datasets import Dataset, concatenate_datasets
 
     folder = Path(folder)
     if (folder / "completions").is_dir():
@@ -156,9 +156,9 @@ def logged_rollouts(folder: str | Path, dataset) -> Rollouts:
     if not files:
         raise ProbeError(f"--completions {folder}: no logged completions (*.parquet); train with "
                          "grpo.log_completions=true")
-    frames = [pd.read_parquet(f) for f in files]
-    df = pd.concat(frames, ignore_index=True)
-    missing = [c for c in ("step", "row_id", "raw_completion") if c not in df.columns]
+    # datasets reads parquet with pyarrow, which it declares; pandas is not a dependency of this package.
+    df = concatenate_datasets([Dataset.from_parquet(str(f)) for f in files]).to_dict()
+    missing = [c for c in ("step", "row_id", "raw_completion") if c not in df]
     if missing:
         raise ProbeError(f"--completions {folder}: the logged completions lack {missing} (logged before this "
                          "version of the trainer, which logs each completion's row id and raw text)")
@@ -179,7 +179,7 @@ def logged_rollouts(folder: str | Path, dataset) -> Rollouts:
         groups[where[key]].append(len(rows))
         rows.append(rows_cache[rid])
         texts.append(text)
-    logged = {c: [float(v) for v in df[c]] for c in df.columns
+    logged = {c: [float("nan") if v is None else float(v) for v in df[c]] for c in df
               if c not in ("step", "prompt", "completion", "row_id", "raw_completion", "advantage", "pred_masks")}
     return Rollouts(rows, texts, [None] * len(texts), groups, f"logged: {folder}", 0.0, logged)
 

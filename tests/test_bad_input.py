@@ -2,6 +2,7 @@
 ``samtok-rl --debug`` shows the traceback."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,6 @@ def test_a_mistyped_policy_folder_is_not_looked_up_on_the_hub(tmp_path, capsys):
     assert line == "samtok-rl eval: error: policy '/nonexistent': no such folder (a hub id has the form owner/name)"
     with pytest.raises(FileNotFoundError, match="no such folder"):  # --debug: the traceback
         cli.main(["--debug", *args])
+    # and for that command only: a later command in the same process reports in one line again
+    assert DEBUG_ENV not in os.environ
+    assert cli.main(args) == 2

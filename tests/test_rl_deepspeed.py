@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent("""
         run = tmp / f"zero{stage}-{finetune}"
         recipe = load_recipe(Path("recipes/shapes_gres.yaml"), [f"model.finetune={finetune}",
             "data.env=grefcoco", f"data.train={tmp / 'data'}", "sft.enabled=false", f"run.output_dir={run}",
-            "run.report_to=[none]", "grpo.max_steps=2", "grpo.save_strategy=steps", "grpo.save_steps=2",
+            "run.report_to=[none]", "monitor.eval_steps=0", "monitor.image_steps=0", "grpo.max_steps=2", "grpo.save_strategy=steps", "grpo.save_steps=2",
             "grpo.learning_rate=0.05" if finetune == "lora" else "grpo.learning_rate=0.01",
             "grpo.per_device_train_batch_size=8", "grpo.num_generations=4", "grpo.max_completion_length=8",
             f"grpo.deepspeed=recipes/accelerate/ds_zero{stage}.json",

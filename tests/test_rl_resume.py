@@ -32,7 +32,7 @@ REWARDS = "rewards=[{name: answer_match, params: {grading: coarse}}, {name: 'tin
 def _overrides(data: Path, run: Path, *extra) -> list[str]:
     return [
         "data.env=grefcoco", f"data.train={data}", "sft.enabled=false", f"run.output_dir={run}", "run.report_to=[none]",
-        "run.keep_checkpoints=2", "grpo.save_strategy=steps", "grpo.save_steps=1", "grpo.logging_steps=1",
+        "monitor.eval_steps=0", "monitor.image_steps=0", "run.keep_checkpoints=2", "grpo.save_strategy=steps", "grpo.save_steps=1", "grpo.logging_steps=1",
         "grpo.per_device_train_batch_size=8", "grpo.num_generations=4", "grpo.max_completion_length=8",
         "grpo.learning_rate=0.01", "grpo.temperature=1.5", "grpo.log_completions=true", REWARDS, *extra,
     ]
@@ -303,9 +303,12 @@ def test_resuming_with_a_changed_model_tokenizer_or_group_size_is_refused(tmp_pa
     del saved["sampling"], saved["reward_runtime"]["isolation"]
     saved["data"]["env"] = "shapes"  # and one saved before the environments were renamed: the same env
     (run / "recipe.yaml").write_text(yaml.safe_dump(saved))
-    refuse_changed_resume(load_recipe(recipe, base), run)
+    old_defaults = [*base, "sampling.stratify=false"]  # the recipe now stratifies; that run used the default
+    refuse_changed_resume(load_recipe(recipe, old_defaults), run)
+    with pytest.raises(RecipeError, match=r"sampling.stratify: False in .*, True now"):
+        refuse_changed_resume(load_recipe(recipe, base), run)
     with pytest.raises(RecipeError, match=r"data.env: 'shapes_gres' in .*, 'shapes_gcg' now"):
-        refuse_changed_resume(load_recipe(recipe, [*base, "data.env=shapes_gcg"]), run)
+        refuse_changed_resume(load_recipe(recipe, [*old_defaults, "data.env=shapes_gcg"]), run)
 
 
 def test_sigterm_saves_a_complete_checkpoint_exits_0_and_resumes_exactly(tmp_path):
