@@ -37,7 +37,8 @@ A run is **flagged** when either of the first two fires for the weighted total: 
 nothing or to collapse.
 
 Given an experiment plan instead of a recipe (``recipes/experiments/*.yaml``), every variant is probed from the same
-policy and ranked by signal score; ``--against DIR/summary.json`` adds the variants' measured mean RL - SFT
+policy and ranked by signal score (variants whose policy and sampling settings agree share one set of completions:
+they are sampled once and rescored per variant); ``--against DIR/summary.json`` adds the variants' measured mean RL - SFT
 headline deltas (gIoU, GCG: AP50) of a finished experiment and the Spearman between the two rankings.
 
 ``--completions DIR`` rescores a run's logged completions instead of sampling (TRL's parquet files in
@@ -284,8 +285,9 @@ def _gcg_exact(text: str, answer: str) -> bool:
 
 
 def probe(recipe, policy: str | None = None, prompts: int = 64, extra: list[str] = (), completions: str | None = None,
-          out: str | None = None, say=print) -> dict:
-    """Run the probe; returns the report (also written to ``out``)."""
+          out: str | None = None, say=print, cache: dict | None = None) -> dict:
+    """Run the probe; returns the report (also written to ``out``). ``cache`` (a dict the caller keeps) lets later
+    calls whose policy and sampling settings equal an earlier call's rescore its completions instead of sampling."""
     from rl.data import load_datasets
     from rl.monitor import task_of
     from tokenizer.load import load_mask_tokenizer
@@ -293,9 +295,14 @@ def probe(recipe, policy: str | None = None, prompts: int = 64, extra: list[str]
     task = task_of(recipe)
     start = time.perf_counter()
     train_ds, _ = load_datasets(recipe)
+    key = sampling_key(recipe, policy, prompts)
     if completions:  # the raw texts were logged: no policy, no tokenizer needed
         rollouts = logged_rollouts(completions, train_ds)
         tokenizer, where = None, rollouts.source
+    elif cache is not None and key in cache:
+        rollouts, tokenizer, where = cache[key]
+        say(f"probe: the same {len(rollouts.groups)} prompts x {len(rollouts.groups[0])} completions as an earlier "
+            "variant (same policy and sampling settings): rescored, not resampled")
     else:
         if prompts < 1:
             raise ProbeError(f"--prompts must be >= 1, got {prompts}")
@@ -304,6 +311,8 @@ def probe(recipe, policy: str | None = None, prompts: int = 64, extra: list[str]
         rollouts = sample(recipe, model, processor, train_ds, prompts)
         tokenizer = processor.tokenizer
         del model
+        if cache is not None:
+            cache[key] = (rollouts, tokenizer, where)
     rewards = build_probe_rewards(recipe, tokenizer, extra)
     scores = score(rollouts, rewards)
     weights = {name: w for name, w, _ in rewards if w is not None}
@@ -318,6 +327,25 @@ def probe(recipe, policy: str | None = None, prompts: int = 64, extra: list[str]
         report["logged_rewards"] = {k: v for k, v in rollouts.logged.items() if k in scores}
     write_outputs(Path(out) if out else Path(recipe.run.output_dir) / "probe", report, scores, iou)
     return report
+
+
+def sampling_key(recipe, policy: str | None, prompts: int) -> str:
+    """Everything that decides which completions ``sample`` draws: the policy (given, or the recipe's start: model and
+    SFT settings), the data and prompt sampler, the seed and GRPO's generation settings. Rewards, their weights and
+    the learning settings are left out: variants differing only there see the same completions."""
+    from rl.config import to_dict
+    from rl.generation import grpo_sampling
+    from rl.trainer import grpo_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = grpo_config(recipe, tmp)
+    conf = to_dict(recipe)
+    start = {"policy": policy} if policy else {k: conf.get(k) for k in ("model", "sft")} | {
+        "output_dir": recipe.run.output_dir}
+    return json.dumps({"start": start, "data": conf.get("data"), "sampling": conf.get("sampling"), "seed": recipe.run.seed,
+                       "prompts": prompts, "num_generations": args.num_generations,
+                       "max_completion_length": args.max_completion_length, "generate": grpo_sampling(args)},
+                      sort_keys=True, default=str)
 
 
 def probe_plan(plan, policy: str | None, prompts: int, out: Path, against: str | None = None, say=print) -> dict:
@@ -337,11 +365,11 @@ def probe_plan(plan, policy: str | None, prompts: int, out: Path, against: str |
         summary = json.loads(path.read_text())
         head = HEADLINE[summary["task"]]
         measured = {v: float(np.mean([d[head] for d in ds])) for v, ds in variant_deltas(summary).items()}
-    rows = {}
+    rows, cache = {}, {}
     for name, overrides in plan.variants.items():
         recipe = load_recipe(plan.recipe, [*overrides, *plan.overrides])
         say(f"probe: variant {name}")
-        report = probe(recipe, policy, prompts, out=str(out / name), say=say)
+        report = probe(recipe, policy, prompts, out=str(out / name), say=say, cache=cache)
         rows[name] = {"signal": report["signal"], "flagged": report["flagged"],
                       "zero_spread": report["rewards"]["total"]["zero_spread"],
                       "nt_mass": report["rewards"]["total"]["nt_mass"],

@@ -148,7 +148,8 @@ def test_a_plan_is_probed_variant_by_variant_and_ranked_against_measured_deltas(
     (tmp_path / "plan.yaml").write_text(
         "task: gres\nrecipe: recipe.yaml\nvariants:\n  varied: []\n"
         "  binary: [\"rewards=[{name: answer_match, params: {grading: binary}}]\"]\n"
-        "  flat: [\"rewards=[{name: 'tiny_runs:constant_reward'}]\"]\n")
+        "  flat: [\"rewards=[{name: 'tiny_runs:constant_reward'}]\"]\n"
+        "  hot: [grpo.temperature=1.7]\n")
     runs = [{"variant": "sft", "seed": 0, "policy": "SFT", "metrics": {"gIoU": 50.0}}]
     runs += [{"variant": v, "seed": 0, "policy": "RL", "metrics": {"gIoU": 50.0 + d}}
              for v, d in (("varied", 3.0), ("binary", -1.0), ("flat", 0.0))]
@@ -158,8 +159,20 @@ def test_a_plan_is_probed_variant_by_variant_and_ranked_against_measured_deltas(
                    "--prompts", "3", "--out", str(tmp_path / "probe"), "--against", str(tmp_path / "summary.json")])
     assert rc == 0
     ranking = json.loads((tmp_path / "probe" / "ranking.json").read_text())
-    assert set(ranking["variants"]) == {"varied", "binary", "flat"}
+    assert set(ranking["variants"]) == {"varied", "binary", "flat", "hot"}
     assert ranking["variants"]["varied"]["measured"] == 3.0 and "spearman_signal_vs_measured" in ranking
     assert ranking["variants"]["flat"]["flagged"] and ranking["variants"]["flat"]["signal"] == 0.0
     assert (tmp_path / "probe" / "binary" / "probe.json").is_file()
-    assert "Spearman(signal, mean RL - SFT gIoU" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Spearman(signal, mean RL - SFT gIoU" in printed
+    # Variants that differ only in their rewards are scored on one set of completions; another temperature resamples.
+    assert printed.count("probe: sampling 3 prompts") == 2 and printed.count("rescored, not resampled") == 2
+    # and rescoring the shared completions equals probing that variant on its own
+    alone = tmp_path / "binary_alone"
+    assert cli.main(["rewards", "probe", str(tmp_path / "recipe.yaml"), "rewards=[{name: answer_match, params: {grading: "
+                     "binary}}]", "--policy", str(tmp_path / "run" / "policy-init"), "--prompts", "3", "--out", str(alone)]) == 0
+    shared = json.loads((tmp_path / "probe" / "binary" / "probe.json").read_text())
+    own = json.loads((alone / "probe.json").read_text())
+    for key in ("mean", "spread", "zero_spread", "signal"):
+        assert shared["rewards"]["answer_match"][key] == own["rewards"]["answer_match"][key], key
+    assert shared["decoded_iou"] == own["decoded_iou"]
