@@ -10,10 +10,12 @@
 #   imports   which of the project's dependencies the machine has (and versions)
 #   env       `samtok-rl env`: versions, the card, what is missing
 #   rollout   bench/rollout.py --qwen-3b: generated tokens/s of HF generate vs continuous batching (vLLM if
-#             installed) on a random Qwen2.5-VL-3B architecture in bf16, 2 prompts x 8 generations (the
-#             released per-device batch), 128 new tokens
-#   grpo      bench/trainer.py --qwen-3b: seconds per GRPO step of recipes/gres_grpo.yaml (released settings,
-#             gradient accumulation 1) on that architecture, tokens/s over the whole step, peak memory
+#             installed) on a random Qwen2.5-VL-3B architecture in bf16, at 16, 128 and 256 sequences per call
+#             (2, 16 and 32 prompts x 8 generations: the released per-device batch, the released update's one
+#             generate call, and twice that), 128 new tokens
+#   grpo      bench/trainer.py --qwen-3b: two full updates of recipes/gres_grpo.yaml as released (gradient
+#             accumulation 8: one generate call of 128 completions, 8 micro-steps of 16) on that architecture:
+#             seconds per update with its phase timings (timing_s/*), tokens/s over the update, peak memory
 #   mask_iou  bench/rewards.py: mask_iou per group of 8 completions with the Hiera-L tokenizer (random
 #             weights) on the GPU, with and without the image-feature cache
 set -uo pipefail
@@ -23,9 +25,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
-  ROLLOUT=(--qwen-3b --shrink 8 --new-tokens 8 --repeat 1); GRPO=(--qwen-3b --shrink 8); IOU=(--tokenizer random-tiny --device cpu)
+  ROLLOUT=(--qwen-3b --shrink 8 --prompts 2 4 --new-tokens 8 --repeat 1)
+  GRPO=(--qwen-3b --shrink 8 --steps 1 --grad-accum 2); IOU=(--tokenizer random-tiny --device cpu)
 else
-  ROLLOUT=(--qwen-3b --new-tokens 128 --repeat 2); GRPO=(--qwen-3b); IOU=(--tokenizer hiera_l --device cuda)
+  ROLLOUT=(--qwen-3b --prompts 2 16 32 --new-tokens 128 --repeat 2)
+  GRPO=(--qwen-3b --steps 2 --grad-accum 8); IOU=(--tokenizer hiera_l --device cuda)
 fi
 
 part() {  # part NAME SECONDS COMMAND...: run it, keep its log and exit status
@@ -54,8 +58,8 @@ for m in mods:
     print(f'{m}: {v}')
 "
 part env 60 "$PY" -m rl.cli env
-part rollout 180 "$PY" bench/rollout.py "${ROLLOUT[@]}" --json "$OUT/rollout.json"
-part grpo 240 "$PY" bench/trainer.py "${GRPO[@]}"
+part rollout 240 "$PY" bench/rollout.py "${ROLLOUT[@]}" --json "$OUT/rollout.json"
+part grpo 300 "$PY" bench/trainer.py "${GRPO[@]}"
 part mask_iou 90 "$PY" bench/rewards.py --quick --skip-answer-match --skip-grpo "${IOU[@]}"
 
 "$PY" - "$OUT" <<'EOF'
@@ -75,6 +79,9 @@ if (out / "rollout.json").is_file():
 grpo = "\n".join(report["parts"].get("grpo", {}).get("lines", []))
 report["grpo_steps"] = [{"step": int(s), "seconds": float(t), "tokens": int(n), "tokens_per_s": int(r)}
                         for s, t, n, r in re.findall(r"step (\d+): ([\d.]+) s, (\d+) generated tokens, (\d+) tokens/s", grpo)]
+for step in report["grpo_steps"]:
+    m = re.search(rf"step {step['step']} phases: (.*)", grpo)
+    step["phases_s"] = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+) s", m.group(1))} if m else None
 peak = re.search(r"peak GPU memory: ([\d.]+) GiB", grpo)
 report["grpo_peak_gib"] = float(peak.group(1)) if peak else None
 report["imports"] = dict(l.split(": ", 1) for l in report["parts"].get("imports", {}).get("lines", []) if ": " in l)

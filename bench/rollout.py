@@ -11,6 +11,7 @@ to warm up (allocations, kernel selection, CUDA graphs), then the best of ``--re
 Usage:
   python bench/rollout.py                         # the tiny policy on the CPU (1 thread)
   python bench/rollout.py --qwen-3b               # a random Qwen2.5-VL-3B architecture in bf16 on the GPU
+  python bench/rollout.py --qwen-3b --prompts 2 16 32   # 16, 128 and 256 sequences per generate call
   python bench/rollout.py --json out.json         # also write the numbers as JSON
 """
 
@@ -119,10 +120,14 @@ def build(qwen_3b: bool, shrink: int, folder: Path):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--qwen-3b", action="store_true", help="a random Qwen2.5-VL-3B architecture (bf16 on a GPU)")
-    p.add_argument("--prompts", type=int, default=2, help="prompts per batch (the released per-device batch: 2)")
+    p.add_argument("--prompts", type=int, nargs="+", default=[2],
+                   help="prompts per batch, one measurement per value (the released per-device batch: 2; its "
+                        "update generates 16 at once: gradient accumulation 8)")
     p.add_argument("--generations", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS),
+                   help="which non-vLLM backends to measure (vLLM is measured whenever it is installed)")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     p.add_argument("--shrink", type=int, default=1, help=argparse.SUPPRESS)  # CPU smoke check of --qwen-3b
     args = p.parse_args(argv)
@@ -130,17 +135,18 @@ def main(argv=None) -> int:
 
     if not torch.cuda.is_available():
         torch.set_num_threads(1)
+    runs, skipped = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer, path, label = build(args.qwen_3b, args.shrink, Path(tmp))
-        prompts = _prompts(tokenizer, args.prompts)
         config = GenerationConfig(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=True,
                                   temperature=1.0, top_p=1.0, eos_token_id=None, pad_token_id=tokenizer.pad_token_id)
-        backends = {"hf_generate": hf_generate(model, tokenizer, prompts, args.generations, args.new_tokens, config),
-                    "continuous_batching": continuous_batching(model, prompts, args.generations, config)}
-        results, skipped = {}, {}
-        for name, fn in backends.items():
-            seconds, tokens = _best(fn, args.repeat)
-            results[name] = {"seconds": round(seconds, 4), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
+        for n in args.prompts:
+            prompts = _prompts(tokenizer, n)
+            results = {}
+            for name in args.backends:
+                fn = BACKENDS[name](model, tokenizer, prompts, args.generations, args.new_tokens, config)
+                results[name] = _measure(fn, args.repeat)
+            runs.append({"prompts": n, "sequences": n * args.generations, "results": results})
         try:
             import vllm  # noqa: F401
         except ImportError:
@@ -149,25 +155,39 @@ def main(argv=None) -> int:
             del model
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            seconds, tokens = _best(vllm_engine(path, prompts, args.generations, args.new_tokens), args.repeat)
-            results["vllm"] = {"seconds": round(seconds, 4), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
+            for run in runs:
+                prompts = _prompts(tokenizer, run["prompts"])
+                run["results"]["vllm"] = _measure(vllm_engine(path, prompts, args.generations, args.new_tokens),
+                                                  args.repeat)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (1 thread)"
-    base = results["hf_generate"]["tokens_per_s"]
-    print(f"{label} on {device}: {args.prompts} prompts x {args.generations} generations, {args.new_tokens} new "
-          f"tokens each, text-only prompts, best of {args.repeat}")
-    for name, r in results.items():
-        print(f"  {name:20s} {r['tokens_per_s']:10.1f} tokens/s  ({r['tokens']} tokens in {r['seconds']:.3f} s)"
-              f"  ratio to hf_generate {r['tokens_per_s'] / base:.2f}")
+    print(f"{label} on {device}: {args.generations} generations per prompt, {args.new_tokens} new tokens each, "
+          f"text-only prompts, best of {args.repeat}")
+    for run in runs:
+        base = run["results"].get("hf_generate", next(iter(run["results"].values())))["tokens_per_s"]
+        run["ratio_to_hf_generate"] = {k: round(r["tokens_per_s"] / base, 3) for k, r in run["results"].items()}
+        print(f" {run['prompts']} prompts x {args.generations} = {run['sequences']} sequences:")
+        for name, r in run["results"].items():
+            print(f"  {name:20s} {r['tokens_per_s']:10.1f} tokens/s  ({r['tokens']} tokens in {r['seconds']:.3f} s)"
+                  f"  ratio to hf_generate {r['tokens_per_s'] / base:.2f}")
     for name, why in skipped.items():
         print(f"  {name:20s} skipped: {why}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"policy": label, "device": device, "prompts": args.prompts,
-                                         "generations": args.generations, "new_tokens": args.new_tokens,
-                                         "results": results, "skipped": skipped,
-                                         "ratio_to_hf_generate": {k: round(r["tokens_per_s"] / base, 3) for k, r in results.items()}},
-                                        indent=2))
+        args.json.write_text(json.dumps({"policy": label, "device": device, "generations": args.generations,
+                                         "new_tokens": args.new_tokens, "runs": runs, "skipped": skipped}, indent=2))
     return 0
+
+
+def _measure(fn, repeat: int) -> dict:
+    seconds, tokens = _best(fn, repeat)
+    return {"seconds": round(seconds, 4), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
+
+
+BACKENDS = {
+    "hf_generate": hf_generate,
+    "continuous_batching": lambda model, tokenizer, prompts, generations, new_tokens, config:
+        continuous_batching(model, prompts, generations, config),
+}
 
 
 if __name__ == "__main__":

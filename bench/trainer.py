@@ -6,9 +6,13 @@ reward, measured side by side in one run (alternating rounds, so machine load dr
 
 Prints the median s/step of each and the ratio ours / plain (target <= 1.05).
 
-On a GPU, ``--qwen-3b`` instead runs 3 steps of ``recipes/gres_grpo.yaml`` (bf16, HF generate) on a randomly
-initialised policy of the Qwen2.5-VL-3B architecture with the real Qwen vocabulary (no download: the
-architecture is written out below) and prints s/step, generated tokens/s and peak GPU memory.
+On a GPU, ``--qwen-3b`` instead runs ``recipes/gres_grpo.yaml`` (bf16, HF generate) on a randomly initialised
+policy of the Qwen2.5-VL-3B architecture with the real Qwen vocabulary (no download: the architecture is written
+out below) and prints s/step, generated tokens/s, each step's phase timings (``timing_s/*``) and peak GPU memory.
+``--grad-accum`` sets gradient_accumulation_steps: 8 (the default) is the released update, 16 completions per
+micro-step and one generate call of 128 completions per update; 1 is one micro-step per update.
+
+    python bench/trainer.py --qwen-3b [--steps 2] [--grad-accum 8]
 """
 
 from __future__ import annotations
@@ -137,7 +141,7 @@ def qwen25vl_3b(path: Path, device: str = "cuda", shrink: int = 1) -> Path:
     return path
 
 
-def run_qwen_3b(steps: int = 3, shrink: int = 1) -> int:
+def run_qwen_3b(steps: int = 2, shrink: int = 1, grad_accum: int = 8) -> int:
     from envs.base import rows_to_dataset
     from rl import train
     from rl.config import load_recipe
@@ -150,7 +154,8 @@ def run_qwen_3b(steps: int = 3, shrink: int = 1) -> int:
     rows_to_dataset(shapes_rows(probe, "train", 64, CentroidCodes())).save_to_disk(str(tmp / "data"))
     recipe = load_recipe(ROOT / "recipes" / "gres_grpo.yaml", [
         f"model.path={policy}", f"data.train={tmp / 'data'}", f"run.output_dir={tmp / 'run'}", "run.report_to=[none]",
-        "run.resume=false", f"grpo.max_steps={steps}", "grpo.gradient_accumulation_steps=1", "grpo.save_strategy=no",
+        "run.resume=false", f"grpo.max_steps={steps}", f"grpo.gradient_accumulation_steps={grad_accum}",
+        "grpo.save_strategy=no", "grpo.logging_steps=1",
         "grpo.log_completions=false", "grpo.dataloader_num_workers=0",
     ])
     if not cuda:
@@ -160,12 +165,15 @@ def run_qwen_3b(steps: int = 3, shrink: int = 1) -> int:
         torch.cuda.reset_peak_memory_stats()
     train.run(recipe, callbacks=[timer, logs])
     g = recipe.grpo
-    completions = g["per_device_train_batch_size"]
+    completions = g["per_device_train_batch_size"] * grad_accum  # per optimizer step, on this device
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}; {completions} completions/step "
-          f"({completions // g['num_generations']} prompts x {g['num_generations']}), max {g['max_completion_length']} new tokens")
+          f"({completions // g['num_generations']} prompts x {g['num_generations']}, gradient accumulation "
+          f"{grad_accum}), max {g['max_completion_length']} new tokens")
     for t, log in zip(timer.times, logs.rows):
         tokens = log["completions/mean_length"] * completions
         print(f"step {log['step']}: {t:.2f} s, {tokens:.0f} generated tokens, {tokens / t:.0f} tokens/s over the whole step")
+        phases = {k.split("/", 1)[1]: v for k, v in log.items() if k.startswith("timing_s/")}
+        print(f"step {log['step']} phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
     if cuda:
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     return 0
@@ -173,13 +181,15 @@ def run_qwen_3b(steps: int = 3, shrink: int = 1) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=None, help="GRPO steps per run (default 20; --qwen-3b: 2)")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--qwen-3b", action="store_true", help="GPU: 3 steps of gres_grpo.yaml on a random Qwen2.5-VL-3B")
+    p.add_argument("--qwen-3b", action="store_true", help="GPU: gres_grpo.yaml on a random Qwen2.5-VL-3B")
+    p.add_argument("--grad-accum", type=int, default=8, help="--qwen-3b: gradient accumulation (8: the released update)")
     p.add_argument("--shrink", type=int, default=1, help=argparse.SUPPRESS)  # CPU smoke check of --qwen-3b
     args = p.parse_args(argv)
     if args.qwen_3b:
-        return run_qwen_3b(shrink=args.shrink)
+        return run_qwen_3b(steps=args.steps or 2, shrink=args.shrink, grad_accum=args.grad_accum)
+    args.steps = args.steps or 20
     torch.set_num_threads(1)
     from envs.base import rows_to_dataset
     from rl.data import shapes_rows
