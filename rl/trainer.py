@@ -221,20 +221,22 @@ class SamtokGRPOTrainer(GRPOTrainer):
         finally:
             self._in_rollout = False
 
-    def _load_rng_state(self, checkpoint_dir):
+    def _load_rng_state(self, checkpoint):
         # Called once, at the resumed step, just before the first batch. TRL counts micro-steps in ``_step``
         # to know when to generate; it starts from 0 in a new process, so a run resumed inside a generation
         # block would generate where the straight run reused its buffer. Restart the count where it was.
         micro = self.state.global_step * self.args.gradient_accumulation_steps
         block = self.args.steps_per_generation * self.num_iterations
         if micro % block:
-            raise checkpoint.CheckpointError(
-                f"{checkpoint_dir}: saved inside a generation block (step {self.state.global_step}, "
+            from rl.checkpoint import CheckpointError  # the parameter is named as TRL's, shadowing the module
+
+            raise CheckpointError(
+                f"{checkpoint}: saved inside a generation block (step {self.state.global_step}, "
                 f"{block} micro-steps per block), whose rollouts are not checkpointed; it cannot be resumed "
                 "exactly. Save at steps where grpo.save_steps x gradient_accumulation_steps is a multiple of "
                 "steps_per_generation x num_iterations.")
         self._step = micro
-        super()._load_rng_state(checkpoint_dir)
+        super()._load_rng_state(checkpoint)
 
     def _get_output_dir(self, trial):
         return self._staging_root or super()._get_output_dir(trial)

@@ -397,3 +397,16 @@ def test_a_rank_that_stops_participating_fails_the_others_within_the_timeout(tmp
     assert "rank 0 of 2 waited 8 s (run.dist_timeout_s) for the other ranks in" in err, err[-4000:]
     assert f"Last complete checkpoint: {run / 'checkpoint-2'}" in err
     assert wall < 120  # not torch's 30-minute default
+
+
+def test_a_checkpoint_inside_a_generation_block_is_refused_at_resume_with_its_path():
+    """The run-time guard behind the recipe check above (a checkpoint written by other settings or by hand)."""
+    from types import SimpleNamespace as NS
+
+    from rl.checkpoint import CheckpointError
+    from rl.trainer import SamtokGRPOTrainer
+
+    trainer = NS(state=NS(global_step=3), args=NS(gradient_accumulation_steps=1, steps_per_generation=2),
+                 num_iterations=1)
+    with pytest.raises(CheckpointError, match="checkpoint-3: saved inside a generation block"):
+        SamtokGRPOTrainer._load_rng_state(trainer, "run/checkpoint-3")
