@@ -13,6 +13,8 @@
 #             installed) on a random Qwen2.5-VL-3B architecture in bf16, at 16, 128 and 256 sequences per call
 #             (2, 16 and 32 prompts x 8 generations: the released per-device batch, the released update's one
 #             generate call, and twice that), 128 new tokens
+#   rollout_static  the same at 128 sequences, HF generate against HF generate with a static KV cache (compiled
+#             decoding, CUDA graphs), and whether greedy decoding gives the same tokens
 #   grpo      bench/trainer.py --qwen-3b: two full updates of recipes/gres_grpo.yaml as released (gradient
 #             accumulation 8: one generate call of 128 completions, 8 micro-steps of 16) on that architecture:
 #             seconds per update with its phase timings (timing_s/*), tokens/s over the update, peak memory
@@ -25,10 +27,10 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
-  ROLLOUT=(--qwen-3b --shrink 8 --prompts 2 4 --new-tokens 8 --repeat 1)
+  ROLLOUT=(--qwen-3b --shrink 8 --prompts 2 4 --new-tokens 8 --repeat 1); STATIC=(--qwen-3b --shrink 8 --prompts 2 --new-tokens 8 --repeat 1)
   GRPO=(--qwen-3b --shrink 8 --steps 1 --grad-accum 2); IOU=(--tokenizer random-tiny --device cpu)
 else
-  ROLLOUT=(--qwen-3b --prompts 2 16 32 --new-tokens 128 --repeat 2)
+  ROLLOUT=(--qwen-3b --prompts 2 16 32 --new-tokens 128 --repeat 2); STATIC=(--qwen-3b --prompts 16 --new-tokens 128 --repeat 2)
   GRPO=(--qwen-3b --steps 2 --grad-accum 8); IOU=(--tokenizer hiera_l --device cuda)
 fi
 
@@ -58,7 +60,8 @@ for m in mods:
     print(f'{m}: {v}')
 "
 part env 60 "$PY" -m rl.cli env
-part rollout 240 "$PY" bench/rollout.py "${ROLLOUT[@]}" --json "$OUT/rollout.json"
+part rollout 240 "$PY" bench/rollout.py "${ROLLOUT[@]}" --backends hf_generate continuous_batching --json "$OUT/rollout.json"
+part rollout_static 180 "$PY" bench/rollout.py "${STATIC[@]}" --backends hf_generate hf_static --json "$OUT/rollout_static.json"
 part grpo 300 "$PY" bench/trainer.py "${GRPO[@]}"
 part mask_iou 90 "$PY" bench/rewards.py --quick --skip-answer-match --skip-grpo "${IOU[@]}"
 
@@ -74,8 +77,9 @@ for line in (out / "parts.txt").read_text().splitlines():
     # The lines a reader needs, without progress bars and warnings; the whole log stays next to the JSON.
     keep = [l for l in log.splitlines() if l.strip() and not re.search(r"warn|Warning|it/s\]|%\|", l)]
     report["parts"][name] = {"exit_status": int(rc), "seconds": int(seconds), "lines": keep[-40:]}
-if (out / "rollout.json").is_file():
-    report["rollout"] = json.loads((out / "rollout.json").read_text())
+for name in ("rollout", "rollout_static"):
+    if (out / f"{name}.json").is_file():
+        report[name] = json.loads((out / f"{name}.json").read_text())
 grpo = "\n".join(report["parts"].get("grpo", {}).get("lines", []))
 report["grpo_steps"] = [{"step": int(s), "seconds": float(t), "tokens": int(n), "tokens_per_s": int(r)}
                         for s, t, n, r in re.findall(r"step (\d+): ([\d.]+) s, (\d+) generated tokens, (\d+) tokens/s", grpo)]
