@@ -126,9 +126,13 @@ def recipe_problems(path: str, overrides: list[str]) -> list[str]:
         problems.append("grpo.deepspeed is set but DeepSpeed is not installed")
     if recipe.model.attn_implementation == "flash_attention_2" and version("flash-attn") is None:
         problems.append("model.attn_implementation=flash_attention_2 needs flash-attn (or use sdpa)")
-    needs_tokenizer = any(r.name in ("mask_iou", "latent_match") for r in recipe.rewards) or recipe.data.env in GENERATED_ENVS
-    if needs_tokenizer and importlib.util.find_spec("sam2") is None:
-        problems.append("the mask tokenizer (mask_iou, latent_match, the shapes world) needs sam2: "
+    from rewards.registry import needs_mask_tokenizer
+
+    # Every reward whose factory takes a mask_tokenizer declares that it decodes masks (rewards.registry).
+    users = [r.name for r in recipe.rewards if needs_mask_tokenizer(r.name)]
+    users += ["the shapes world"] if recipe.data.env in GENERATED_ENVS else []
+    if users and importlib.util.find_spec("sam2") is None:
+        problems.append(f"the mask tokenizer (needed by {', '.join(users)}) needs sam2: "
                         "SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0")
     if recipe.model.path != "tiny" and not Path(recipe.model.path).exists():
         problems.append(f"model.path {recipe.model.path!r} is not a local folder: it must be a hub id "

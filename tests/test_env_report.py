@@ -39,3 +39,20 @@ def test_a_gpu_recipe_on_this_machine_lists_each_missing_thing_and_exits_1(capsy
 def test_vllm_outside_trls_window_is_flagged():
     assert env_report._in_window("0.24.0+cu129", ("0.22.0", "0.31.0"))
     assert not env_report._in_window("0.32.1", ("0.22.0", "0.31.0"))
+
+
+def test_a_user_reward_that_decodes_masks_needs_sam2_by_its_own_declaration(tmp_path, capsys, monkeypatch):
+    """No list of reward names: a factory taking ``mask_tokenizer`` declares that it decodes masks."""
+    import importlib.util
+
+    (tmp_path / "my_reward.py").write_text(
+        "def my_iou(mask_tokenizer=None):\n    return lambda completions, **kw: [0.0] * len(completions)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sam2" else real(name, *a))
+    code = cli.main(["env", "--recipe", str(ROOT / "recipes" / "shapes_gres.yaml"), "data.env=grefcoco",
+                     f"data.train={tmp_path}", "monitor.eval_steps=0", "monitor.image_steps=0",
+                     "rewards=[{name: 'my_reward:my_iou'}, {name: answer_match}]"])
+    problems = [line for line in capsys.readouterr().out.splitlines() if line.startswith("problem: ")]
+    assert code == 1
+    assert any("needed by my_reward:my_iou)" in p and "needs sam2" in p for p in problems), problems
