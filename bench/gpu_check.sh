@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check: every GPU measurement the project needs, in one run of about 6-8 minutes on one
+# The prepared GPU check: every GPU measurement the project needs, in one run of about 7-8 minutes on one
 # H100/H200, written to one JSON file in the folder given. It needs only torch, transformers, accelerate, peft
 # and this checkout (no network, no vLLM: vLLM is measured when it happens to be installed).
 #
@@ -19,7 +19,8 @@
 #             accumulation 8: one generate call of 128 completions, 8 micro-steps of 16) on that architecture:
 #             seconds per update with its phase timings (timing_s/*), tokens/s over the update, peak memory
 #   mask_iou  bench/rewards.py: mask_iou per group of 8 completions with the Hiera-L tokenizer (random
-#             weights) on the GPU, with and without the image-feature cache
+#             weights) on the GPU, with and without the image-feature cache, and a generation batch of 128
+#             groups decoded per distinct image against group by group (same rewards?)
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_check.sh OUT_DIR}
 mkdir -p "$OUT"
@@ -28,10 +29,10 @@ PY=${PYTHON:-python}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
   ROLLOUT=(--qwen-3b --shrink 8 --prompts 2 4 --new-tokens 8 --repeat 1); STATIC=(--qwen-3b --shrink 8 --prompts 2 --new-tokens 8 --repeat 1)
-  GRPO=(--qwen-3b --shrink 8 --steps 1 --grad-accum 2); IOU=(--tokenizer random-tiny --device cpu)
+  GRPO=(--qwen-3b --shrink 8 --steps 1 --grad-accum 2); IOU=(--tokenizer random-tiny --device cpu --batch-groups 2)
 else
   ROLLOUT=(--qwen-3b --prompts 2 16 32 --new-tokens 128 --repeat 2); STATIC=(--qwen-3b --prompts 16 --new-tokens 128 --repeat 2)
-  GRPO=(--qwen-3b --steps 2 --grad-accum 8); IOU=(--tokenizer hiera_l --device cuda)
+  GRPO=(--qwen-3b --steps 2 --grad-accum 8); IOU=(--tokenizer hiera_l --device cuda --batch-groups 128)
 fi
 
 part() {  # part NAME SECONDS COMMAND...: run it, keep its log and exit status
@@ -63,7 +64,7 @@ part env 60 "$PY" -m rl.cli env
 part rollout 240 "$PY" bench/rollout.py "${ROLLOUT[@]}" --backends hf_generate continuous_batching --json "$OUT/rollout.json"
 part rollout_static 180 "$PY" bench/rollout.py "${STATIC[@]}" --backends hf_generate hf_static --json "$OUT/rollout_static.json"
 part grpo 300 "$PY" bench/trainer.py "${GRPO[@]}"
-part mask_iou 90 "$PY" bench/rewards.py --quick --skip-answer-match --skip-grpo "${IOU[@]}"
+part mask_iou 150 "$PY" bench/rewards.py --quick --skip-answer-match --skip-grpo "${IOU[@]}"
 
 "$PY" - "$OUT" <<'EOF'
 import json, re, sys
@@ -92,6 +93,9 @@ report["imports"] = dict(l.split(": ", 1) for l in report["parts"].get("imports"
 iou = "\n".join(report["parts"].get("mask_iou", {}).get("lines", []))
 m = re.search(r"with cache\s+([\d.]+) ms/group \| without\s+([\d.]+) ms/group", iou)
 report["mask_iou_ms_per_group"] = {"cached": float(m.group(1)), "uncached": float(m.group(2))} if m else None
+batch = re.findall(r"at once\s+([\d.]+) ms/group \| completion by completion\s+([\d.]+) ms/group \| speed-up ([\d.]+)x \| same rewards: (.*)", iou)
+report["mask_iou_batch"] = [{"batched_ms_per_group": float(a), "each_ms_per_group": float(b), "speed_up": float(c),
+                             "same_rewards": d} for a, b, c, d in batch]
 (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
 print(json.dumps({k: v for k, v in report.items() if k != "parts"}, indent=2))
 print({name: (p["exit_status"], p["seconds"]) for name, p in report["parts"].items()})
