@@ -29,6 +29,15 @@ MANIFEST = "MANIFEST.json"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
+def between_generation_blocks(step: int, gradient_accumulation_steps: int, steps_per_generation: int,
+                              num_iterations: int = 1) -> bool:
+    """Whether the state after optimizer step ``step`` can be checkpointed and resumed exactly. TRL generates once per
+    block of ``steps_per_generation x num_iterations`` micro-steps and keeps the block's rollouts in memory only, so a
+    checkpoint inside a block would resume by generating anew. The one statement of that rule: recipe validation,
+    the SIGTERM stop, the out-of-memory stop and resuming all ask here."""
+    return (step * gradient_accumulation_steps) % (steps_per_generation * num_iterations) == 0
+
+
 def staging_dir(run_dir: str | os.PathLike) -> str:
     return os.path.join(run_dir, STAGING)
 

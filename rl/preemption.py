@@ -25,6 +25,8 @@ from contextlib import contextmanager
 import torch
 from transformers import TrainerCallback
 
+from rl.checkpoint import between_generation_blocks
+
 
 class Preempted(Exception):
     """The run stopped on SIGTERM after saving ``checkpoint``."""
@@ -82,8 +84,8 @@ class StopOnSigterm(TrainerCallback):
         self.requested = True
 
     def on_step_end(self, args, state, control, **kwargs):
-        block = args.steps_per_generation * self.num_iterations
-        if (state.global_step * args.gradient_accumulation_steps) % block:
+        if not between_generation_blocks(state.global_step, args.gradient_accumulation_steps,
+                                         args.steps_per_generation, self.num_iterations):
             return  # inside a generation block: a checkpoint here could not be resumed exactly
         if _any_rank(self.requested):
             control.should_save = True

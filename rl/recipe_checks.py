@@ -267,11 +267,15 @@ def _check_trl_builds(config_cls, values: dict, where: str, problems: list[str],
 def _check_resumable(grpo: dict, problems: list[str]) -> None:
     """Checkpoints must fall between generation blocks: TRL keeps a block's rollouts in memory only, so a
     checkpoint saved inside one cannot be resumed exactly (the resumed run would generate anew)."""
+    from rl.checkpoint import between_generation_blocks
+
     accum = grpo.get("gradient_accumulation_steps", 1)
-    block = (grpo.get("steps_per_generation") or accum) * grpo.get("num_iterations", 1)
+    spg, iterations = grpo.get("steps_per_generation") or accum, grpo.get("num_iterations", 1)
     save = grpo.get("save_steps", 500)
-    if grpo.get("save_strategy", "steps") == "steps" and isinstance(save, int) and isinstance(block, int) and block > 1:
-        if (save * accum) % block:
+    numbers = all(isinstance(v, int) for v in (save, accum, spg, iterations))
+    if grpo.get("save_strategy", "steps") == "steps" and numbers:
+        if not between_generation_blocks(save, accum, spg, iterations):
+            block = spg * iterations
             problems.append(f"grpo.save_steps: {save} x gradient_accumulation_steps {accum} must be a multiple of "
                             f"steps_per_generation x num_iterations ({block}), or a checkpoint would fall inside a "
                             "generation block and could not be resumed exactly")

@@ -20,6 +20,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from rl import checkpoint, lm_head, sampling, vllm_rollout
+from rl.checkpoint import CheckpointError, between_generation_blocks
 from rl.config import Recipe
 from rl.distributed import barrier, gathered, without_zero3_init
 from rl.preemption import OutOfMemoryStop
@@ -225,11 +226,12 @@ class SamtokGRPOTrainer(GRPOTrainer):
         # Called once, at the resumed step, just before the first batch. TRL counts micro-steps in ``_step``
         # to know when to generate; it starts from 0 in a new process, so a run resumed inside a generation
         # block would generate where the straight run reused its buffer. Restart the count where it was.
-        micro = self.state.global_step * self.args.gradient_accumulation_steps
-        block = self.args.steps_per_generation * self.num_iterations
-        if micro % block:
-            from rl.checkpoint import CheckpointError  # the parameter is named as TRL's, shadowing the module
-
+        a = self.args
+        micro = self.state.global_step * a.gradient_accumulation_steps
+        # (``checkpoint`` is named as TRL's parameter, so the module is not reachable by that name here.)
+        if not between_generation_blocks(self.state.global_step, a.gradient_accumulation_steps,
+                                         a.steps_per_generation, self.num_iterations):
+            block = a.steps_per_generation * self.num_iterations
             raise CheckpointError(
                 f"{checkpoint}: saved inside a generation block (step {self.state.global_step}, "
                 f"{block} micro-steps per block), whose rollouts are not checkpointed; it cannot be resumed "
@@ -259,13 +261,13 @@ class SamtokGRPOTrainer(GRPOTrainer):
         step, a = self.state.global_step, self.args
         run_dir = Path(super()._get_output_dir(None))
         saved = run_dir / f"checkpoint-{step}"
-        block = a.steps_per_generation * self.num_iterations
         if (saved / checkpoint.MARKER).exists() or step == 0:
             note = f"the last checkpoint is {checkpoint.last_checkpoint(run_dir) or 'none'}"
         elif self.accelerator.num_processes > 1:
             note = ("not checkpointed now (another rank may be inside a collective); resume from "
                     f"{checkpoint.last_checkpoint(run_dir) or 'the start'}")
-        elif (step * a.gradient_accumulation_steps) % block:
+        elif not between_generation_blocks(step, a.gradient_accumulation_steps, a.steps_per_generation,
+                                           self.num_iterations):
             note = f"not checkpointed (step {step} is inside a generation block); resume from the last checkpoint"
         else:
             self._save_checkpoint(self.model, None)
@@ -311,7 +313,7 @@ class SamtokGRPOTrainer(GRPOTrainer):
         if not weights:
             return
         if not os.path.isfile(os.path.join(resume_from_checkpoint, ROWS_FILE)):
-            raise checkpoint.CheckpointError(f"{resume_from_checkpoint}: no {ROWS_FILE}; the trained mask-token rows "
+            raise CheckpointError(f"{resume_from_checkpoint}: no {ROWS_FILE}; the trained mask-token rows "
                                              "of this LoRA run would be lost")
         load_rows(weights, resume_from_checkpoint, next(iter(weights.values()))._samtok_rows)
 

@@ -410,3 +410,22 @@ def test_a_checkpoint_inside_a_generation_block_is_refused_at_resume_with_its_pa
                  num_iterations=1)
     with pytest.raises(CheckpointError, match="checkpoint-3: saved inside a generation block"):
         SamtokGRPOTrainer._load_rng_state(trainer, "run/checkpoint-3")
+
+
+@pytest.mark.parametrize("step,accum,spg,iterations,between", [
+    (3, 1, 1, 1, True), (3, 1, 2, 1, False), (4, 1, 2, 1, True), (2, 4, 8, 1, True), (1, 4, 8, 1, False),
+    (5, 1, 1, 2, False), (6, 1, 1, 2, True),
+])
+def test_the_generation_block_rule(step, accum, spg, iterations, between):
+    """The one statement of where checkpoints may fall (rl.checkpoint), as recipe validation uses it."""
+    from rl.checkpoint import between_generation_blocks
+    from rl.config import RecipeError, load_recipe
+
+    assert between_generation_blocks(step, accum, spg, iterations) is between
+    overrides = [f"grpo.save_steps={step}", f"grpo.gradient_accumulation_steps={accum}",
+                 f"grpo.steps_per_generation={spg}", f"grpo.num_iterations={iterations}"]
+    if between:
+        load_recipe(ROOT / "recipes" / "shapes_gres.yaml", overrides)
+    else:
+        with pytest.raises(RecipeError, match="generation block"):
+            load_recipe(ROOT / "recipes" / "shapes_gres.yaml", overrides)
