@@ -314,7 +314,7 @@ class SamtokGRPOTrainer(GRPOTrainer):
             return
         if not os.path.isfile(os.path.join(resume_from_checkpoint, ROWS_FILE)):
             raise CheckpointError(f"{resume_from_checkpoint}: no {ROWS_FILE}; the trained mask-token rows "
-                                             "of this LoRA run would be lost")
+                                  "of this LoRA run would be lost")
         load_rows(weights, resume_from_checkpoint, next(iter(weights.values()))._samtok_rows)
 
     def _save_rows(self, ckpt_dir: str) -> None:
