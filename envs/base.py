@@ -1,6 +1,6 @@
 """What every environment shares: the sample and row schemas, answers, bad-row handling, row building.
 
-An environment turns a source dataset into *samples* (``RECOMMENDED_REWARDS`` names each task's rewards). A sample
+An environment turns a source dataset into *samples* (``envs.task`` holds what its task shares). A sample
 is a dict with ``id``, ``image_id``, ``task``, ``image`` (PIL image or checked path), ``masks`` (COCO RLE
 per instance, in answer order), ``question``, and ``expression`` + ``no_target`` (GRES) or
 ``caption`` + ``spans`` + ``phrases`` (GCG); loaders add ``source`` (``file[index]``) for error
@@ -15,7 +15,7 @@ image       PIL image (a path in a ``datasets`` ``Image`` column, decoded on acc
 answer      GT answer text with mask tokens (GRES JSON list / ``No target.``, or the GCG caption)
 masks       GT instance masks as COCO RLE (``{"size": [H, W], "counts": str}``), answer order;
             empty for no-target; ``merged_mask`` gives their union (the GRES metric's GT)
-task        ``"gres"`` or ``"gcg"``
+task        the task's name (``envs.task``: ``"gres"`` or ``"gcg"``)
 no_target   True when the expression refers to nothing (GRES)
 id          stable sample id; ``image_id`` the source image id (GCG eval files are per image)
 question    the question text; ``expression`` (GRES) / ``caption`` (GCG, no tokens) / ``phrases`` (GCG)
@@ -32,18 +32,60 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tokenizer.codec import NO_TARGET, OBJ_END, OBJ_START, format_mask
+from tokenizer.codec import CODEBOOK_SIZE, NO_TARGET, OBJ_END, OBJ_START, format_mask, parse_masks
 from tokenizer.masks import compact_rle, decode_rle, mask_to_box
 
-TASKS = ("gres", "gcg")
+
+@dataclass(frozen=True)
+class Task:
+    """What every environment of one task shares (``envs.task`` defines GRES and GCG and says what each field is for)."""
+
+    name: str
+    metrics: tuple[str, ...]  # reported, in percent, headline first
+    mask_metric: str  # rises only when the masks themselves get better
+    max_new_tokens: int  # greedy completion budget of the demo, experiments and monitor
+    recommended_rewards: tuple[str, ...]  # rewards.registry names: what a recipe that lists none trains with
+    answer: Callable[[dict, list[str]], str]  # (sample, its masks' token texts in answer order) -> GT answer
+    score: Callable[..., dict]  # (rows, texts, mask_tokenizer, out_dir, embed=, with_captions=) -> metrics
+    kind: Callable[[dict], str]  # a row's answer kind (the probe reports per kind)
+    exact: Callable[[str, str], bool]  # (completion, GT answer): the paper's binary reward gives full marks
+    iou_mode: str  # the rewards.iou.MaskIoU mode that measures a completion's masks against the GT
+    gain_sources: tuple[tuple[str, str], ...]  # (what a rise means, metric), in the order reports name them
+    mask_flag_reason: Callable[[dict], str]  # why a headline gain without a mask-metric gain is suspect
+    trade_metric: str | None = None  # falls when targets are traded for "No target." (GRES: T-acc)
+    no_target_kind: str | None = None  # the kind whose GT is "No target." (the probe's collapse warning)
+    reward_terms: str = ""  # how the demo describes the answer_match terms it reports beside the metrics
+    score_note: Callable[[], str] | None = None  # a line every report of this task's metrics carries
+    demo_target: float | None = None  # the headline gain the demo is expected to reach, if one was set
+
+    @property
+    def headline(self) -> str:
+        return self.metrics[0]
+
+
+TASKS: dict[str, Task] = {}  # filled by envs.task (GRES, GCG) and by plugins
+
+
+def register_task(task: Task) -> Task:
+    TASKS[task.name] = task
+    return task
+
+
+def get_task(task: str | Task) -> Task:
+    """The task called ``task`` (a ``Task`` is returned as it is); unknown names list the valid ones."""
+    if isinstance(task, Task):
+        return task
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    return TASKS[task]
 
 
 @dataclass(frozen=True)
 class Environment:
     """Data + prompts + answers of one task on one source.
 
-    ``samples(split, bad_rows)`` returns sample dicts (see above); the metric is ``envs.metrics.gres_scores``
-    or ``gcg_scores`` by ``task``, the recommended rewards ``RECOMMENDED_REWARDS[task]``.
+    ``samples(split, bad_rows)`` returns sample dicts (see above); ``task`` names an ``envs.task.Task``, which
+    holds the metric, the answer format and the recommended rewards.
     """
 
     name: str
@@ -53,19 +95,11 @@ class Environment:
 
     def __post_init__(self):
         if self.task not in TASKS:
-            raise ValueError(f"environment {self.name!r}: task must be one of {TASKS}, got {self.task!r}")
+            raise ValueError(f"environment {self.name!r}: task must be one of {tuple(TASKS)}, got {self.task!r}")
 
     def check_split(self, split: str) -> None:
         if split not in self.splits:
             raise ValueError(f"environment {self.name!r} has no split {split!r}; choose from {self.splits}")
-
-
-# Names from rewards.registry, at their defaults: what a recipe that lists no rewards trains with (the paper's
-# textual reward, binary answer_match with task "auto", and the two penalties).
-RECOMMENDED_REWARDS = {
-    "gres": ("answer_match", "no_repeat", "gres_format"),
-    "gcg": ("answer_match", "no_repeat", "gcg_format"),
-}
 
 
 def load_json(path, kind: type | None = None):
@@ -185,6 +219,15 @@ def merged_mask(masks_rle, shape) -> np.ndarray:
     return union
 
 
+def predicted_masks(text: str, row: dict, mask_tokenizer) -> np.ndarray:
+    """bool [N,H,W]: one mask per mask group of a completion, decoded on the row's image (N may be 0)."""
+    image = load_image(row["image"])
+    codes = parse_masks(text, getattr(mask_tokenizer, "codebook_size", CODEBOOK_SIZE))
+    if not codes:
+        return np.zeros((0, image.height, image.width), bool)
+    return np.asarray(mask_tokenizer.decode(image, codes), dtype=bool)
+
+
 def unique_masks(samples: list[dict]) -> dict:
     """The distinct GT masks of some samples, keyed by their RLE (in first-seen order)."""
     return {_rle_key(r): r for s in samples for r in s["masks"]}
@@ -219,10 +262,7 @@ def build_rows(samples: list[dict], mask_tokenizer, image: Image.Image | None = 
 def _row(sample: dict, mask_texts: list[str]) -> dict:
     """The training row of one sample whose masks were encoded to ``mask_texts`` (same order)."""
     task = sample["task"]
-    if task == "gres":
-        answer = gres_answer(mask_texts, sample["expression"])
-    else:
-        answer = gcg_answer(sample["caption"], sample["spans"], mask_texts)
+    answer = get_task(task).answer(sample, mask_texts)
     return {
         "id": str(sample["id"]),
         "image_id": str(sample.get("image_id", sample["id"])),

@@ -18,12 +18,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from envs import ALIASES, RECOMMENDED_REWARDS, TASK_OF, canonical_name
+from envs import ALIASES, TASK_OF, canonical_name, task_of
 from rl.recipe_checks import build, check_semantics
 from rl.schema import (  # noqa: F401  (re-exported: rl.config is where recipes and their parts are imported from)
     ANSWER_KINDS,
     DTYPES,
-    ENVS,
     FINETUNE,
     OWNED_BY_RUN,
     REPORTERS,
@@ -144,7 +143,7 @@ def recipe_from_dict(data: dict, source: str = "<recipe>", check_files: bool = T
     """Validate a plain dict as a recipe. Relative paths are relative to the working directory.
 
     An old environment name in ``data.env`` is renamed with a warning; a recipe without a ``rewards`` key trains
-    with its environment's recommended rewards (``envs.RECOMMENDED_REWARDS``)."""
+    with its task's recommended rewards (``envs.task.Task.recommended_rewards``)."""
     problems: list[str] = []
     data = dict(data)
     section = data["data"] if isinstance(data.get("data"), dict) else {}  # not a dict: build reports it
@@ -152,7 +151,7 @@ def recipe_from_dict(data: dict, source: str = "<recipe>", check_files: bool = T
         section = data["data"] = {**section, "env": canonical_name(section["env"], f"{source}: data.env")}
     env = section.get("env", Data.env)
     if "rewards" not in data and env in TASK_OF:
-        data["rewards"] = [{"name": name} for name in RECOMMENDED_REWARDS[TASK_OF[env]]]
+        data["rewards"] = [{"name": name} for name in task_of(env).recommended_rewards]
     recipe = build(Recipe, data, "", problems)
     if recipe is not None:
         check_semantics(recipe, problems, check_files)

@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from rl.report import HEADLINE, MASK_METRIC
+from envs import get_task
 
 LOG_FILE = "log_history.json"
 MONITOR_FILE = Path("monitor") / "metrics.jsonl"
@@ -81,7 +81,7 @@ def learning_summary(curves: dict, task: str) -> str:
     points = curves["monitor"]
     if len(points) >= 2:
         first, last = points[0], points[-1]
-        moved = ", ".join(f"{m} {first[m]:.2f} -> {last[m]:.2f}" for m in (HEADLINE[task], MASK_METRIC[task])
+        moved = ", ".join(f"{m} {first[m]:.2f} -> {last[m]:.2f}" for m in (get_task(task).headline, get_task(task).mask_metric)
                           if m in first and m in last)
         parts.append(f"held-out monitor ({first.get('samples', '?')} val samples, greedy), step {first['step']} -> "
                      f"{last['step']}: {moved}")
@@ -97,7 +97,7 @@ def plot_runs(runs: dict[str, list[tuple[str, dict]]], task: str, path: str | Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = (HEADLINE[task], MASK_METRIC[task])
+    metrics = (get_task(task).headline, get_task(task).mask_metric)
     fig, axes = plt.subplots(len(runs) or 1, 3, figsize=(11, 2.6 * max(1, len(runs))), squeeze=False)
     for row, (group, lines) in zip(axes, runs.items()):
         for k, (label, curves) in enumerate(lines):

@@ -8,18 +8,16 @@ from pathlib import Path
 
 from rl.config import Recipe
 from rl.distributed import is_main_process
-from rl.schema import GENERATED_ENVS
 
 
 def shapes_rows(recipe: Recipe, split: str, n: int, mask_tokenizer=None) -> list[dict]:
     """Rows of the generated shapes world (GT answers encoded with the recipe's mask tokenizer)."""
+    from envs import get_env
     from envs.base import build_rows, group_by_image
-    from envs.shapes import shapes_env
     from tokenizer.load import load_mask_tokenizer
 
     d = recipe.data
-    task = "gcg" if d.env == "shapes_gcg" else "gres"
-    env = shapes_env(task, train_size=n, eval_size=n, seed=d.shapes.seed, image_size=d.shapes.image_size)
+    env = get_env(d.env, train_size=n, eval_size=n, seed=d.shapes.seed, image_size=d.shapes.image_size)
     tok = mask_tokenizer or load_mask_tokenizer(d.mask_tokenizer)
     return [row for group in group_by_image(env.samples(split)) for row in build_rows(group, tok)]
 
@@ -64,6 +62,7 @@ def _shapes_cache_key(recipe: Recipe, split: str, n: int) -> str | None:
 
     import envs.base
     import envs.shapes
+    import envs.task
     import tokenizer.codec
     import tokenizer.config
     import tokenizer.masks
@@ -78,7 +77,7 @@ def _shapes_cache_key(recipe: Recipe, split: str, n: int) -> str | None:
     h = hashlib.sha256(repr((d.env, split, n, d.shapes.seed, d.shapes.image_size)).encode())
     for f in [*sorted(folder.glob("*.json")), *sorted(folder.glob("*.safetensors"))]:
         h.update(f.read_bytes())
-    for module in (envs.base, envs.shapes, tokenizer.codec, tokenizer.config, tokenizer.masks, tokenizer.model, tokenizer.vq):
+    for module in (envs.base, envs.shapes, envs.task, tokenizer.codec, tokenizer.config, tokenizer.masks, tokenizer.model, tokenizer.vq):
         h.update(Path(module.__file__).read_bytes())
     return h.hexdigest()[:20]
 
@@ -86,7 +85,9 @@ def _shapes_cache_key(recipe: Recipe, split: str, n: int) -> str | None:
 def load_datasets(recipe: Recipe, mask_tokenizer=None):
     """``(train, eval)`` ``datasets.Dataset``s in TRL's conversational format (eval may be None)."""
     d = recipe.data
-    if d.env in GENERATED_ENVS:
+    from envs import is_generated
+
+    if is_generated(d.env):
         train = shapes_dataset(recipe, "train", d.shapes.n_train, mask_tokenizer)
         evald = shapes_dataset(recipe, "val", d.shapes.n_eval, mask_tokenizer) if d.shapes.n_eval else None
     else:

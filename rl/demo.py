@@ -20,13 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+from envs import TASKS, generated_env, get_task
 from rl.curves import learning_summary, plot_runs, read_run
-from rl.evaluate import MAX_NEW_TOKENS, recall_note, score_task
-from rl.report import HEADLINE, TASK_METRICS, delta, gain_source, pair_flags, spread_flags
+from rl.report import delta, gain_source, pair_flags, spread_flags
 
-RECIPES = {task: Path(__file__).resolve().parents[1] / "recipes" / f"shapes_{task}.yaml" for task in ("gres", "gcg")}
+# The demo of a task runs in its generated world, with that world's recipe.
+RECIPES = {task: Path(__file__).resolve().parents[1] / "recipes" / f"{generated_env(task)}.yaml"
+           for task in TASKS if generated_env(task)}
 RECIPE = RECIPES["gres"]
-METRICS = TASK_METRICS["gres"]
 
 
 def command(overrides: list[str] = (), task: str = "gres", recipe: str | None = None, out: str = "runs/demo",
@@ -107,8 +108,9 @@ def evaluate_policy(model, processor, mask_tok, rows, out_dir: Path, grading: st
     from rl.generation import generate
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    texts = generate(model, processor, rows, max_new_tokens=max_new_tokens or MAX_NEW_TOKENS[task], batch_size=16)
-    metrics = score_task(task, rows, texts, mask_tok, out_dir)
+    t = get_task(task)
+    texts = generate(model, processor, rows, max_new_tokens=max_new_tokens or t.max_new_tokens, batch_size=16)
+    metrics = t.score(rows, texts, mask_tok, out_dir, with_captions=False)
     metrics["mean reward"] = 100 * sum(answer_scores(task, texts, rows, grading, reward_params)) / len(rows)
     n = min(12, len(rows))
     render_grid(rows[:n], decode_predictions(texts[:n], rows[:n], mask_tok), texts[:n], out_dir / "grid.png", n)
@@ -117,15 +119,18 @@ def evaluate_policy(model, processor, mask_tok, rows, out_dir: Path, grading: st
 
 
 def answer_scores(task: str, texts, rows, grading: str, params: dict | None = None) -> list[float]:
-    """answer_match of each greedy completion, in [0, 1]."""
-    if task == "gres":  # the paper's plain mask-group matching, as the GRES demo has always reported it
-        from rewards.answer_match import score
-
-        return [score(t, r["answer"], grading) for t, r in zip(texts, rows)]
+    """answer_match of each greedy completion, in [0, 1]: with the recipe's phrase, no-repeat and normalize terms
+    where the task's demo reports them (``Task.reward_terms``), else the paper's plain mask-group matching."""
     from rewards.answer_match import answer_match
 
-    keep = {k: v for k, v in (params or {}).items() if k in ("phrase_weight", "no_repeat_weight", "normalize")}
-    return answer_match(grading=grading, task="gcg", **keep)(completions=texts, answer=[r["answer"] for r in rows])
+    t = get_task(task)
+    terms = ("phrase_weight", "no_repeat_weight", "normalize") if t.reward_terms else ()
+    keep = {k: v for k, v in (params or {}).items() if k in terms}
+    if not t.reward_terms:
+        from rewards.answer_match import score
+
+        return [score(c, r["answer"], grading) for c, r in zip(texts, rows)]
+    return answer_match(grading=grading, task=t.name, **keep)(completions=texts, answer=[r["answer"] for r in rows])
 
 
 def answer_grading(recipe) -> str:
@@ -149,10 +154,11 @@ def reward_summary(recipe) -> str:
 
 def write_report(results: dict, recipe, out: Path, wall: float, n_test: int, curve: Path, task: str = "gres",
                  curves: dict | None = None) -> str:
-    cols = [*TASK_METRICS[task], "mean reward"]
-    terms = ", with the recipe's phrase and no-repeat terms" if task == "gcg" else ""
+    t = get_task(task)
+    cols = [*t.metrics, "mean reward"]
+    terms = t.reward_terms
     lines = [
-        f"# samtok-rl demo: SFT vs RL on the shapes world ({task.upper()})",
+        f"# samtok-rl demo: SFT vs RL on the shapes world ({t.name.upper()})",
         "",
         f"Held-out test split: {n_test} samples. Tiny policy: {recipe.model.tiny.arch}, hidden "
         f"{recipe.model.tiny.hidden_size}, {recipe.model.tiny.num_layers} layers. SFT {recipe.sft.args.get('max_steps')} "
@@ -164,18 +170,18 @@ def write_report(results: dict, recipe, out: Path, wall: float, n_test: int, cur
     ]
     for name, m in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{m.get(c, float('nan')):.2f}" for c in cols) + " |")
-    head = HEADLINE[task]
+    head = t.headline
     d = delta(results["SFT"], results["RL"])
-    target = " (target: >= +3)" if task == "gres" else ""
+    target = f" (target: >= +{t.demo_target:g})" if t.demo_target is not None else ""
     lines += [
         "",
         f"Measured {head} gain of RL over SFT: {d[head]:+.2f} points{target}.",
-        "Where it comes from: " + ", ".join(f"{k} {d[k]:+.2f}" for k in TASK_METRICS[task] if k != head) + " points."
+        "Where it comes from: " + ", ".join(f"{k} {d[k]:+.2f}" for k in t.metrics if k != head) + " points."
         + (f" {gain_source(task, d)}" if d[head] > 0 else ""),
     ]
     lines += [f"Note: {flag}" for flag in pair_flags(task, d) + spread_flags(task, [d])]
-    if task == "gcg":
-        lines.append(recall_note())
+    if t.score_note:
+        lines.append(t.score_note())
     if curves is not None:
         lines.append("Learning: " + learning_summary(curves, task))
     lines += [

@@ -96,8 +96,8 @@ def recipe_problems(path: str, overrides: list[str]) -> list[str]:
     """What ``path`` (with ``overrides``) needs that this environment lacks, one line each."""
     import torch
 
+    from envs import is_generated
     from rl.config import RecipeError, load_recipe
-    from rl.schema import GENERATED_ENVS
 
     problems = []
     try:
@@ -130,7 +130,7 @@ def recipe_problems(path: str, overrides: list[str]) -> list[str]:
 
     # Every reward whose factory takes a mask_tokenizer declares that it decodes masks (rewards.registry).
     users = [r.name for r in recipe.rewards if needs_mask_tokenizer(r.name)]
-    users += ["the shapes world"] if recipe.data.env in GENERATED_ENVS else []
+    users += ["the shapes world"] if is_generated(recipe.data.env) else []
     if users and importlib.util.find_spec("sam2") is None:
         problems.append(f"the mask tokenizer (needed by {', '.join(users)}) needs sam2: "
                         "SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0")

@@ -6,10 +6,10 @@ Pipeline (each step is a function the demo can call on its own):
 2. ``rl.generation.generate``: HF ``generate`` in batches, greedy by default, decoded with special tokens kept
    (mask and object-ref tokens) exactly as the rewards read completions; or ``rl.vllm_backend.generate``,
    the same prompts, images and decoding served by vLLM (``--backend vllm``, or ``auto`` on a GPU);
-3. ``predicted_masks``: every mask group of a completion, parsed with the codec's repair rules and
+3. ``envs.base.predicted_masks``: every mask group of a completion, parsed with the codec's repair rules and
    decoded by the ``MaskTokenizer`` on the row's image (row by row, so memory stays flat);
-4. ``score``: GRES with ReLA's metric (no mask group = "no target"; the groups' masks are unioned and
-   compared with the merged GT), GCG with GLaMM's evaluator on GLaMM-format per-image JSONs;
+4. the task's ``score`` (``envs.task``): GRES with ReLA's metric (no mask group = "no target"; the groups'
+   masks are unioned and compared with the merged GT), GCG with GLaMM's evaluator on per-image JSONs;
 5. ``render_grid``: a PNG of GT vs predicted mask overlays.
 
 ``report`` runs steps 3-5 on completions from either backend. The mask tokenizer waits on the CPU until
@@ -26,13 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from envs import BadRows, get_env
-from envs.base import build_rows, group_by_image, load_image, merged_mask
+from envs import BadRows, get_env, get_task
+from envs.base import build_rows, group_by_image, load_image, predicted_masks
 from rl.generation import generate
-from tokenizer.codec import CODEBOOK_SIZE, parse_masks
-from tokenizer.masks import decode_rle, encode_rle
-
-MAX_NEW_TOKENS = {"gres": 96, "gcg": 128}  # greedy completion budget of the demo, experiments and monitor
+from tokenizer.masks import decode_rle
 
 
 def eval_rows(env, split: str, limit: int | None = None, strict: bool = True) -> list[dict]:
@@ -43,53 +40,9 @@ def eval_rows(env, split: str, limit: int | None = None, strict: bool = True) ->
     return [r for group in group_by_image(samples) for r in build_rows(group, None)]
 
 
-def predicted_masks(text: str, row: dict, mask_tokenizer) -> np.ndarray:
-    """bool [N,H,W]: one mask per mask group of the completion, decoded on the row's image (N may be 0)."""
-    image = load_image(row["image"])
-    codes = parse_masks(text, getattr(mask_tokenizer, "codebook_size", CODEBOOK_SIZE))
-    if not codes:
-        return np.zeros((0, image.height, image.width), bool)
-    return np.asarray(mask_tokenizer.decode(image, codes), dtype=bool)
-
-
 def decode_predictions(texts: list[str], rows: list[dict], mask_tokenizer) -> list[np.ndarray]:
     """``predicted_masks`` for every row (holds them all: use on small sets, e.g. the grid)."""
     return [predicted_masks(t, r, mask_tokenizer) for t, r in zip(texts, rows)]
-
-
-def score_gres(rows, texts, mask_tokenizer, out_dir: Path) -> dict:
-    """ReLA's GRES metrics; writes ``predictions.jsonl`` (text, no-target flag, merged mask per row).
-
-    Rows are decoded and scored one at a time, so memory does not grow with the split.
-    """
-    from envs.metrics import gres_scores
-
-    def records(f):
-        for row, text in zip(rows, texts):
-            pred = predicted_masks(text, row, mask_tokenizer)
-            merged = pred.any(0)
-            pred_nt = len(pred) == 0  # SAMTok: no mask group means "no target"
-            f.write(json.dumps({"id": row["id"], "question": row["question"], "completion": text,
-                                "pred_no_target": pred_nt, "masks": len(pred), "pred_mask": encode_rle(merged),
-                                "gt_no_target": row["no_target"]}) + "\n")
-            yield merged, pred_nt, merged_mask(row["masks"], merged.shape), row["no_target"]
-
-    with open(out_dir / "predictions.jsonl", "w") as f:
-        return gres_scores(records(f))
-
-
-def score_gcg(rows, texts, mask_tokenizer, out_dir: Path, embed=None, with_captions: bool = True) -> dict:
-    """GLaMM's GCG metrics over per-image prediction JSONs written to ``out_dir/predictions``."""
-    from envs.gcg import prediction_record, write_gt_files
-    from envs.metrics import gcg_scores
-
-    pred_dir = out_dir / "predictions"
-    pred_dir.mkdir(parents=True, exist_ok=True)
-    for row, text in zip(rows, texts):
-        record = prediction_record(row["image_id"], text, predicted_masks(text, row, mask_tokenizer))
-        (pred_dir / f"{row['image_id']}.json").write_text(json.dumps(record))
-    cap_file, mask_file = write_gt_files(rows, out_dir / "gt")
-    return gcg_scores(pred_dir, cap_file, mask_file, embed=embed, with_captions=with_captions)
 
 
 def render_grid(rows, preds, texts, path, n: int = 16) -> Path:
@@ -137,10 +90,7 @@ def report(rows, texts, mask_tokenizer, task: str, out_dir, grid: int = 16, embe
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if task == "gres":
-        metrics = score_gres(rows, texts, mask_tokenizer, out_dir)
-    else:
-        metrics = score_gcg(rows, texts, mask_tokenizer, out_dir, embed, with_captions)
+    metrics = get_task(task).score(rows, texts, mask_tokenizer, out_dir, embed=embed, with_captions=with_captions)
     if grid:
         n = min(grid, len(rows))
         render_grid(rows[:n], decode_predictions(texts[:n], rows[:n], mask_tokenizer), texts[:n], out_dir / "grid.png", n)
@@ -148,25 +98,6 @@ def report(rows, texts, mask_tokenizer, task: str, out_dir, grid: int = 16, embe
               "scoring_seconds": round(time.perf_counter() - start, 2)}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
     return metrics
-
-
-def score_task(task: str, rows, texts, mask_tok, out_dir: Path) -> dict:
-    """GRES: ReLA's metrics. GCG: GLaMM's AP50/mIoU/recall; METEOR/CIDEr are skipped (they need Java), and
-    the recall's phrase similarity is BERT's only where ``SAMTOK_RL_BERT`` names a local checkpoint."""
-    if task == "gres":
-        return score_gres(rows, texts, mask_tok, out_dir)
-    return score_gcg(rows, texts, mask_tok, out_dir, with_captions=False)
-
-
-def recall_note() -> str:
-    """Which phrase similarity GCG recall used: it decides whether recall compares with published numbers."""
-    import os
-
-    bert = os.environ.get("SAMTOK_RL_BERT")
-    if bert:
-        return f"GCG recall's phrase similarity: BERT from {bert}."
-    return ("GCG recall's phrase similarity: a character n-gram stand-in (SAMTOK_RL_BERT is not set), so recall is "
-            "not comparable to published numbers; METEOR/CIDEr are not computed (they need Java).")
 
 
 def format_table(metrics: dict) -> str:

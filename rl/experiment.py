@@ -35,8 +35,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from envs import get_task
 from rl import curves as curves_mod
-from rl import report as flags_mod
 from rl.config import Model, key_form, load_recipe, to_dict
 from rl.experiment_report import plot_deltas, write_report
 from rl.plan import Plan, PlanError, load_plan
@@ -327,7 +327,7 @@ def _clock(seconds: float) -> str:
 
 def summarize(plan: Plan, cells: list[Cell], seeds: list[int]) -> dict:
     """The ``summary.json`` object: one row per evaluated policy, in percent."""
-    keep = flags_mod.TASK_METRICS[plan.task]
+    keep = get_task(plan.task).metrics
     runs = []
     for c in cells:
         if c.kind != "eval":

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from envs import get_task
 from rl import report as flags_mod
 
 if TYPE_CHECKING:
@@ -24,13 +25,12 @@ def variant_deltas(summary: dict) -> dict[str, list[dict]]:
 
 
 def write_report(plan: Plan, summary: dict, out: Path) -> str:
-    from rl import evaluate
-
-    task, cols = summary["task"], flags_mod.TASK_METRICS[summary["task"]]
+    task = get_task(summary["task"])
+    cols = task.metrics
     deltas = variant_deltas(summary)
     e = summary["eval"]
     lines = [
-        f"# samtok-rl experiment: {Path(plan.source).name} ({task.upper()})",
+        f"# samtok-rl experiment: {Path(plan.source).name} ({task.name.upper()})",
         "",
         f"Plan `{plan.source}`, base recipe `{plan.recipe}`, seeds {', '.join(map(str, summary['seeds']))}; "
         f"command-line overrides: {' '.join(plan.overrides) or 'none'}. Every policy is evaluated on the same "
@@ -42,7 +42,7 @@ def write_report(plan: Plan, summary: dict, out: Path) -> str:
         *[f"- `{v}`: {' '.join(o) or 'the base recipe'}; compared with `{summary['sft_of'][v]}`"
           for v, o in plan.variants.items()],
         *[f"- warning: {w}" for w in plan.warnings],
-        *(["", evaluate.recall_note()] if task == "gcg" else []),
+        *(["", task.score_note()] if task.score_note else []),
         "",
         "## Per seed",
         "",
@@ -118,7 +118,7 @@ def plot_deltas(summary: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = flags_mod.TASK_METRICS[summary["task"]]
+    cols = get_task(summary["task"]).metrics
     deltas = variant_deltas(summary)
     names = list(deltas)
     fig, axes = plt.subplots(1, len(cols), figsize=(2.6 * len(cols), 3), squeeze=False)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
-from envs import TASK_OF
-from rl.schema import GENERATED_ENVS
+from envs import get_task, is_generated
+from envs import task_of as env_task
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ class MonitorError(ValueError):
 
 
 def task_of(recipe) -> str:
-    """``gres`` or ``gcg``, from ``data.env``."""
-    return TASK_OF[recipe.data.env]
+    """The name of the recipe's task (``gres``, ``gcg``), from ``data.env``."""
+    return env_task(recipe.data.env).name
 
 
 def enabled(recipe) -> bool:
@@ -89,7 +89,7 @@ def preserved_rng():
 
 def held_out_rows(recipe, n: int, mask_tokenizer) -> list[dict]:
     """The first ``n`` held-out rows: the shapes world's ``val`` split, or the recipe's ``data.eval`` dataset."""
-    if recipe.data.env in GENERATED_ENVS:
+    if is_generated(recipe.data.env):
         from rl.data import shapes_rows
 
         return shapes_rows(recipe, "val", n, mask_tokenizer)[:n]
@@ -104,7 +104,7 @@ def held_out_rows(recipe, n: int, mask_tokenizer) -> list[dict]:
 class HeldOutEval(TrainerCallback):
     """Greedy evaluation of the current policy on a fixed held-out slice, every ``monitor.eval_steps`` GRPO steps
     (and once at step 0, before the first update, as the baseline), with the task's official metrics in percent
-    (GRES: gIoU, cIoU, N-acc, T-acc; GCG: AP50, mIoU, recall, as ``rl.evaluate.score_task`` computes them); and every
+    (GRES: gIoU, cIoU, N-acc, T-acc; GCG: AP50, mIoU, recall, as ``envs.task.Task.score`` computes them); and every
     ``monitor.image_steps`` steps a grid of the first ``monitor.image_samples`` greedy rollouts (GT | predicted
     masks, ``rl.evaluate.render_grid``).
 
@@ -141,16 +141,14 @@ class HeldOutEval(TrainerCallback):
         self.eval_steps, self.image_steps = cfg.eval_steps, cfg.image_steps
         self.eval_samples = cfg.eval_samples if cfg.eval_steps else 0
         self.image_samples = cfg.image_samples if cfg.image_steps else 0
-        from rl.evaluate import MAX_NEW_TOKENS
-
-        self.max_new_tokens = cfg.max_new_tokens or MAX_NEW_TOKENS[self.task]
+        self.max_new_tokens = cfg.max_new_tokens or get_task(self.task).max_new_tokens
         self.out_dir = Path(trainer.args.output_dir) / "monitor"
         self.main = trainer.is_world_process_zero()
         self.rows: list[dict] = []
         self.mask_tokenizer = None
         if not self.main:
             return
-        if recipe.data.env not in GENERATED_ENVS and recipe.data.mask_tokenizer in ("tiny", "random"):
+        if not is_generated(recipe.data.env) and recipe.data.mask_tokenizer in ("tiny", "random"):
             log.warning("monitor: predicted masks are decoded with data.mask_tokenizer=%s; for a real policy set it "
                         "to its SAMTok tokenizer folder, or the metrics mean nothing", recipe.data.mask_tokenizer)
         with preserved_rng():  # a "random" mask tokenizer seeds torch's global RNG
@@ -232,15 +230,11 @@ class HeldOutEval(TrainerCallback):
             model.train(was_training)
 
     def score(self, rows, texts) -> dict:
-        from rl.evaluate import score_task
-
         with tempfile.TemporaryDirectory(prefix="monitor-", dir=self.out_dir) as tmp:  # predictions: not kept
-            return score_task(self.task, rows, texts, self.mask_tokenizer, Path(tmp))
+            return get_task(self.task).score(rows, texts, self.mask_tokenizer, Path(tmp), with_captions=False)
 
     def metric_names(self) -> tuple[str, ...]:
-        from rl.report import TASK_METRICS
-
-        return TASK_METRICS[self.task]
+        return get_task(self.task).metrics
 
     def render(self, rows, texts, step: int) -> Path:
         from rl.evaluate import decode_predictions, render_grid

@@ -9,12 +9,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from envs import TASKS, generated_env, get_task
 from rl.config import RecipeError, load_recipe
 from rl.schema import ProblemsError, suggest
 
 ROOT = Path(__file__).resolve().parents[1]
-TASK_RECIPES = {"gres": "recipes/shapes_gres.yaml", "gcg": "recipes/shapes_gcg.yaml"}
-TASK_ENVS = {"gres": "shapes_gres", "gcg": "shapes_gcg"}
 PLAN_KEYS = ("task", "recipe", "eval", "variants")
 EVAL_DEFAULTS = {"split": "test", "samples": 200, "max_new_tokens": None}  # None: the demo's length for the task
 EVAL_SPLITS = ("val", "test")
@@ -70,14 +69,15 @@ def load_plan(path: str | os.PathLike, overrides: list[str] = ()) -> Plan:
 
 def _plan_task(raw: dict, problems: list[str]) -> str | None:
     task = raw.get("task")
-    if task not in TASK_ENVS:
-        problems.append(f"task: {task!r} is not one of {', '.join(TASK_ENVS)}")
+    choices = [t for t in TASKS if generated_env(t)]  # experiments train and evaluate in a generated world
+    if task not in choices:
+        problems.append(f"task: {task!r} is not one of {', '.join(choices)}")
         return None
     return task
 
 
 def _plan_recipe(raw: dict, task: str | None, plan_path: Path, problems: list[str]) -> Path | None:
-    name = raw.get("recipe", TASK_RECIPES.get(task))
+    name = raw.get("recipe", f"recipes/{generated_env(task)}.yaml" if task else None)
     if name is None:
         return None
     if not isinstance(name, str):
@@ -92,15 +92,13 @@ def _plan_recipe(raw: dict, task: str | None, plan_path: Path, problems: list[st
 
 
 def _plan_eval(raw, task: str | None, problems: list[str]) -> dict:
-    from rl.evaluate import MAX_NEW_TOKENS
-
     if not isinstance(raw, dict):
         problems.append(f"eval: expected a mapping, got {type(raw).__name__}")
         return dict(EVAL_DEFAULTS)
     problems += [f"eval.{k}: unknown key{suggest(k, EVAL_DEFAULTS, keep_order=True)}" for k in raw if k not in EVAL_DEFAULTS]
     out = {**EVAL_DEFAULTS, **{k: v for k, v in raw.items() if k in EVAL_DEFAULTS}}
     if out["max_new_tokens"] is None:  # so that the demo and the experiment report the same thing
-        out["max_new_tokens"] = MAX_NEW_TOKENS.get(task, 96)
+        out["max_new_tokens"] = get_task(task).max_new_tokens if task else 96
     if out["split"] not in EVAL_SPLITS:
         problems.append(f"eval.split: {out['split']!r} is not one of {', '.join(EVAL_SPLITS)} (held-out splits)")
     for key in ("samples", "max_new_tokens"):
@@ -146,9 +144,9 @@ def _recipe_errors(plan: Plan, variant_overrides: list[str]) -> list[str]:
     except RecipeError as e:
         return e.problems
     problems = [p for p in [preflight(recipe)] if p]
-    if recipe.data.env != TASK_ENVS[plan.task]:
+    if recipe.data.env != generated_env(plan.task):
         problems.append(f"data.env: {recipe.data.env!r}; a {plan.task} experiment evaluates on the generated "
-                        f"{TASK_ENVS[plan.task]!r} world")
+                        f"{generated_env(plan.task)!r} world")
     if not recipe.sft.enabled:
         problems.append("sft.enabled: must be true; every RL policy is compared with the SFT policy it starts from")
     return problems

@@ -258,27 +258,22 @@ def _columns(rows: list[dict]) -> dict[str, list]:
 
 
 def decoded_iou(rollouts: Rollouts, task: str, mask_tokenizer) -> list[float]:
-    """The decoded-mask IoU of every completion with its GT (``mask_iou``: GRES ``gres`` mode, GCG ``instances``)."""
+    """The decoded-mask IoU of every completion with its GT (``mask_iou`` in the task's ``iou_mode``: GRES ``gres``,
+    GCG ``instances``)."""
+    from envs import get_task
     from rewards.iou import MaskIoU
 
-    reward = MaskIoU("gres" if task == "gres" else "instances", mask_tokenizer=mask_tokenizer)
+    reward = MaskIoU(get_task(task).iou_mode, mask_tokenizer=mask_tokenizer)
     return reward(completions=rollouts.texts, **{k: v for k, v in _columns(rollouts.rows).items()
                                                  if k in ("image", "masks", "answer")})
 
 
 def exact_matches(rollouts: Rollouts, task: str) -> list[bool]:
     """Whether the paper's binary answer_match (mask groups, exact) gives the completion full marks."""
-    from rewards.answer_match import score as answer_score
+    from envs import get_task
 
-    return [answer_score(t, r["answer"], "binary") == 1.0 if task == "gres" else
-            _gcg_exact(t, r["answer"]) for t, r in zip(rollouts.texts, rollouts.rows)]
-
-
-def _gcg_exact(text: str, answer: str) -> bool:
-    from rewards.answer_match import answer_match
-
-    return answer_match(grading="binary", task="gcg", phrase_weight=0.0, no_repeat_weight=0.0)(
-        completions=[text], answer=[answer])[0] == 1.0
+    exact = get_task(task).exact
+    return [exact(t, r["answer"]) for t, r in zip(rollouts.texts, rollouts.rows)]
 
 
 # ---------------------------------------------------------------- entry point
@@ -353,9 +348,9 @@ def probe_plan(plan, policy: str | None, prompts: int, out: Path, against: str |
     finished experiment's summary.json) the measured mean RL - SFT headline delta beside it and the Spearman."""
     from scipy.stats import spearmanr
 
+    from envs import get_task
     from rl.config import load_recipe
     from rl.experiment_report import variant_deltas
-    from rl.report import HEADLINE
 
     measured = {}
     if against:
@@ -363,7 +358,7 @@ def probe_plan(plan, policy: str | None, prompts: int, out: Path, against: str |
         if not path.is_file():
             raise ProbeError(f"--against {path}: no such file (an experiment's summary.json)")
         summary = json.loads(path.read_text())
-        head = HEADLINE[summary["task"]]
+        head = get_task(summary["task"]).headline
         measured = {v: float(np.mean([d[head] for d in ds])) for v, ds in variant_deltas(summary).items()}
     rows, cache = {}, {}
     for name, overrides in plan.variants.items():
@@ -380,7 +375,7 @@ def probe_plan(plan, policy: str | None, prompts: int, out: Path, against: str |
     if len(both) >= 3:
         ranking["spearman_signal_vs_measured"] = float(spearmanr([rows[v]["signal"] for v in both],
                                                                  [rows[v]["measured"] for v in both])[0])
-        ranking["measured_metric"] = f"mean RL - SFT {HEADLINE[plan.task]} ({against})"
+        ranking["measured_metric"] = f"mean RL - SFT {get_task(plan.task).headline} ({against})"
     out.mkdir(parents=True, exist_ok=True)
     (out / "ranking.json").write_text(json.dumps(ranking, indent=1) + "\n")
     return ranking

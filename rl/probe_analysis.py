@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from envs import get_task
+
 NO_GRADIENT = 0.5
 NT_MASS = 0.5
 LOW_SIGNAL = 0.2
@@ -23,13 +25,8 @@ ADV_EPS = 1e-4  # TRL: (r - mean) / (std + 1e-4)
 
 
 def answer_kind(task: str, row: dict) -> str:
-    """GRES: no_target / single / multi; GCG: the number of phrases (``4+`` from four on)."""
-    from rl.sampling import answer_kind as gres_kind
-
-    if task == "gres":
-        return gres_kind(bool(row.get("no_target")), len(row.get("masks") or []))
-    n = len(row.get("masks") or [])
-    return f"{n} phrase{'s' if n != 1 else ''}" if n < 4 else "4+ phrases"
+    """The task's answer kind (GRES: no_target / single / multi; GCG: the number of phrases, ``4+`` from four on)."""
+    return get_task(task).kind(row)
 
 
 def analyse(task: str, rollouts, scores: dict, weights: dict, iou: list[float], exact: list[bool]) -> dict:
@@ -45,7 +42,7 @@ def analyse(task: str, rollouts, scores: dict, weights: dict, iou: list[float], 
         scorable |= ~np.isnan(v)
     total[~scorable] = np.nan
     kinds = [answer_kind(task, rollouts.rows[g[0]]) for g in rollouts.groups]
-    target = [not (task == "gres" and k == "no_target") for k in kinds]
+    target = [k != get_task(task).no_target_kind for k in kinds]
     iou = np.asarray(iou, float)
     series = {name: np.asarray(s["values"], float) for name, s in scores.items()}
     series["total"] = total
@@ -144,7 +141,7 @@ def warnings(task: str, report: dict) -> list[dict]:
         out.append({"kind": "no_gradient", "reward": "total",
                     "text": f"{total['zero_spread']:.0%} of groups give no gradient: all their completions score the "
                             "same weighted total"})
-    if task == "gres" and total["nt_mass"] >= NT_MASS and total["signal"] < LOW_SIGNAL:
+    if get_task(task).no_target_kind and total["nt_mass"] >= NT_MASS and total["signal"] < LOW_SIGNAL:
         out.append({"kind": "collapse", "reward": "total",
                     "text": f"most advantage mass ({total['nt_mass']:.0%}) is on 'No target.' completions and little "
                             f"on better masks (signal {total['signal']:.2f}): expect collapse into 'No target.'"})

@@ -11,13 +11,12 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from envs import ENVIRONMENTS, is_generated
 from rl.schema import (
     ANSWER_KINDS,
     DTYPES,
-    ENVS,
     FINETUNE,
     OWNED_BY_RUN,
-    PREPARED_ENVS,
     REPORTERS,
     TINY,
     looks_local,
@@ -143,7 +142,7 @@ def check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
     if t.head_dim < 2 or t.head_dim % 2 or t.hidden_size % t.head_dim or t.hidden_size // t.head_dim < 2:
         problems.append(f"model.tiny.head_dim: {t.head_dim} must be even and split hidden_size {t.hidden_size} "
                         "into at least 2 heads")
-    _one_of(r.data.env, ENVS, "data.env", problems)
+    _one_of(r.data.env, tuple(ENVIRONMENTS), "data.env", problems)
     for name in r.run.report_to:
         _one_of(name, REPORTERS, "run.report_to", problems)
     if not r.rewards:
@@ -167,7 +166,7 @@ def check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
     weights = r.grpo.get("reward_weights")
     if weights is not None:
         problems.append("grpo.reward_weights: set each reward's weight under rewards[] instead")
-    if r.data.env in PREPARED_ENVS and not r.data.train:
+    if r.data.env in ENVIRONMENTS and not is_generated(r.data.env) and not r.data.train:
         problems.append(f"data.train: required for env {r.data.env!r} (a prepared dataset from `samtok-rl prepare`)")
     _check_monitor(r, problems)
     _check_sampling(r.sampling, problems)
@@ -217,7 +216,7 @@ def _check_monitor(r: Recipe, problems: list[str]) -> None:
                         "correction: keep grpo.vllm_importance_sampling_correction on")
     if m.eval_steps <= 0 and m.image_steps <= 0:
         return
-    if r.data.env in PREPARED_ENVS and not r.data.eval:
+    if r.data.env in ENVIRONMENTS and not is_generated(r.data.env) and not r.data.eval:
         problems.append(f"monitor: env {r.data.env!r} needs held-out rows to evaluate on: set data.eval (a prepared "
                         "dataset), or monitor.eval_steps=0 monitor.image_steps=0")
 

@@ -2,11 +2,14 @@
 
 ``samtok-rl demo`` (one seed) and ``samtok-rl experiment`` (variants x seeds) both write their verdicts
 with these functions, so one rule set decides what a report may claim. Every function takes plain dicts
-of metrics in percent, keyed as ``envs.metrics`` returns them, so tests can build the tables by hand.
+of metrics in percent, keyed as ``envs.metrics`` returns them, so tests can build the tables by hand. ``task``
+is a task name or an ``envs.task.Task``, which says which metric is the headline, which one measures the masks
+and where a gain can come from.
 
 The flags:
 
-(a) a gIoU gain that comes with a T-acc loss: targets were traded for ``No target.`` (GRES);
+(a) a headline gain that comes with a loss in the task's ``trade_metric`` (GRES: gIoU up, T-acc down): targets
+    were traded for ``No target.``;
 (b) a mean delta inside the seed spread (|mean| <= the sample std of the delta across seeds), and any
     result from fewer than ``MIN_SEEDS`` seeds: one seed proves nothing;
 (c) the headline metric rising while the mask metric does not: gIoU up, cIoU not (GRES); AP50 up,
@@ -17,9 +20,8 @@ from __future__ import annotations
 
 import math
 
-TASK_METRICS = {"gres": ("gIoU", "cIoU", "N-acc", "T-acc"), "gcg": ("AP50", "mIoU", "recall")}
-HEADLINE = {"gres": "gIoU", "gcg": "AP50"}
-MASK_METRIC = {"gres": "cIoU", "gcg": "mIoU"}
+from envs import get_task
+
 MIN_SEEDS = 3
 
 
@@ -47,33 +49,27 @@ def mean_delta(deltas: list[dict]) -> dict:
 
 def pair_flags(task: str, d: dict) -> list[str]:
     """Flags (a) and (c) for one delta dict (one seed's, or the mean over seeds). Silent without a gain."""
-    head, mask = HEADLINE[task], MASK_METRIC[task]
+    t = get_task(task)
+    head, mask = t.headline, t.mask_metric
     if d.get(head, 0.0) <= 0:
         return []
     flags = []
-    if task == "gres" and d.get("T-acc", 0.0) < 0:
-        flags.append(_trade_flag(d))
+    if t.trade_metric and d.get(t.trade_metric, 0.0) < 0:
+        flags.append(_trade_flag(t, d))
     if mask in d and d[mask] <= 0:
-        flags.append(_mask_flag(task, d))
+        flags.append(f"{mask} did not rise ({d[mask]:+.2f}) while {head} rose ({d[head]:+.2f}): "
+                     f"{t.mask_flag_reason(d)}.")
     return flags
 
 
-def _trade_flag(d: dict) -> str:
-    msg = (f"T-acc fell {d['T-acc']:+.2f} points while gIoU rose {d['gIoU']:+.2f}: part of the gain is targets "
+def _trade_flag(t, d: dict) -> str:
+    # GRES's N-acc is the no-target side of the trade; a task without one gets the first sentence only.
+    head, lost = t.headline, t.trade_metric
+    msg = (f"{lost} fell {d[lost]:+.2f} points while {head} rose {d[head]:+.2f}: part of the gain is targets "
            "traded for 'No target.'")
-    if d.get("N-acc", 0.0) > 0 and -d["T-acc"] >= d["N-acc"]:
-        msg += f"; T-acc fell as much as N-acc rose ({d['N-acc']:+.2f}): no skill was gained"
+    if d.get("N-acc", 0.0) > 0 and -d[lost] >= d["N-acc"]:
+        msg += f"; {lost} fell as much as N-acc rose ({d['N-acc']:+.2f}): no skill was gained"
     return msg + "."
-
-
-def _mask_flag(task: str, d: dict) -> str:
-    if task == "gcg":
-        return (f"mIoU did not rise ({d['mIoU']:+.2f}) while AP50 rose ({d['AP50']:+.2f}): more masks clear IoU 0.5, "
-                "but the masks are not better on average.")
-    source = (f"it comes from the no-target decisions (N-acc {d['N-acc']:+.2f})" if d.get("N-acc", 0.0) > 0
-              else "gIoU's per-sample average moved, not the masks overall")
-    return (f"cIoU did not rise ({d['cIoU']:+.2f}) while gIoU rose ({d['gIoU']:+.2f}): the gain is not better masks; "
-            f"{source}.")
 
 
 def spread_flags(task: str, deltas: list[dict]) -> list[str]:
@@ -86,7 +82,7 @@ def spread_flags(task: str, deltas: list[dict]) -> list[str]:
     if n < 2:
         return flags
     inside = []
-    for k in (HEADLINE[task], MASK_METRIC[task]):
+    for k in (get_task(task).headline, get_task(task).mask_metric):
         mean, std = mean_std([d[k] for d in deltas])
         if abs(mean) <= std:
             inside.append(f"{k} {mean:+.2f} ± {std:.2f}")
@@ -103,19 +99,17 @@ def variant_flags(task: str, deltas: list[dict]) -> list[str]:
 
 def gain_source(task: str, d: dict) -> str:
     """One sentence: how large the headline gain is and which metrics it comes from."""
-    head = HEADLINE[task]
+    t = get_task(task)
+    head, rises = t.headline, t.gain_sources
     gain = d.get(head, 0.0)
-    if task == "gres":
-        rises = [("better masks", "cIoU"), ("no-target decisions", "N-acc"), ("more targets answered", "T-acc")]
-    else:
-        rises = [("better masks", "mIoU"), ("more phrases grounded", "recall")]
     detail = ", ".join(f"{k} {d[k]:+.2f}" for _, k in rises if k in d)
     if gain <= 0:
         return f"No {head} gain ({gain:+.2f}; {detail})."
     parts = [f"{what} ({k} {d[k]:+.2f})" for what, k in rises if d.get(k, 0.0) > 0]
     if not parts:
         return f"{head} {gain:+.2f} with no rise in any other metric ({detail})."
-    cost = f", at a T-acc cost of {d['T-acc']:+.2f}" if task == "gres" and d.get("T-acc", 0.0) < 0 else ""
+    lost = t.trade_metric
+    cost = f", at a {lost} cost of {d[lost]:+.2f}" if lost and d.get(lost, 0.0) < 0 else ""
     return f"{head} {gain:+.2f} comes from {' and '.join(parts)}{cost}."
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from trl.trainer.utils import RepeatSampler
 
+from envs.task import gres_kind
 from rl.config import ANSWER_KINDS
 
 
@@ -63,11 +64,7 @@ class EpochSeededRepeatSampler(RepeatSampler):
                     yield from [index] * self.mini_repeat_count
 
 
-def answer_kind(no_target: bool, n_masks: int) -> str:
-    """``no_target`` / ``single`` / ``multi``: a GT answer's kind (a target row without masks counts as no target)."""
-    if no_target or n_masks == 0:
-        return "no_target"
-    return "single" if n_masks == 1 else "multi"
+answer_kind = gres_kind  # the kinds GRES rows are balanced and logged by
 
 
 def dataset_kinds(dataset) -> list[str]:

@@ -9,12 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from envs import ENVIRONMENTS
-
 TINY = "tiny"  # model.path value that builds the tiny policy from model.tiny instead of loading weights
-ENVS = tuple(ENVIRONMENTS)  # data.env: the names prepare, eval and experiment use (old aliases: envs.ALIASES)
-GENERATED_ENVS = ("shapes_gres", "shapes_gcg")  # drawn on the fly: no data.train, held-out splits built in
-PREPARED_ENVS = tuple(e for e in ENVS if e not in GENERATED_ENVS)  # read from `samtok-rl prepare` output
 FINETUNE = ("full", "lora")
 DTYPES = ("float32", "bfloat16", "float16")
 REPORTERS = ("tensorboard", "wandb", "none")
@@ -165,7 +160,7 @@ class Monitor:
 
     ``eval_steps``: evaluate ``eval_samples`` held-out rows every N steps, and once at step 0 (0: off);
     ``image_steps``: a grid of the first ``image_samples`` greedy rollouts every N steps (0: off);
-    ``max_new_tokens``: None is ``rl.evaluate.MAX_NEW_TOKENS`` for the task (GRES 96, GCG 128). Held-out rows: the
+    ``max_new_tokens``: None is the task's ``max_new_tokens`` (``envs.task``) (GRES 96, GCG 128). Held-out rows: the
     shapes world's ``val`` split, or ``data.eval`` (required for prepared data); predicted masks are decoded with
     ``data.mask_tokenizer``. Refused under ZeRO-3.
 
@@ -232,7 +227,7 @@ class Recipe:
     run: Run = field(default_factory=Run)
     model: Model = field(default_factory=Model)
     data: Data = field(default_factory=Data)
-    rewards: list[Reward] = field(default_factory=list)  # a recipe without the key: envs.RECOMMENDED_REWARDS
+    rewards: list[Reward] = field(default_factory=list)  # a recipe without the key: the task's recommended_rewards
     reward_runtime: RewardRuntime = field(default_factory=RewardRuntime)
     sft: Sft = field(default_factory=Sft)
     grpo: dict[str, Any] = field(default_factory=dict)  # GRPOConfig fields

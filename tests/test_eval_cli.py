@@ -9,8 +9,9 @@ from PIL import Image
 from envs import get_env
 from envs.base import build_rows
 from envs.metrics import ngram_embed
+from envs.task import score_gcg, score_gres
 from rl import cli
-from rl.evaluate import decode_predictions, eval_rows, render_grid, score_gcg, score_gres
+from rl.evaluate import decode_predictions, eval_rows, render_grid
 
 
 def main(argv: list[str]) -> int:  # the `samtok-rl eval` command line

@@ -210,13 +210,13 @@ def test_old_environment_names_load_with_a_warning_naming_the_file(old, new, tmp
 
 
 def test_a_recipe_without_rewards_trains_with_its_environments_recommended_rewards(tmp_path):
-    from envs import RECOMMENDED_REWARDS
+    from envs import get_task
 
     path = tmp_path / "bare.yaml"
     for env, task in (("shapes_gres", "gres"), ("shapes_gcg", "gcg")):
         path.write_text(f"data: {{env: {env}}}\n")
         r = load_recipe(path)
-        assert [w.name for w in r.rewards] == list(RECOMMENDED_REWARDS[task]) and all(w.weight == 1 for w in r.rewards)
+        assert [w.name for w in r.rewards] == list(get_task(task).recommended_rewards) and all(w.weight == 1 for w in r.rewards)
     path.write_text("data: {env: shapes_gres}\nrewards: []\n")  # an explicit empty list is a mistake, not a default
     with pytest.raises(RecipeError, match="rewards: at least one reward is required"):
         load_recipe(path)

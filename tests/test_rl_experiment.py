@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rl import cli, demo, evaluate, experiment
+from envs import get_task
+from rl import cli, demo, experiment
 from rl import train as train_mod
 
 TOY = [
@@ -223,7 +224,7 @@ def test_shipped_plans_validate():
         plan = experiment.load_plan(root / f"{task}.yaml")
         assert plan.task == task and plan.variants["default"] == []
         assert plan.recipe.name == f"shapes_{task}.yaml"
-        assert plan.eval == {"split": "test", "samples": 200, "max_new_tokens": evaluate.MAX_NEW_TOKENS[task]}
+        assert plan.eval == {"split": "test", "samples": 200, "max_new_tokens": get_task(task).max_new_tokens}
     for path in root.glob("*_rewards.yaml"):  # the ablations: the paper's reward next to the default
         plan = experiment.load_plan(path)
         assert {"paper", "default"} <= plan.variants.keys() and plan.variants["default"] == []

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from envs.base import predicted_masks
 from envs.shapes import make_scenes
 from rewards.iou import MaskIoU
 from rewards.latent import LatentMatch
-from rl.evaluate import predicted_masks
 from tokenizer import MaskTokenizer
 from tokenizer.codec import NO_TARGET, format_mask, format_masks, parse_masks
 from tokenizer.config import tiny
