@@ -41,16 +41,17 @@ def one_round(dense: bool, sft_steps: int, grpo_steps: int) -> tuple[float, floa
     from trl.kernels.chunked_logprob import _use_triton
 
     from rl import data as rl_data
-    from rl import lm_head
     from rl import policy as rl_policy
     from rl import trainer as tr
+    from rl import trl_seam
     from rl.sft import run_sft
 
     # Start from TRL's own hooks each round; install ours on top for the dense rounds only.
-    trl_utils._ChunkedLogProbFunction, trl_utils._use_triton, lm_head._installed = ChunkedLogProbFunction, _use_triton, False
-    install = lm_head.install
+    trl_utils._ChunkedLogProbFunction, trl_utils._use_triton = ChunkedLogProbFunction, _use_triton
+    trl_seam._dense_lm_head = False
+    install = trl_seam.install_dense_lm_head
     if not dense:
-        lm_head.install = lambda: False
+        trl_seam.install_dense_lm_head = lambda: False
     try:
         with tempfile.TemporaryDirectory() as d:
             recipe = _recipe(d, sft_steps, grpo_steps)
@@ -62,7 +63,7 @@ def one_round(dense: bool, sft_steps: int, grpo_steps: int) -> tuple[float, floa
             trainer = tr.build_trainer(recipe, d, data, None, model, processor, [grpo_timer])
             trainer.train()
     finally:
-        lm_head.install = install
+        trl_seam.install_dense_lm_head = install
     skip = 3  # the first steps warm caches up
     loss = next(h["train_loss"] for h in reversed(history) if "train_loss" in h)
     return statistics.median(sft_timer.times[skip:]), statistics.median(grpo_timer.times[1:]), loss

@@ -20,9 +20,10 @@ Importing this package needs neither torch nor a GPU.
 # ``rewards.answer_match.answer_match`` or ``get_reward("answer_match")``.
 from rewards.answer_match import gcg_scores, no_repeat, score
 from rewards.registry import build_rewards, builtin_names, get_reward
-from rewards.runtime import RewardFailureError, SafeReward, decode_raw, wrap_rewards
+from rewards.runtime import RawText, RewardFailureError, SafeReward, decode_raw, wrap_rewards
 
 __all__ = [
+    "RawText",
     "RewardFailureError",
     "SafeReward",
     "build_rewards",

@@ -95,8 +95,9 @@ def decode_raw(completion_ids, tokenizer, drop_ids=None) -> list[str]:
     return out
 
 
-class _RawText:
-    """Decodes a batch once for all the rewards of a step (TRL passes the same list object to each)."""
+class RawText:
+    """Decodes a batch once for all the rewards of a step, and for the trainer's completion log (TRL passes the same
+    list object to each)."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -104,15 +105,19 @@ class _RawText:
         self._key = None  # the list object last decoded: kept alive so its id cannot be reused
         self._texts = None
 
-    def __call__(self, completions, completion_ids):
-        if self.tokenizer is None or completion_ids is None or len(completion_ids) != len(completions):
-            return completions
+    def texts(self, completion_ids) -> list[str]:
+        """The raw text of every completion (special tokens kept); decoded once per batch object."""
         if self._key is not completion_ids:
             self._texts = decode_raw(completion_ids, self.tokenizer, self.drop)
             self._key = completion_ids
+        return self._texts
+
+    def __call__(self, completions, completion_ids):
+        if self.tokenizer is None or completion_ids is None or len(completion_ids) != len(completions):
+            return completions
         return [
             [{"role": "assistant", "content": t}] if isinstance(c, list) else t
-            for c, t in zip(completions, self._texts)
+            for c, t in zip(completions, self.texts(completion_ids))
         ]
 
 
@@ -184,7 +189,7 @@ class SafeReward:
         if isolation == "process":
             self.worker = ProcessReward(func)
         self.__name__ = name or getattr(func, "__name__", type(func).__name__)
-        self.raw_text = raw_text or _RawText(None)
+        self.raw_text = raw_text or RawText(None)
         self.timeout_s = timeout_s
         self.max_failure_rate = max_failure_rate
         self.min_samples = min_samples
@@ -312,15 +317,15 @@ async def _await(x):
 
 
 def wrap_rewards(funcs, tokenizer=None, timeout_s=None, max_failure_rate=0.1, failure_window=512,
-                 min_samples=32, isolation: str = "none") -> list[SafeReward]:
+                 min_samples=32, isolation: str = "none", raw_text: RawText | None = None) -> list[SafeReward]:
     """Wrap reward functions for ``trl.GRPOTrainer(reward_funcs=...)``; see the module docstring.
 
     ``tokenizer`` (or a processor) enables raw-text decoding of ``completion_ids``; without it rewards get
-    TRL's ``completions``. ``isolation="process"`` runs each reward in its own worker process
+    TRL's ``completions``. ``raw_text``: a ``RawText`` to share the decoded batch with (the trainer's completion log). ``isolation="process"`` runs each reward in its own worker process
     (``rewards.isolation``). Names are made unique (``answer_match``, ``answer_match_2``) because TRL logs
     ``rewards/<name>/...`` and two rewards of one name would share a key.
     """
-    raw = _RawText(tokenizer)
+    raw = raw_text or RawText(tokenizer)
     seen = Counter()
     wrapped = []
     for f in funcs:

@@ -64,17 +64,3 @@ def gathered(params):
 
     with deepspeed.zero.GatheredParameters(params):
         yield
-
-
-@contextmanager
-def without_zero3_init():
-    """Build models whole inside the block although a ZeRO-3 config is registered (rank 0 needs one whole copy
-    to merge LoRA into). transformers keeps the registration in a module global (a weakref)."""
-    from transformers.integrations import deepspeed as hf_ds
-
-    ref = hf_ds._hf_deepspeed_config_weak_ref
-    hf_ds._hf_deepspeed_config_weak_ref = None
-    try:
-        yield
-    finally:
-        hf_ds._hf_deepspeed_config_weak_ref = ref

@@ -7,8 +7,8 @@ choices only cost: it scores every position, prompt and image tokens included (t
 Triton devices because variable tile shapes recompile on XLA/Neuron), and its torch fallback recomputes each
 tile in a hand-written backward. For the tiny policy (1,019-token vocabulary) that was half of an SFT step.
 
-``install()`` swaps two names inside ``trl.trainer.utils`` (the fused forward's only two hooks), for CPU
-tensors with a vocabulary of at most ``MAX_DENSE_VOCAB`` only:
+``rl.trl_seam.install_dense_lm_head()`` swaps two names inside ``trl.trainer.utils`` (the fused forward's only two
+hooks), for CPU tensors with a vocabulary of at most ``MAX_DENSE_VOCAB`` only:
 - the projection becomes ``log_softmax(hidden @ W.T)`` with autograd's backward (one ``[tokens, vocab]``
   matrix; below TRL's own 32k vocabulary chunk TRL builds a tile of that width anyway);
 - only positions with a label are scored (the compact path), as TRL does on GPUs.
@@ -18,15 +18,10 @@ to float rounding (``tests/test_rl_lm_head.py`` holds them, and their gradients,
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 
-logger = logging.getLogger(__name__)
-
 MAX_DENSE_VOCAB = 32768
-_installed = False
 
 
 def dense_logprobs(hidden, weight, bias, targets, temperature, chunk_size=None, final_logit_softcapping=None,
@@ -50,36 +45,13 @@ def dense_logprobs(hidden, weight, bias, targets, temperature, chunk_size=None, 
     return log_probs, entropy, log_sum_sq, mean_logits, is_top1
 
 
-class _DenseOnCpu:
+class DenseOnCpu:
     """Stands in for ``ChunkedLogProbFunction`` (only ``apply`` is used): dense on small-vocabulary CPU tensors."""
 
-    chunked = None  # TRL's class, set by install()
+    chunked = None  # TRL's class, set by rl.trl_seam.install_dense_lm_head
 
     @classmethod
     def apply(cls, hidden, weight, *args):
         if hidden.device.type == "cpu" and weight.shape[0] <= MAX_DENSE_VOCAB:
             return dense_logprobs(hidden, weight, *args)
         return cls.chunked.apply(hidden, weight, *args)
-
-
-def install() -> bool:
-    """Route TRL's fused LM head through ``dense_logprobs`` on the CPU (idempotent). Returns whether it is in place;
-    on a TRL whose fused head is not laid out as 1.16's, leaves TRL alone and says so once."""
-    global _installed
-    if _installed:
-        return True
-    try:
-        import trl.trainer.utils as trl_utils
-
-        chunked, use_triton = trl_utils._ChunkedLogProbFunction, trl_utils._use_triton
-    except (ImportError, AttributeError):
-        logger.warning("rl.lm_head: this TRL has no _ChunkedLogProbFunction/_use_triton in trl.trainer.utils; "
-                       "keeping TRL's fused LM head (slower on the CPU, same results)")
-        return False
-    _DenseOnCpu.chunked = chunked
-    trl_utils._ChunkedLogProbFunction = _DenseOnCpu
-    # In trl.trainer.utils `_use_triton` decides only whether to score the labelled positions alone ("compact");
-    # the kernel module keeps its own reference for choosing the Triton kernel.
-    trl_utils._use_triton = lambda device: use_triton(device) or device.type == "cpu"
-    _installed = True
-    return True

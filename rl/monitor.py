@@ -248,18 +248,19 @@ class HeldOutEval(TrainerCallback):
         from PIL import Image
         from transformers.integrations import TensorBoardCallback, WandbCallback
 
+        from rl.trl_seam import tensorboard_writer, wandb_module
+
         for cb in self.trainer.callback_handler.callbacks:
             if isinstance(cb, TensorBoardCallback):
-                if cb.tb_writer is None:
-                    cb._init_summary_writer(self.trainer.args)
-                if cb.tb_writer is not None:
+                writer = tensorboard_writer(cb, self.trainer.args)
+                if writer is not None:
                     with Image.open(path) as im:
                         pixels = np.asarray(im.convert("RGB"))
-                    cb.tb_writer.add_image(IMAGE_TAG, pixels, step, dataformats="HWC")
-                    cb.tb_writer.flush()
-            elif isinstance(cb, WandbCallback) and cb._wandb is not None and cb._wandb.run is not None:
-                cb._wandb.log({IMAGE_TAG: cb._wandb.Image(str(path), caption=f"step {step}: GT | predicted"),
-                               "train/global_step": step})
+                    writer.add_image(IMAGE_TAG, pixels, step, dataformats="HWC")
+                    writer.flush()
+            elif isinstance(cb, WandbCallback) and (wandb := wandb_module(cb)) is not None:
+                wandb.log({IMAGE_TAG: wandb.Image(str(path), caption=f"step {step}: GT | predicted"),
+                           "train/global_step": step})
 
     def _trim_history(self, step: int) -> None:
         """metrics.jsonl: empty for a fresh run; for a run resumed at ``step``, the lines up to that step."""

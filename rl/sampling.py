@@ -7,10 +7,10 @@ batch of prompts repeated ``repeat_count`` times), so everything downstream of t
 from __future__ import annotations
 
 import torch
-from trl.trainer.utils import RepeatSampler
 
 from envs.task import gres_kind
 from rl.config import ANSWER_KINDS
+from rl.trl_seam import RepeatSampler, pad
 
 
 def stratified(pools: dict[str, list[int]], counts: dict[str, int], generator: torch.Generator) -> list[int]:
@@ -181,8 +181,6 @@ def take(batch: dict, index: list[int]) -> dict:
 
 def join(batches: list[dict], pad_token_id: int) -> dict:
     """Split generation batches concatenated row-wise, each padded tensor re-padded to the longest."""
-    from trl.trainer.utils import pad
-
     keys = batches[0].keys()
     out = {}
     for key in keys:
@@ -211,56 +209,6 @@ def join(batches: list[dict], pad_token_id: int) -> dict:
     return out
 
 
-def _round_seed(seed: int, step: int, round_: int, rank: int) -> int:
+def round_seed(seed: int, step: int, round_: int, rank: int) -> int:
     # A function of the position in training only: a resumed run draws the same extra prompts.
     return (((seed * 1_000_003 + step) * 1_009 + round_) * 4_099 + rank) % (2**63)
-
-
-def dynamic_generation(trainer, inputs: list[dict], generate) -> dict:
-    """One generation batch with the groups whose reward spread is below ``sampling.dynamic.min_std`` replaced.
-
-    ``generate`` is TRL's ``_generate_and_score_completions``; ``trainer._round_rewards`` holds the rewards of its
-    last call (every rank's, as TRL gathers them). Groups that pass are kept; while any rank is short of a full
-    batch and fewer than ``max_rounds`` extra rounds ran, every rank generates for fresh prompts (all ranks make
-    the same number of calls: TRL's generation holds collectives). A batch still short after the last round is
-    completed with dropped groups, whose advantages are zero (they add no gradient, only keep the batch shape).
-    """
-    from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
-
-    cfg, acc, g = trainer.dynamic, trainer.accelerator, trainer.num_generations
-    n = len(inputs)
-    if n % g:
-        raise ValueError(f"dynamic sampling: this rank's generation batch of {n} completions is not whole groups of "
-                         f"num_generations {g}; make per_device_train_batch_size x steps_per_generation a multiple "
-                         "of num_generations, so that each group's completions stay on one rank")
-    need = n // g
-    kept, dropped, first_filtered, round_ = [], [], None, 0
-    batch_inputs = inputs
-    while True:
-        out = split_pixel_values_by_grid(generate(batch_inputs))
-        local = slice(acc.process_index * n, (acc.process_index + 1) * n)
-        spread = group_spread(trainer._round_rewards[local], trainer.reward_weights, g)
-        passed = (spread >= cfg.min_std) & ~torch.isnan(spread)
-        if first_filtered is None:
-            first_filtered = acc.gather((~passed).float().sum().reshape(1)).sum().item()
-        for j, ok in enumerate(passed.tolist()):
-            (kept if ok else dropped).append((out, j))
-        short = torch.tensor([float(max(0, need - len(kept)))], device=acc.device)
-        if acc.gather(short).max().item() == 0 or round_ >= cfg.max_rounds:
-            break
-        round_ += 1
-        gen = torch.Generator().manual_seed(_round_seed(trainer.args.seed, trainer.state.global_step, round_,
-                                                        acc.process_index))
-        rows = draw_prompts(trainer.prompt_sampler, need, gen)
-        batch_inputs = [trainer.train_dataset[i] for i in rows for _ in range(g)]
-    chosen = kept[:need] + dropped[: need - min(need, len(kept))]
-    batch = join([take(b, list(range(j * g, (j + 1) * g))) for b, j in chosen], trainer._tokenizer.pad_token_id)
-    loss_mask = batch["completion_mask"] if batch.get("tool_mask") is None else batch["completion_mask"] * batch["tool_mask"]
-    batch["num_items_in_batch"] = acc.gather(loss_mask.sum()).sum()
-    effective = acc.gather(torch.tensor([float(min(need, len(kept)))], device=acc.device)).sum().item()
-    total_groups = need * acc.num_processes
-    metrics = trainer._metrics["train"]
-    metrics["sampling/frac_filtered"].append(first_filtered / total_groups)
-    metrics["sampling/extra_rounds"].append(float(round_))
-    metrics["sampling/effective_batch"].append(effective * g)  # completions with a learning signal, all ranks
-    return unsplit_pixel_values_by_grid(batch)  # TRL's _prepare_inputs splits it again

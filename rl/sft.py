@@ -31,9 +31,9 @@ def run_sft(recipe: Recipe, model, processor, train_dataset, output_dir: str | o
     """Fine-tune ``model`` in place on ``train_dataset``'s answers; returns the trainer's log history."""
     from trl import SFTConfig, SFTTrainer
 
-    from rl import lm_head
+    from rl import trl_seam
 
-    lm_head.install()
+    trl_seam.install_dense_lm_head()
 
     kwargs = {**SFT_DEFAULTS, **recipe.sft.args}
     for key in OWNED_BY_RUN:

@@ -141,7 +141,7 @@ def run(recipe: Recipe, callbacks=()) -> Path:
         print(summary(trainer.state.log_history), flush=True)
     if stop.stopped_at is not None:
         raise Preempted(run_dir / f"checkpoint-{stop.stopped_at}")
-    return tr.save_final(trainer, processor, run_dir / "final")
+    return policy.save_final(trainer, processor, run_dir / "final")
 
 
 class RankTimeout(RuntimeError):

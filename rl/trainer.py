@@ -1,12 +1,13 @@
 """GRPO on TRL: ``GRPOConfig`` and the rewards from a recipe, and TRL's ``GRPOTrainer`` with small hooks.
 
-What ``SamtokGRPOTrainer`` adds to TRL: checkpoints are staged and renamed when complete (``rl.checkpoint``) and
-carry the trainable mask-token rows of a LoRA run (``rl.trainable``; under ZeRO-3 gathered from the partitions,
-and ``save_final`` rebuilds the policy whole on rank 0 from the gathered state to merge LoRA, since the Trainer
-would save the adapter alone and lose the rows); the completions logged for W&B carry prompts as text (TRL's
-VLM message lists make wandb raise); colocated vLLM rollouts get one image placeholder per image
-(``rl.vllm_rollout``); non-finite steps are skipped; prompts are drawn by ``rl.sampling``'s samplers, and with
-dynamic sampling generation rounds are refilled there. The policy itself is ``rl.policy``'s.
+What ``SamtokGRPOTrainer`` adds to TRL, each in a public hook that ``rl.trl_seam`` (the one place that touches TRL's
+internals) calls: checkpoints are staged and renamed when complete (``rl.checkpoint``) and carry the trainable
+mask-token rows of a LoRA run (``rl.trainable``; under ZeRO-3 gathered from the partitions; the final policy is
+saved by ``rl.policy.save_final``); the completion log gets the raw text, the parsed masks and the row id of each completion,
+and its prompts as text (TRL's VLM message lists make wandb raise); colocated vLLM rollouts get one image
+placeholder per image (``rl.vllm_rollout``); non-finite steps are skipped; prompts are drawn by ``rl.sampling``'s
+samplers, and with dynamic sampling (``dynamic_rollout``) generation rounds are refilled. The policy itself is
+``rl.policy``'s.
 """
 
 from __future__ import annotations
@@ -17,15 +18,21 @@ import os
 from pathlib import Path
 
 import torch
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOConfig
 
-from rl import checkpoint, lm_head, sampling, vllm_rollout
+from rl import checkpoint, sampling, trl_seam, vllm_rollout
 from rl.checkpoint import CheckpointError, between_generation_blocks
-from rl.config import Recipe
-from rl.distributed import barrier, gathered, without_zero3_init
+from rl.config import Recipe, Sampling
+from rl.distributed import barrier, gathered
 from rl.preemption import OutOfMemoryStop
 from rl.timing import PhaseTimer
 from rl.trainable import ROWS_FILE, load_rows, row_trained, save_rows
+from rl.trl_seam import (
+    SeamTrainer,
+    split_pixel_values_by_grid,
+    unsplit_pixel_values_by_grid,
+    wrap_vllm_generate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +64,17 @@ def _wandb_available() -> bool:
     return importlib.util.find_spec("wandb") is not None
 
 
-def build_rewards(recipe: Recipe, tokenizer) -> list:
+def build_rewards(recipe: Recipe, tokenizer, raw_text=None) -> list:
     """Registry rewards wrapped by the robust runtime: raw-text decoding of ``completion_ids`` (mask and
-    object-ref tokens kept), None on failure or timeout, failure-rate stop, time per call logged."""
+    object-ref tokens kept; ``raw_text``, a ``rewards.RawText``, shares the decoded batch), None on failure or
+    timeout, failure-rate stop, time per call logged."""
     from rewards import build_rewards as registry_rewards
     from rewards import wrap_rewards
 
     funcs, _ = registry_rewards(reward_items(recipe))  # weights: GRPOConfig's
     rt = recipe.reward_runtime
-    wrapped = wrap_rewards(funcs, tokenizer=tokenizer, timeout_s=rt.timeout_s, max_failure_rate=rt.max_failure_rate,
-                           isolation=rt.isolation)
-    wrapped[0] = LogDecodedMasks(wrapped[0], tokenizer)
-    return wrapped
+    return wrap_rewards(funcs, tokenizer=tokenizer, timeout_s=rt.timeout_s, max_failure_rate=rt.max_failure_rate,
+                        isolation=rt.isolation, raw_text=raw_text)
 
 
 def reward_items(recipe: Recipe) -> list[dict]:
@@ -85,60 +91,44 @@ def reward_items(recipe: Recipe) -> list[dict]:
     return items
 
 
-class LogDecodedMasks:
-    """Adds columns to TRL's completion logs (console sample, parquet files, W&B table) when ``grpo.log_completions``
-    is on: ``pred_masks`` (the codes parsed from each raw completion), and ``raw_completion`` (the text the rewards
-    read, special tokens kept) with ``row_id`` (the dataset row), which ``samtok-rl rewards probe --completions``
-    rescores. Delegates scoring."""
-
-    def __init__(self, reward, tokenizer):
-        self.reward, self.tokenizer = reward, tokenizer
-        self.__name__ = reward.__name__
-
-    def __call__(self, *args, completion_ids=None, log_extra=None, **kwargs):
-        if callable(log_extra) and completion_ids is not None:
-            from rewards import decode_raw
-            from tokenizer.codec import parse_masks
-
-            texts = decode_raw(completion_ids, self.tokenizer)
-            log_extra("pred_masks", [str(parse_masks(t)) for t in texts])
-            log_extra("raw_completion", texts)
-            if kwargs.get("id") is not None:
-                log_extra("row_id", [str(i) for i in kwargs["id"]])
-        return self.reward(*args, completion_ids=completion_ids, log_extra=log_extra, **kwargs)
-
-
 # ---------------------------------------------------------------- trainer
 
 
-class SamtokGRPOTrainer(GRPOTrainer):
-    """TRL's GRPOTrainer with staged (atomic) checkpoints that also carry trainable mask-token rows, text
-    prompts in the completion logs (W&B), and one image placeholder per image for colocated vLLM."""
+class SamtokGRPOTrainer(SeamTrainer):
+    """TRL's GRPOTrainer with staged (atomic) checkpoints that also carry trainable mask-token rows, skipped
+    non-finite steps, the project's prompt samplers and dynamic sampling, a richer completion log, and one image
+    placeholder per image for colocated vLLM.
 
-    _staging_root: str | None = None
-    max_nonfinite_steps = 3  # set from run.max_nonfinite_steps by build_trainer
-    balance: dict | None = None  # set from sampling.balance by build_trainer
-    stratify = False  # sampling.stratify, set by build_trainer
-    dynamic = None  # sampling.dynamic (rl.config.Dynamic), set by build_trainer
-    prompt_sampler = None
+    ``sampling`` is the recipe's ``sampling:`` section; ``raw_text`` the ``rewards.RawText`` the rewards decode
+    completions with (the completion log reuses its decoded batch)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, sampling: Sampling | None = None, max_nonfinite_steps: int = 3, raw_text=None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
+        self.sampling = sampling or Sampling()
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.raw_text = raw_text
+        self.sampler = None  # the prompt sampler, built with the train dataloader
+        self.round_rewards = None  # every rank's rewards of the last generation round (dynamic sampling reads them)
         self.nonfinite_skipped = 0  # steps skipped for non-finite gradients, in this process
         self._nonfinite_in_a_row = 0
-        # timing_s/*: where each step's time goes (rl.timing); the hooks below open its spans.
-        self.phase_timer = PhaseTimer(self._metrics)
+        self._staging = None
+        # timing_s/*: where each step's time goes (rl.timing); the hooks open its spans.
+        self.phase_timer = PhaseTimer(self.all_metrics)
         self.add_callback(self.phase_timer)
-        self._in_rollout = False
         if self.use_vllm and self.vllm_mode == "colocate":
             pad = self.processing_class.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-            self.vllm_generation.generate = vllm_rollout.one_placeholder_per_image(self.vllm_generation.generate, pad)
+            wrap_vllm_generate(self, lambda generate: vllm_rollout.one_placeholder_per_image(generate, pad))
 
-    def _get_grad_norm(self, model, grad_norm=None):
+    def phase(self, name: str, into: str | None = None):
+        return self.phase_timer.span(name, into=into) if into else self.phase_timer.span(name)
+
+    # ---------------------------------------------------------------- steps
+
+    def check_grad_norm(self, model, norm):
         # Called once per optimizer step, just before optimizer.step(), with the global gradient norm.
         # Dropping every gradient (None) makes torch's optimizers skip each parameter: weights, moments and
         # step counts stay as they were. DeepSpeed keeps gradients in its own buffers and steps its own way.
-        norm = super()._get_grad_norm(model, grad_norm)
         if norm is None or math.isfinite(float(norm)):
             self._nonfinite_in_a_row = 0
             return norm
@@ -156,46 +146,138 @@ class SamtokGRPOTrainer(GRPOTrainer):
                                  "Lower grpo.learning_rate, set grpo.max_grad_norm, or check rewards and data.")
         return norm
 
-    def _get_train_sampler(self, dataset=None):
-        s = super()._get_train_sampler(dataset)
-        layout = (s.data_source, s.mini_repeat_count, s.batch_size, s.repeat_count, s.shuffle, s.seed)
-        data = dataset if dataset is not None else self.train_dataset
-        if self.balance:
-            self.prompt_sampler = sampling.BalancedRepeatSampler(*layout, kinds=sampling.dataset_kinds(data),
-                                                                 shares=self.balance, stratify=self.stratify)
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # Generation and the loss both run inside: an OOM in either is caught before the optimizer steps.
+        try:
+            with self.phase_timer.span("training_step"):
+                return super().training_step(model, inputs, num_items_in_batch)
+        except torch.OutOfMemoryError as e:
+            raise self._out_of_memory(e) from e
+
+    def _out_of_memory(self, error) -> OutOfMemoryStop:
+        """Drop this step's partial gradients (no partial update), save the state of the last complete step when
+        that is safe, and say what to lower."""
+        self.model.zero_grad(set_to_none=True)
+        self.drop_buffered_rollouts()  # the rollouts of a failed generation block are not trained on
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        step, a = self.state.global_step, self.args
+        run_dir = Path(self.run_dir())
+        saved = run_dir / f"checkpoint-{step}"
+        if (saved / checkpoint.MARKER).exists() or step == 0:
+            note = f"the last checkpoint is {checkpoint.last_checkpoint(run_dir) or 'none'}"
+        elif self.accelerator.num_processes > 1:
+            note = ("not checkpointed now (another rank may be inside a collective); resume from "
+                    f"{checkpoint.last_checkpoint(run_dir) or 'the start'}")
+        elif not between_generation_blocks(step, a.gradient_accumulation_steps, a.steps_per_generation,
+                                           self.num_iterations):
+            note = f"not checkpointed (step {step} is inside a generation block); resume from the last checkpoint"
         else:
-            self.prompt_sampler = sampling.EpochSeededRepeatSampler(*layout)
-            if self.stratify:
-                self.prompt_sampler.kinds = sampling.dataset_kinds(data)
-        return self.prompt_sampler
+            self.checkpoint_now()
+            note = f"saved {saved} (the state after step {step}); resume with run.resume=true"
+        return OutOfMemoryStop(
+            f"out of memory in step {step + 1} ({error}). This step's update was not applied; {note}. Lower "
+            f"grpo.per_device_train_batch_size ({a.per_device_train_batch_size}, with gradient_accumulation_steps "
+            f"raised to keep the batch), grpo.max_completion_length ({a.max_completion_length}), or num_generations "
+            f"({a.num_generations}); or set grpo.gradient_checkpointing=true, model.finetune=lora, or ZeRO-3.")
 
-    def _generate(self, prompts):
-        with self.phase_timer.span("generation"):
-            return super()._generate(prompts)
+    # ---------------------------------------------------------------- prompts and rollouts
 
-    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
-        if not self._in_rollout:  # the loss's own forward pass: part of forward_backward
-            return super()._get_per_token_logps_and_entropies(*args, **kwargs)
-        with self.phase_timer.span("logprobs"):  # old-policy and reference log-probs of the rollouts
-            return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+    def prompt_sampler(self, trl_sampler, dataset):
+        s = trl_sampler
+        layout = (s.data_source, s.mini_repeat_count, s.batch_size, s.repeat_count, s.shuffle, s.seed)
+        cfg = self.sampling
+        if cfg.balance:
+            self.sampler = sampling.BalancedRepeatSampler(*layout, kinds=sampling.dataset_kinds(dataset),
+                                                          shares=cfg.balance, stratify=cfg.stratify)
+        else:
+            self.sampler = sampling.EpochSeededRepeatSampler(*layout)
+            if cfg.stratify:
+                self.sampler.kinds = sampling.dataset_kinds(dataset)
+        return self.sampler
 
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        with self.phase_timer.span("rewards"):
-            return self._rewards_and_counts(inputs, prompts, completions, completion_ids_list)
+    def rollout(self, inputs, generate):
+        if not self.sampling.dynamic.enabled or not self.model.training:
+            return generate(inputs)
+        return self.dynamic_rollout(inputs, generate)
 
-    def _rewards_and_counts(self, inputs, prompts, completions, completion_ids_list):
-        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._round_rewards = rewards  # every rank's rewards of this generation round, for dynamic sampling
+    def dynamic_rollout(self, inputs: list[dict], generate) -> dict:
+        """One generation batch with the groups whose reward spread is below ``sampling.dynamic.min_std`` replaced.
+
+        ``generate`` is TRL's generate-and-score; ``round_rewards`` holds the rewards of its last call (every rank's,
+        as TRL gathers them). Groups that pass are kept; while any rank is short of a full batch and fewer than
+        ``max_rounds`` extra rounds ran, every rank generates for fresh prompts (all ranks make the same number of
+        calls: TRL's generation holds collectives). A batch still short after the last round is completed with
+        dropped groups, whose advantages are zero (they add no gradient, only keep the batch shape).
+        """
+        cfg, acc, g = self.sampling.dynamic, self.accelerator, self.num_generations
+        n = len(inputs)
+        if n % g:
+            raise ValueError(f"dynamic sampling: this rank's generation batch of {n} completions is not whole groups "
+                             f"of num_generations {g}; make per_device_train_batch_size x steps_per_generation a "
+                             "multiple of num_generations, so that each group's completions stay on one rank")
+        need = n // g
+        kept, dropped, first_filtered, round_ = [], [], None, 0
+        batch_inputs = inputs
+        while True:
+            out = split_pixel_values_by_grid(generate(batch_inputs))
+            local = slice(acc.process_index * n, (acc.process_index + 1) * n)
+            spread = sampling.group_spread(self.round_rewards[local], self.reward_weights, g)
+            passed = (spread >= cfg.min_std) & ~torch.isnan(spread)
+            if first_filtered is None:
+                first_filtered = acc.gather((~passed).float().sum().reshape(1)).sum().item()
+            for j, ok in enumerate(passed.tolist()):
+                (kept if ok else dropped).append((out, j))
+            short = torch.tensor([float(max(0, need - len(kept)))], device=acc.device)
+            if acc.gather(short).max().item() == 0 or round_ >= cfg.max_rounds:
+                break
+            round_ += 1
+            gen = torch.Generator().manual_seed(sampling.round_seed(self.args.seed, self.state.global_step, round_,
+                                                                    acc.process_index))
+            rows = sampling.draw_prompts(self.sampler, need, gen)
+            batch_inputs = [self.train_dataset[i] for i in rows for _ in range(g)]
+        chosen = kept[:need] + dropped[: need - min(need, len(kept))]
+        batch = sampling.join([sampling.take(b, list(range(j * g, (j + 1) * g))) for b, j in chosen],
+                              self.pad_token_id)
+        loss_mask = (batch["completion_mask"] if batch.get("tool_mask") is None
+                     else batch["completion_mask"] * batch["tool_mask"])
+        batch["num_items_in_batch"] = acc.gather(loss_mask.sum()).sum()
+        effective = acc.gather(torch.tensor([float(min(need, len(kept)))], device=acc.device)).sum().item()
+        total_groups = need * acc.num_processes
+        metrics = self.metrics("train")
+        metrics["sampling/frac_filtered"].append(first_filtered / total_groups)
+        metrics["sampling/extra_rounds"].append(float(round_))
+        metrics["sampling/effective_batch"].append(effective * g)  # completions with a learning signal, all ranks
+        return unsplit_pixel_values_by_grid(batch)  # TRL's _prepare_inputs splits it again
+
+    # ---------------------------------------------------------------- rewards and the completion log
+
+    def after_rewards(self, inputs, rewards, completion_ids) -> None:
+        self.round_rewards = rewards
         # TRL gives a completion that every reward scored None (NaN here) zero advantage; count them, and the
         # groups made only of such completions (a prompt that taught nothing), so that a broken reward shows.
         mode = "train" if self.model.training else "eval"
         g = self.num_generations if mode == "train" else self.num_generations_eval
         unscorable = torch.isnan(rewards).all(1)
+        metrics = self.metrics(mode)
         if g and len(unscorable) % g == 0:
-            self._metrics[mode]["rewards/unscorable_groups"].append(unscorable.view(-1, g).all(1).sum().item())
-        self._metrics[mode]["rewards/unscorable_completions"].append(unscorable.sum().item())
+            metrics["rewards/unscorable_groups"].append(unscorable.view(-1, g).all(1).sum().item())
+        metrics["rewards/unscorable_completions"].append(unscorable.sum().item())
         self._log_reward_by_kind(mode, inputs, rewards)
-        return rewards
+        if self.args.log_completions and self.raw_text is not None and completion_ids is not None:
+            self._log_completion_columns(inputs, completion_ids)
+
+    def _log_completion_columns(self, inputs, completion_ids) -> None:
+        """``raw_completion`` (the text the rewards read, special tokens kept, from the batch they decoded),
+        ``pred_masks`` (the codes parsed from it) and ``row_id`` (the dataset row), beside TRL's columns: what
+        ``samtok-rl rewards probe --completions`` rescores."""
+        from tokenizer.codec import parse_masks
+
+        texts = self.raw_text.texts(completion_ids)
+        self.log_completion_column("pred_masks", [str(parse_masks(t)) for t in texts])
+        self.log_completion_column("raw_completion", list(texts))
+        if inputs and all("id" in x for x in inputs):
+            self.log_completion_column("row_id", [str(x["id"]) for x in inputs])
 
     def _log_reward_by_kind(self, mode: str, inputs, rewards) -> None:
         """``reward_by_kind/<kind>``: the weighted total reward of this process's completions per answer kind (GRES:
@@ -209,26 +291,29 @@ class SamtokGRPOTrainer(GRPOTrainer):
         for x, value, scorable in zip(inputs, total.tolist(), (~torch.isnan(local).all(1)).tolist()):
             if scorable:
                 by_kind.setdefault(sampling.answer_kind(bool(x["no_target"]), len(x["masks"] or [])), []).append(value)
+        metrics = self.metrics(mode)
         for kind, values in by_kind.items():
-            self._metrics[mode][f"reward_by_kind/{kind}"].append(sum(values) / len(values))
+            metrics[f"reward_by_kind/{kind}"].append(sum(values) / len(values))
 
-    def _generate_and_score_completions(self, inputs):
-        self._in_rollout = True
-        try:
-            with self.phase_timer.span("rollout"):
-                if self.dynamic is None or not self.dynamic.enabled or not self.model.training:
-                    return super()._generate_and_score_completions(inputs)
-                return sampling.dynamic_generation(self, inputs, super()._generate_and_score_completions)
-        finally:
-            self._in_rollout = False
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        # A W&B Table needs one type per column, and a VLM prompt's content mixes {"type": "image"} with
+        # {"type": "text", "text": ...} parts: TRL logs the messages as they are and wandb raises, which
+        # stops training at the first log. The logged prompts become plain text for every backend.
+        if "loss" in logs:
+            logs["nonfinite_skipped"] = float(self.nonfinite_skipped)
+        prompts = self.logged_prompts()
+        if self.log_completions and prompts:
+            flat = [messages_text(p) for p in prompts]
+            prompts.clear()
+            prompts.extend(flat)
+        super().log(logs, start_time)
 
-    def _load_rng_state(self, checkpoint):
-        # Called once, at the resumed step, just before the first batch. TRL counts micro-steps in ``_step``
-        # to know when to generate; it starts from 0 in a new process, so a run resumed inside a generation
-        # block would generate where the straight run reused its buffer. Restart the count where it was.
+    # ---------------------------------------------------------------- checkpoints
+
+    def resume_micro_step(self, checkpoint: str) -> int:
+        # TRL counts micro-steps to know when to generate, from 0 in a new process, so a run resumed inside a
+        # generation block would generate where the straight run reused its buffer: restart the count where it was.
         a = self.args
-        micro = self.state.global_step * a.gradient_accumulation_steps
-        # (``checkpoint`` is named as TRL's parameter, so the module is not reachable by that name here.)
         if not between_generation_blocks(self.state.global_step, a.gradient_accumulation_steps,
                                          a.steps_per_generation, self.num_iterations):
             block = a.steps_per_generation * self.num_iterations
@@ -237,85 +322,47 @@ class SamtokGRPOTrainer(GRPOTrainer):
                 f"{block} micro-steps per block), whose rollouts are not checkpointed; it cannot be resumed "
                 "exactly. Save at steps where grpo.save_steps x gradient_accumulation_steps is a multiple of "
                 "steps_per_generation x num_iterations.")
-        self._step = micro
-        super()._load_rng_state(checkpoint)
+        return self.state.global_step * a.gradient_accumulation_steps
 
-    def _get_output_dir(self, trial):
-        return self._staging_root or super()._get_output_dir(trial)
+    def staging_dir(self) -> str | None:
+        return self._staging
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        # Generation and the loss both run inside: an OOM in either is caught before the optimizer steps.
-        try:
-            with self.phase_timer.span("training_step"):
-                return super().training_step(model, inputs, num_items_in_batch)
-        except torch.OutOfMemoryError as e:
-            raise self._out_of_memory(e) from e
-
-    def _out_of_memory(self, error) -> OutOfMemoryStop:
-        """Drop this step's partial gradients (no partial update), save the state of the last complete step when
-        that is safe, and say what to lower."""
-        self.model.zero_grad(set_to_none=True)
-        self._buffered_inputs = None  # the rollouts of a failed generation block are not trained on
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        step, a = self.state.global_step, self.args
-        run_dir = Path(super()._get_output_dir(None))
-        saved = run_dir / f"checkpoint-{step}"
-        if (saved / checkpoint.MARKER).exists() or step == 0:
-            note = f"the last checkpoint is {checkpoint.last_checkpoint(run_dir) or 'none'}"
-        elif self.accelerator.num_processes > 1:
-            note = ("not checkpointed now (another rank may be inside a collective); resume from "
-                    f"{checkpoint.last_checkpoint(run_dir) or 'the start'}")
-        elif not between_generation_blocks(step, a.gradient_accumulation_steps, a.steps_per_generation,
-                                           self.num_iterations):
-            note = f"not checkpointed (step {step} is inside a generation block); resume from the last checkpoint"
-        else:
-            self._save_checkpoint(self.model, None)
-            note = f"saved {saved} (the state after step {step}); resume with run.resume=true"
-        return OutOfMemoryStop(
-            f"out of memory in step {step + 1} ({error}). This step's update was not applied; {note}. Lower "
-            f"grpo.per_device_train_batch_size ({a.per_device_train_batch_size}, with gradient_accumulation_steps "
-            f"raised to keep the batch), grpo.max_completion_length ({a.max_completion_length}), or num_generations "
-            f"({a.num_generations}); or set grpo.gradient_checkpointing=true, model.finetune=lora, or ZeRO-3.")
-
-    def _save_checkpoint(self, model, trial):
+    def save_checkpoint(self, save, run_dir: str) -> None:
         bad = [n for n, p in self.model.named_parameters() if p.numel() and not torch.isfinite(p).all()]
         if bad:  # a checkpoint of a broken state would replace a good one in the rotation
             raise NonFiniteError(f"step {self.state.global_step}: non-finite weights in {bad[:5]}; not checkpointed")
-        run_dir = super()._get_output_dir(trial)
         name = f"checkpoint-{self.state.global_step}"
-        self._staging_root = checkpoint.staging_dir(run_dir)
+        self._staging = checkpoint.staging_dir(run_dir)
         try:
             with self.phase_timer.span("checkpoint", into="carry"):
-                super()._save_checkpoint(model, trial)
-                self._save_rows(os.path.join(self._staging_root, name))  # every rank: gathering is collective
+                save()
+                self._save_rows(os.path.join(self._staging, name))  # every rank: gathering is collective
         finally:
-            self._staging_root = None
+            self._staging = None
         barrier()  # every rank's part (DeepSpeed partitions, RNG state) is written before the marker is
         if self.args.should_save:
             checkpoint.commit(run_dir, name)
             checkpoint.rotate(run_dir, self.args.save_total_limit)
         barrier()
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+    def load_checkpoint(self, path: str, model, load) -> None:
         # The Trainer loads a full checkpoint with a plain load_state_dict(strict=False), but save_pretrained
         # writes the checkpoint-format names (Qwen-VL: ``visual.*``, ``model.layers.*``), which differ from the
         # module names transformers 5 builds (``model.visual.*``, ``model.language_model.*``): every key
         # missed, a warning was logged, and training went on from the initial weights.
         target = model if model is not None else self.model
-        if checkpoint.has_full_weights(resume_from_checkpoint) and not hasattr(target, "peft_config"):
-            checkpoint.load_full_weights(target, resume_from_checkpoint)
+        if checkpoint.has_full_weights(path) and not hasattr(target, "peft_config"):
+            checkpoint.load_full_weights(target, path)
         else:
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            load()
             if hasattr(target, "peft_config"):
-                checkpoint.check_adapter_loaded(target, resume_from_checkpoint)
+                checkpoint.check_adapter_loaded(target, path)
         weights = row_trained(self.model)
         if not weights:
             return
-        if not os.path.isfile(os.path.join(resume_from_checkpoint, ROWS_FILE)):
-            raise CheckpointError(f"{resume_from_checkpoint}: no {ROWS_FILE}; the trained mask-token rows "
-                                  "of this LoRA run would be lost")
-        load_rows(weights, resume_from_checkpoint, next(iter(weights.values()))._samtok_rows)
+        if not os.path.isfile(os.path.join(path, ROWS_FILE)):
+            raise CheckpointError(f"{path}: no {ROWS_FILE}; the trained mask-token rows of this LoRA run would be lost")
+        load_rows(weights, path, next(iter(weights.values()))._samtok_rows)
 
     def _save_rows(self, ckpt_dir: str) -> None:
         weights = row_trained(self.model)
@@ -324,19 +371,6 @@ class SamtokGRPOTrainer(GRPOTrainer):
         with gathered(weights.values()):
             if self.args.should_save:
                 save_rows(weights, ckpt_dir)
-
-    def log(self, logs: dict, start_time: float | None = None) -> None:
-        # A W&B Table needs one type per column, and a VLM prompt's content mixes {"type": "image"} with
-        # {"type": "text", "text": ...} parts: TRL logs the messages as they are and wandb raises, which
-        # stops training at the first log. The logged prompts become plain text for every backend.
-        if "loss" in logs:
-            logs["nonfinite_skipped"] = float(self.nonfinite_skipped)
-        prompts = self._logs["prompt"]
-        if self.log_completions and prompts:
-            flat = [messages_text(p) for p in prompts]
-            prompts.clear()
-            prompts.extend(flat)
-        super().log(logs, start_time)
 
     def get_decay_parameter_names(self, model) -> list[str]:
         # Decoupled weight decay would shrink the frozen (zero-gradient) rows of a row-trained embedding.
@@ -374,61 +408,12 @@ def build_trainer(recipe: Recipe, run_dir: str | os.PathLike, train_dataset, eva
         from rl.policy import prepare_policy
 
         model, processor = prepare_policy(recipe, run_dir)
-    funcs = build_rewards(recipe, processor.tokenizer)
-    lm_head.install()
-    trainer = SamtokGRPOTrainer(
-        model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        processing_class=processor, callbacks=list(callbacks),
+    from rewards import RawText
+
+    raw_text = RawText(processor.tokenizer)  # one decode of each batch, for the rewards and the completion log
+    trl_seam.install_dense_lm_head()
+    return SamtokGRPOTrainer(
+        model=model, reward_funcs=build_rewards(recipe, processor.tokenizer, raw_text), args=args,
+        train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processor, callbacks=list(callbacks),
+        sampling=recipe.sampling, max_nonfinite_steps=recipe.run.max_nonfinite_steps, raw_text=raw_text,
     )
-    trainer.max_nonfinite_steps = recipe.run.max_nonfinite_steps
-    trainer.balance = recipe.sampling.balance
-    trainer.stratify = recipe.sampling.stratify
-    trainer.dynamic = recipe.sampling.dynamic
-    return trainer
-
-
-def save_final(trainer, processor, path: str | os.PathLike) -> Path:
-    """Save a plain (merged) policy that ``rl.policy.load_policy`` reads: LoRA is merged into the weights."""
-    from rl.policy import save_policy
-
-    path = Path(path)
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    zero3 = trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
-    if zero3 and not hasattr(model, "merge_and_unload"):
-        # Parameters are partitioned: the Trainer gathers them (stage3_gather_16bit_weights_on_model_save).
-        trainer.save_model(str(path))
-        if trainer.accelerator.is_main_process:
-            processor.save_pretrained(str(path))
-    elif zero3:
-        # The Trainer would save the adapter alone and lose the trained mask-token rows: gather everything
-        # (collective), then rank 0 rebuilds the LoRA policy whole, merges and saves it.
-        state = trainer.accelerator.get_state_dict(trainer.deepspeed)
-        if trainer.accelerator.is_main_process:
-            save_policy(_merged_from_state(model, state), processor, path)
-    else:
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
-        if trainer.accelerator.is_main_process:
-            save_policy(model, processor, path)
-    barrier()
-    return path
-
-
-def _merged_from_state(peft_model, state: dict):
-    """An unpartitioned copy of ``peft_model`` holding ``state`` (its gathered state dict), LoRA merged."""
-    import copy
-
-    from peft import get_peft_model
-
-    from rl.policy import load_policy
-
-    with without_zero3_init():
-        base, _ = load_policy(peft_model.get_base_model().name_or_path)
-    model = get_peft_model(base, copy.deepcopy(peft_model.peft_config["default"]))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embedding
-    others = [name for name in peft_model.peft_config if name != "default"]  # TRL's frozen "ref" adapter (beta > 0)
-    unexpected = [k for k in unexpected if not any(f".{name}." in k for name in others)]
-    if missing or unexpected:
-        raise RuntimeError(f"gathered LoRA state does not fit the policy: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return model.merge_and_unload()

@@ -87,6 +87,23 @@ def test_rescoring_logged_completions_equals_scoring_them_live(tmp_path):
         assert scores[name]["values"] == pytest.approx(ro.logged[name]), name  # what TRL logged at training time
 
 
+def test_completion_ids_are_decoded_once_per_round_for_all_rewards_and_the_completion_log(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from rewards import runtime
+    from rl.trainer import SamtokGRPOTrainer
+
+    decoded, rounds = [], []
+    real_decode, real_after = runtime.decode_raw, SamtokGRPOTrainer.after_rewards
+    monkeypatch.setattr(runtime, "decode_raw", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
+    monkeypatch.setattr(SamtokGRPOTrainer, "after_rewards", lambda *a: rounds.append(1) or real_after(*a))
+    torch.manual_seed(0)
+    train_tiny(tiny_recipe(tmp_path, "grpo.log_completions=true", "grpo.max_steps=2"))
+    assert len(rounds) == 2 and len(decoded) == len(rounds)  # three rewards and the log share one decode
+    logged = pd.concat(pd.read_parquet(f) for f in sorted((tmp_path / "run" / "completions").glob("*.parquet")))
+    assert {"raw_completion", "pred_masks", "row_id"} <= set(logged.columns) and len(logged) == 2 * 8
+
+
 def test_bad_inputs_are_named_and_nothing_is_written(tmp_path, capsys):
     recipe = tiny_recipe(tmp_path)
     out = tmp_path / "out"

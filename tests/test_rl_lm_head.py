@@ -5,7 +5,7 @@ import pytest
 import torch
 from trl.kernels import ChunkedLogProbFunction
 
-from rl import lm_head
+from rl import lm_head, trl_seam
 
 OUTPUTS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
@@ -65,10 +65,10 @@ def test_sft_loss_through_the_fused_forward_is_trls(monkeypatch):
             # TRL's own hooks first (another test may have installed ours in this process), then ours on top
             m.setattr(trl_utils, "_ChunkedLogProbFunction", ChunkedLogProbFunction)
             m.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
-            m.setattr(lm_head, "_installed", False)
+            m.setattr(trl_seam, "_dense_lm_head", False)
             if patched:
-                assert lm_head.install()
-                assert trl_utils._ChunkedLogProbFunction is lm_head._DenseOnCpu
+                assert trl_seam.install_dense_lm_head()
+                assert trl_utils._ChunkedLogProbFunction is lm_head.DenseOnCpu
             model.zero_grad()
             out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, fused_lm_head=True)
             out.loss.backward()

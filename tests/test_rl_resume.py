@@ -409,7 +409,7 @@ def test_a_checkpoint_inside_a_generation_block_is_refused_at_resume_with_its_pa
     trainer = NS(state=NS(global_step=3), args=NS(gradient_accumulation_steps=1, steps_per_generation=2),
                  num_iterations=1)
     with pytest.raises(CheckpointError, match="checkpoint-3: saved inside a generation block"):
-        SamtokGRPOTrainer._load_rng_state(trainer, "run/checkpoint-3")
+        SamtokGRPOTrainer.resume_micro_step(trainer, "run/checkpoint-3")
 
 
 @pytest.mark.parametrize("step,accum,spg,iterations,between", [

@@ -10,6 +10,7 @@ import torch
 
 from rl import sampling
 from rl.config import RecipeError, load_recipe
+from rl.trainer import SamtokGRPOTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ["no_target"] * 10 + ["single"] * 60 + ["multi"] * 30
@@ -175,8 +176,8 @@ def test_dynamic_sampling_trains_only_groups_with_spread(tmp_path, monkeypatch):
 
     torch.set_num_threads(1)
     batches = []
-    real = sampling.dynamic_generation
-    monkeypatch.setattr(sampling, "dynamic_generation", lambda *a: batches.append(real(*a)) or batches[-1])
+    real = SamtokGRPOTrainer.dynamic_rollout
+    monkeypatch.setattr(SamtokGRPOTrainer, "dynamic_rollout", lambda *a: batches.append(real(*a)) or batches[-1])
     recipe = tiny_recipe(tmp_path, "rewards=[{name: 'test_rl_sampling:target_only_reward'}]",
                          "sampling.balance={no_target: 0.5, single: 0.5}", "sampling.dynamic.enabled=true",
                          "sampling.dynamic.max_rounds=4", "grpo.max_steps=2", "grpo.gradient_accumulation_steps=2",
@@ -224,20 +225,21 @@ def test_dynamic_sampling_keeps_vllm_rollouts_aligned(level):
         logps = -ids.float() / 1000
         ratio = torch.full((n, 1), 1.0 + r) if level == "sequence" else 1.0 + logps.abs()
         rewards = torch.tensor([[0.5], [0.5], [0.0], [1.0]]) if r == 0 else torch.tensor([[0.0], [1.0], [0.2], [0.9]])
-        trainer._round_rewards = rewards
+        trainer.round_rewards = rewards
         return {"prompt_ids": torch.ones(n, 3, dtype=torch.long), "prompt_mask": torch.ones(n, 3, dtype=torch.long),
                 "completion_ids": ids, "completion_mask": torch.ones(n, length, dtype=torch.long),
                 "advantages": torch.arange(n, dtype=torch.float) + 10 * r, "num_items_in_batch": torch.tensor(0),
                 "old_per_token_logps": logps, "sampling_per_token_logps": logps - 0.01,
                 "importance_sampling_ratio": ratio}
 
-    trainer = SimpleNamespace(
-        dynamic=SimpleNamespace(min_std=0.1, max_rounds=2), accelerator=_OneRank(), num_generations=g,
-        reward_weights=torch.ones(1), args=SimpleNamespace(seed=0), state=SimpleNamespace(global_step=0),
-        prompt_sampler=sampling.EpochSeededRepeatSampler(list(range(6)), mini_repeat_count=g, batch_size=2),
-        train_dataset=[{"id": i} for i in range(6)], _tokenizer=SimpleNamespace(pad_token_id=0),
-        _metrics={"train": defaultdict(list)})
-    out = sampling.dynamic_generation(trainer, [{"id": 0}] * g + [{"id": 1}] * g, rollout)
+    metrics = {"train": defaultdict(list)}
+    trainer = SimpleNamespace(  # the trainer's state that dynamic sampling reads, without a model
+        sampling=SimpleNamespace(dynamic=SimpleNamespace(min_std=0.1, max_rounds=2)), accelerator=_OneRank(),
+        num_generations=g, reward_weights=torch.ones(1), args=SimpleNamespace(seed=0),
+        state=SimpleNamespace(global_step=0),
+        sampler=sampling.EpochSeededRepeatSampler(list(range(6)), mini_repeat_count=g, batch_size=2),
+        train_dataset=[{"id": i} for i in range(6)], pad_token_id=0, metrics=metrics.__getitem__)
+    out = SamtokGRPOTrainer.dynamic_rollout(trainer, [{"id": 0}] * g + [{"id": 1}] * g, rollout)
 
     assert len(calls) == 2  # one extra round refilled the dropped group
     # kept: round 0's group 1 (rows 2-3), then round 1's group 0 (rows 0-1); completions padded to the longest
@@ -253,5 +255,5 @@ def test_dynamic_sampling_keeps_vllm_rollouts_aligned(level):
     else:
         assert ratio.shape == out["completion_ids"].shape and (ratio[:2, 2] == 1.0).all()  # neutral padding
     assert int(out["num_items_in_batch"]) == 10
-    assert trainer._metrics["train"]["sampling/frac_filtered"] == [0.5]
-    assert trainer._metrics["train"]["sampling/effective_batch"] == [4.0]
+    assert metrics["train"]["sampling/frac_filtered"] == [0.5]
+    assert metrics["train"]["sampling/effective_batch"] == [4.0]

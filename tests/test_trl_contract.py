@@ -1,6 +1,7 @@
-"""The seam with TRL (and transformers' Trainer) by name: every private hook ``SamtokGRPOTrainer`` overrides, every
-private attribute and helper the project reads or writes. A TRL upgrade that renames or reshapes one fails here,
-naming it, instead of deep inside a run, or silently: an override of a hook TRL no longer calls is never called."""
+"""The seam with TRL (and transformers' Trainer) by name: every private hook ``rl.trl_seam.SeamTrainer`` overrides,
+every private method it calls and every private attribute and helper it reads or writes. A TRL upgrade that renames
+or reshapes one fails here, naming it, instead of deep inside a run, or silently: an override of a hook TRL no
+longer calls is never called. The lists are the seam module's own, so the contract and the code cannot drift."""
 
 import inspect
 
@@ -9,30 +10,14 @@ import trl.trainer.grpo_trainer as grpo_module
 import trl.trainer.utils as trl_utils
 from trl import GRPOTrainer
 
+from rl import trl_seam
 from rl.trainer import SamtokGRPOTrainer
-
-# Private methods of SamtokGRPOTrainer that are the project's own, not overrides of TRL's.
-OWN = {"_rewards_and_counts", "_log_reward_by_kind", "_out_of_memory", "_save_rows"}
-
-# Private state of GRPOTrainer the project reads or writes (where, and why it cannot go through a public API).
-ATTRIBUTES = {
-    "_metrics": "timing_s/*, reward_by_kind/*, dynamic sampling and unscorable counts are logged through TRL's metrics",
-    "_step": "rl.trainer._load_rng_state restarts TRL's micro-step count so that a resumed run generates where it did",
-    "_buffered_inputs": "rl.trainer._out_of_memory drops the rollouts of a failed generation block",
-    "_logs": "completion logging adds the row id and raw text beside TRL's logged prompts and completions",
-    "_tokenizer": "dynamic sampling pads the groups it keeps with TRL's tokenizer",
-}
-
-HELPERS = {  # trl.trainer.utils names: used by rl.sampling (dynamic sampling, samplers) and rl.lm_head (patched)
-    "RepeatSampler": ["self", "data_source", "mini_repeat_count", "batch_size", "repeat_count", "shuffle", "seed"],
-    "pad": None, "split_pixel_values_by_grid": None, "unsplit_pixel_values_by_grid": None,
-    "_ChunkedLogProbFunction": None, "_use_triton": None,
-}
+from rl.trl_seam import PRIVATE_CALLS, PRIVATE_HOOKS, PRIVATE_STATE, TRL_HELPERS, SeamTrainer
 
 
-def _overrides():
-    return sorted(name for name, fn in vars(SamtokGRPOTrainer).items()
-                  if callable(fn) and name.startswith("_") and not name.startswith("__") and name not in OWN)
+def _private_methods(cls) -> list[str]:
+    return sorted(name for name, fn in vars(cls).items()
+                  if callable(fn) and name.startswith("_") and not name.startswith("__"))
 
 
 def _names(fn) -> list[str]:
@@ -40,35 +25,63 @@ def _names(fn) -> list[str]:
             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
-def test_the_overrides_are_the_ones_this_contract_lists():
-    # A new override must be added here on purpose (and to OWN if it is not TRL's).
-    assert _overrides() == sorted([
-        "_calculate_rewards", "_generate", "_generate_and_score_completions", "_get_grad_norm",
-        "_get_output_dir", "_get_per_token_logps_and_entropies", "_get_train_sampler", "_load_from_checkpoint",
-        "_load_rng_state", "_save_checkpoint"])
+def test_the_seam_overrides_exactly_the_hooks_it_lists():
+    assert _private_methods(SeamTrainer) == sorted(PRIVATE_HOOKS)
 
 
-@pytest.mark.parametrize("name", _overrides())
+def test_the_trainer_overrides_no_private_hook_of_trl_itself():
+    # Every private override goes through the seam; the trainer's own private helpers are not TRL's names.
+    overridden = [n for n in _private_methods(SamtokGRPOTrainer) if hasattr(GRPOTrainer, n)]
+    assert overridden == [], f"override these through rl.trl_seam instead: {overridden}"
+
+
+@pytest.mark.parametrize("name", sorted(PRIVATE_HOOKS))
 def test_every_overridden_private_hook_still_exists_with_the_same_parameters(name):
     base = getattr(GRPOTrainer, name, None)
-    assert base is not None, (f"TRL's GRPOTrainer has no {name} any more: SamtokGRPOTrainer.{name} would never be "
+    assert base is not None, (f"TRL's GRPOTrainer has no {name} any more: SeamTrainer.{name} would never be "
                               "called; find its new name in TRL and move the override")
-    ours = _names(getattr(SamtokGRPOTrainer, name))
-    sig = inspect.signature(getattr(SamtokGRPOTrainer, name)).parameters.values()
+    sig = inspect.signature(getattr(SeamTrainer, name)).parameters.values()
     if any(p.kind == p.VAR_POSITIONAL for p in sig):  # (*args, **kwargs): passes everything through
         return
-    assert _names(base) == ours, f"{name}: TRL's parameters are {_names(base)}, the override takes {ours}"
+    assert _names(base) == _names(getattr(SeamTrainer, name)), (
+        f"{name}: TRL's parameters are {_names(base)}, the override takes {_names(getattr(SeamTrainer, name))}")
 
 
-@pytest.mark.parametrize("attribute", sorted(ATTRIBUTES))
-def test_the_private_state_the_project_touches_is_still_there(attribute):
+@pytest.mark.parametrize("name", sorted(PRIVATE_CALLS))
+def test_the_private_methods_the_seam_calls_still_exist(name):
+    assert callable(getattr(GRPOTrainer, name, None)), f"GRPOTrainer.{name} is gone: {PRIVATE_CALLS[name]}"
+
+
+@pytest.mark.parametrize("attribute", sorted(PRIVATE_STATE))
+def test_the_private_state_the_seam_touches_is_still_there(attribute):
     source = inspect.getsource(grpo_module)
     assert f"self.{attribute}" in source, (f"GRPOTrainer no longer has self.{attribute}, which the project relies on: "
-                                           f"{ATTRIBUTES[attribute]}")
+                                           f"{PRIVATE_STATE[attribute]}")
 
 
-@pytest.mark.parametrize("name", sorted(HELPERS))
-def test_the_trl_helpers_the_project_uses_still_exist(name):
+@pytest.mark.parametrize("name", sorted(TRL_HELPERS))
+def test_the_trl_helpers_the_seam_uses_still_exist(name):
     assert hasattr(trl_utils, name), f"trl.trainer.utils.{name} is gone"
-    if HELPERS[name] is not None:
-        assert _names(getattr(trl_utils, name).__init__) == HELPERS[name], f"trl.trainer.utils.{name} changed"
+    if TRL_HELPERS[name] is not None:
+        assert _names(getattr(trl_utils, name).__init__) == TRL_HELPERS[name], f"trl.trainer.utils.{name} changed"
+
+
+def test_no_other_module_touches_trl_or_transformers_internals():
+    """Private names of TRL and transformers (``trl.trainer.utils``, ``._metrics``, ``_init_summary_writer`` ...) appear
+    in the seam module only."""
+    import re
+    from pathlib import Path
+
+    root = Path(trl_seam.__file__).resolve().parents[1]
+    needles = re.compile(r"trl\.trainer\.utils|trl\.trainer\.grpo_trainer|transformers\.integrations\.deepspeed|"
+                         r"_hf_deepspeed_config_weak_ref|_init_summary_writer|\._wandb\b|"
+                         + "|".join(re.escape(f".{n}") + r"\b" for n in [*PRIVATE_STATE, *PRIVATE_CALLS, *PRIVATE_HOOKS]))
+    offenders = []
+    for path in sorted((root / "rl").rglob("*.py")):
+        if path.name == "trl_seam.py":
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if needles.search(code) and not code.strip().startswith(('"', "'", "``")):
+                offenders.append(f"{path.relative_to(root)}:{i}: {line.strip()}")
+    assert offenders == [], "move these into rl/trl_seam.py:\n" + "\n".join(offenders)
