@@ -14,7 +14,7 @@ A benchmark, not a timed test: it streams N adversarial completions (default 1,0
   image's size; it rejects any code outside the codec's contract), so the IoU logic, GT RLE decoding and
   grouping run at full speed;
 * on a smaller subset (``--n-wrapped``), the same rewards behind ``rewards.runtime.wrap_rewards`` with
-  ``completion_ids`` from the tiny policy tokenizer (``rl.policy.build_tokenizer("tiny")``): the token ids of
+  ``completion_ids`` from the tiny policy tokenizer (``rl.policy.model.build_tokenizer("tiny")``): the token ids of
   the adversarial texts, mutated with random ids, mask-token ids and out-of-vocabulary edge ids (-1,
   len(tokenizer), 2**31 - 1, ...), so ``decode_raw`` (timed on its own) and the wrapper run too; every
   wrapped value is checked against the bare reward on the decoded raw text. A quarter of those batches also
@@ -836,7 +836,7 @@ def _encode(tok, texts):
 def run_wrapped(args, gen_seed, images, stats_out):
     import rewards.runtime as runtime
     from rewards import wrap_rewards
-    from rl.policy import build_tokenizer
+    from rl.policy.model import build_tokenizer
 
     tok = build_tokenizer("tiny")
     vocab = len(tok)

@@ -1,4 +1,4 @@
-"""Seconds per SFT and GRPO step of the tiny policy with TRL's fused LM head vs ``rl.lm_head``'s dense CPU
+"""Seconds per SFT and GRPO step of the tiny policy with TRL's fused LM head vs ``rl.grpo.lm_head``'s dense CPU
 stand-in, same recipe, data and seed, measured side by side in one run (alternating rounds, so machine load
 drifts hit both alike).
 
@@ -25,7 +25,7 @@ from trainer import StepTimer  # noqa: E402  (bench/trainer.py: seconds per step
 
 
 def _recipe(run_dir, sft_steps, grpo_steps):
-    from rl.config import load_recipe
+    from rl.recipe.config import load_recipe
 
     return load_recipe(ROOT / "recipes" / "shapes_gres.yaml", [
         f"run.output_dir={run_dir}", "run.report_to=[none]", "data.shapes.n_train=256", "data.mask_tokenizer=random",
@@ -40,11 +40,11 @@ def one_round(dense: bool, sft_steps: int, grpo_steps: int) -> tuple[float, floa
     from trl.kernels import ChunkedLogProbFunction
     from trl.kernels.chunked_logprob import _use_triton
 
-    from rl import data as rl_data
-    from rl import policy as rl_policy
-    from rl import trainer as tr
-    from rl import trl_seam
-    from rl.sft import run_sft
+    from rl.grpo import data as rl_data
+    from rl.grpo import seam as trl_seam
+    from rl.grpo import trainer as tr
+    from rl.grpo.sft import run_sft
+    from rl.policy import model as rl_policy
 
     # Start from TRL's own hooks each round; install ours on top for the dense rounds only.
     trl_utils._ChunkedLogProbFunction, trl_utils._use_triton = ChunkedLogProbFunction, _use_triton

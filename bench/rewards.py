@@ -224,7 +224,7 @@ def bench_grpo_share(steps):
     from PIL import Image
     from trl import GRPOConfig, GRPOTrainer
 
-    from rl.policy import build_tiny_policy
+    from rl.policy.model import build_tiny_policy
 
     print(f"3. share of a GRPO step in rewards: plain trl.GRPOTrainer, tiny policy (tiny vocab), answer_match + "
           f"mask_format, 1 prompt x 8 generations, 32 new tokens, {steps} steps (not the default run: it does not exist yet)")

@@ -4,7 +4,7 @@ batching (``generate_batch``), on the same policy, prompts and sampling settings
 is installed. For the static cache it also reports whether greedy decoding gives the same tokens.
 
 Both backends get the same text-only chat prompts: ``generate_batch`` takes token ids only (no pixel values),
-and TRL 1.16 refuses continuous batching for multimodal GRPO (``rl.config`` reports it at validation), so no
+and TRL 1.16 refuses continuous batching for multimodal GRPO (``rl.recipe.config`` reports it at validation), so no
 image-bearing rollout can use it today. End-of-sequence is disabled so every sequence generates exactly
 ``--new-tokens`` tokens: the backends do the same work and tokens/s compare directly. Each backend runs once
 to warm up (allocations, kernel selection, CUDA graphs), then the best of ``--repeat`` timed runs counts.
@@ -129,7 +129,7 @@ def vllm_engine(path, prompts, generations, new_tokens):
 
 def build(qwen_3b: bool, shrink: int, folder: Path):
     """``(model, tokenizer, saved policy folder, label)``."""
-    from rl.policy import build_tiny_policy, load_policy, save_policy
+    from rl.policy.model import build_tiny_policy, load_policy, save_policy
 
     cuda = torch.cuda.is_available()
     if qwen_3b:

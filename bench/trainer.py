@@ -1,4 +1,4 @@
-"""Seconds per GRPO step: our trainer (rl.trainer: staged checkpoints hook, wrapped rewards with raw-text decoding,
+"""Seconds per GRPO step: our trainer (rl.grpo.trainer: staged checkpoints hook, wrapped rewards with raw-text decoding,
 timeouts and logging) against a plain TRL ``GRPOTrainer`` with the bare reward, same tiny policy, data and
 reward, measured side by side in one run (alternating rounds, so machine load drifts hit both alike).
 
@@ -63,7 +63,7 @@ class CentroidCodes:
 
 
 def recipe_for(run_dir: Path, steps: int):
-    from rl.config import load_recipe
+    from rl.recipe.config import load_recipe
 
     return load_recipe(ROOT / "recipes" / "shapes_gres.yaml", [
         f"run.output_dir={run_dir}", "run.report_to=[none]", "sft.enabled=false", f"grpo.max_steps={steps}",
@@ -75,8 +75,8 @@ def recipe_for(run_dir: Path, steps: int):
 
 
 def run_ours(recipe, dataset, steps):
-    from rl import policy as rl_policy
-    from rl import trainer as tr
+    from rl.grpo import trainer as tr
+    from rl.policy import model as rl_policy
 
     timer = StepTimer()
     torch.manual_seed(0)
@@ -90,9 +90,9 @@ def run_plain(recipe, dataset, steps):
     from trl import GRPOTrainer
 
     from rewards import get_reward
-    from rl import trainable
-    from rl import trainer as tr
-    from rl.policy import load_policy
+    from rl.grpo import trainer as tr
+    from rl.policy import trainable
+    from rl.policy.model import load_policy
 
     timer = StepTimer()
     torch.manual_seed(0)
@@ -110,7 +110,7 @@ def qwen25vl_3b(path: Path, device: str = "cuda", shrink: int = 1) -> Path:
     ``shrink`` > 1 divides widths and depths (a CPU smoke check of this script)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from rl.policy import build_processor, build_tokenizer, save_policy
+    from rl.policy.model import build_processor, build_tokenizer, save_policy
 
     tok = build_tokenizer("qwen")  # real Qwen vocabulary + the 514 mask tokens
     ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
@@ -143,9 +143,9 @@ def qwen25vl_3b(path: Path, device: str = "cuda", shrink: int = 1) -> Path:
 
 def run_qwen_3b(steps: int = 2, shrink: int = 1, grad_accum: int = 8) -> int:
     from envs.base import rows_to_dataset
-    from rl import train
-    from rl.config import load_recipe
-    from rl.data import shapes_rows
+    from rl.grpo import train
+    from rl.grpo.data import shapes_rows
+    from rl.recipe.config import load_recipe
 
     tmp = Path(tempfile.mkdtemp())
     cuda = torch.cuda.is_available()
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     args.steps = args.steps or 20
     torch.set_num_threads(1)
     from envs.base import rows_to_dataset
-    from rl.data import shapes_rows
+    from rl.grpo.data import shapes_rows
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe = recipe_for(Path(tmp) / "run", args.steps)
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
             plain += run_plain(recipe, dataset, args.steps)[2:]
     mo, mp = statistics.median(ours), statistics.median(plain)
     print("tiny policy (hidden 64, 2 layers, tiny vocab), 4 prompts x 8 generations, max 32 new tokens, 1 thread")
-    print(f"ours  (rl.trainer.SamtokGRPOTrainer + wrapped rewards): {mo:.4f} s/step (median of {len(ours)})")
+    print(f"ours  (rl.grpo.trainer.SamtokGRPOTrainer + wrapped rewards): {mo:.4f} s/step (median of {len(ours)})")
     print(f"plain (trl.GRPOTrainer + bare answer_match):           {mp:.4f} s/step (median of {len(plain)})")
     print(f"ratio ours / plain: {mo / mp:.3f} (target <= 1.02)")
     return 0

@@ -199,7 +199,7 @@ def parse_options(items) -> dict:
 
 def command(env: str, split: str, out: str, option: list[str] = (), tokenizer: str = "tiny16", shard_size: int = 1000,
             lenient: bool = False, overwrite: bool = False, no_progress: bool = False) -> int:
-    """``samtok-rl prepare`` (its options: ``rl.cli``): ``env``'s ``split`` encoded into ``out``. The exit status."""
+    """``samtok-rl prepare`` (its options: ``rl.cli.app``): ``env``'s ``split`` encoded into ``out``. The exit status."""
     try:
         options = parse_options(option)
         environment = get_env(env, **options)
@@ -210,7 +210,7 @@ def command(env: str, split: str, out: str, option: list[str] = (), tokenizer: s
         report = prepare_dataset(environment, split, out, tok, tokenizer, shard_size,
                                  strict=not lenient, options=options, progress=not no_progress)
     except (ValueError, FileNotFoundError) as e:
-        if os.environ.get("SAMTOK_RL_DEBUG", "") not in ("", "0"):  # samtok-rl --debug (rl.errors)
+        if os.environ.get("SAMTOK_RL_DEBUG", "") not in ("", "0"):  # samtok-rl --debug (rl.cli.errors)
             raise
         print(f"samtok-rl prepare: error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """Support for the resume tests: a training process, and the checkpoint state two runs are compared by.
 
-``python tests/resume_run.py STOP_AT key=value ...`` runs ``rl.train.run`` on ``recipes/shapes_gres.yaml``
+``python tests/resume_run.py STOP_AT key=value ...`` runs ``rl.grpo.train.run`` on ``recipes/shapes_gres.yaml``
 with the overrides given and, when STOP_AT > 0, stops after that step as a preempted job would (after its
 checkpoint is written), so that a second process can resume it. It works under ``accelerate launch`` too.
 With ``RESUME_RUN_DUMP=FILE`` it writes the policy's weights as the first step begins (after any resume
@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 ROOT = Path(__file__).resolve().parents[1]
 # Logged values that measure time, not training.
 TIMING = ("step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second", "seconds_per_call")
-TIMING_PREFIXES = ("timing_s/", "timing_share/")  # rl.timing's phases: wall clock, not training state
+TIMING_PREFIXES = ("timing_s/", "timing_share/")  # rl.grpo.timing's phases: wall clock, not training state
 
 
 def untimed(entry: dict) -> dict:
@@ -68,8 +68,8 @@ class FaultAt(TrainerCallback):
 
 
 def main(argv):
-    from rl import train
-    from rl.config import load_recipe
+    from rl.grpo import train
+    from rl.recipe.config import load_recipe
 
     logging.basicConfig(level=logging.INFO)
     stop_at, overrides = int(argv[0]), argv[1:]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rl import cli
-from rl.errors import DEBUG_ENV
+from rl.cli.errors import DEBUG_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 

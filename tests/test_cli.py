@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from rl.cli import COMMANDS, main, parser
+from rl.cli.app import COMMANDS, main, parser
 
 
 def test_help_lists_every_command(capsys):
@@ -34,6 +34,6 @@ def test_a_reader_that_closes_the_pipe_early_is_not_an_error():
     """`samtok-rl env | head -3`: the command stops quietly, without a BrokenPipeError traceback. Here stdout is a
     pipe whose reader is already gone, so every write fails as it does once `head` has exited."""
     child = ("import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); sys.argv = ['samtok-rl', '--help']\n"
-             "from rl.cli import console; sys.exit(console())")
+             "from rl.cli.app import console; sys.exit(console())")
     proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
     assert proc.returncode == 0 and "BrokenPipe" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

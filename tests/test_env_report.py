@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from rl import cli, env_report
+from rl import cli
+from rl.cli import env as env_report
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,10 +12,11 @@ from envs import get_env, register_env, task_of
 from envs.base import Environment, build_rows, predicted_masks
 from envs.shapes import shapes_env
 from envs.task import GRES, TASKS, Task, get_task, register_task
-from rl import demo, evaluate, probe_analysis
-from rl import report as flags
-from rl.config import recipe_from_dict
-from rl.data import shapes_rows
+from rl.eval import evaluate
+from rl.experiments import demo, probe_analysis
+from rl.experiments import report as flags
+from rl.grpo.data import shapes_rows
+from rl.recipe.config import recipe_from_dict
 from tests.test_eval_cli import LookupTokenizer
 
 

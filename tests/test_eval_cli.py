@@ -11,7 +11,7 @@ from envs.base import build_rows
 from envs.metrics import ngram_embed
 from envs.task import score_gcg, score_gres
 from rl import cli
-from rl.evaluate import decode_predictions, eval_rows, render_grid
+from rl.eval.evaluate import decode_predictions, eval_rows, render_grid
 
 
 def main(argv: list[str]) -> int:  # the `samtok-rl eval` command line

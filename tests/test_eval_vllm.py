@@ -15,10 +15,12 @@ import torch
 
 from envs import get_env
 from envs.base import load_image
-from rl import cli, vllm_backend, vllm_rollout
-from rl.evaluate import eval_rows
-from rl.generation import generate
-from rl.policy import build_tiny_policy, load_policy, save_policy
+from rl import cli
+from rl.eval import vllm_backend
+from rl.eval.evaluate import eval_rows
+from rl.eval.generation import generate
+from rl.grpo import vllm_rollout
+from rl.policy.model import build_tiny_policy, load_policy, save_policy
 
 
 def main(argv: list[str]) -> int:  # the `samtok-rl eval` command line
@@ -238,7 +240,7 @@ def test_real_vllm_expands_trl_s_image_ids_again_unless_collapsed(tmp_path):
 def test_a_lora_checkpoint_is_merged_before_vllm_loads_it(tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from rl.evaluate import vllm_policy_spec
+    from rl.eval.evaluate import vllm_policy_spec
 
     model, processor = build_tiny_policy(head_dim=32)
     base = save_policy(model, processor, tmp_path / "base")

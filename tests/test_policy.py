@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from rl.policy import build_tiny_policy, build_tokenizer, load_policy, save_policy
+from rl.policy.model import build_tiny_policy, build_tokenizer, load_policy, save_policy
 from tokenizer.codec import MASK_TOKENS, add_mask_tokens, format_mask, parse_masks
 
 
@@ -120,7 +120,15 @@ def test_mask_token_rows_save_and_load_by_name(tmp_path, tie):
     same matrix of another, untied heads included; files from before the names (rows_0, rows_1) still load."""
     from safetensors.torch import load_file, save_file
 
-    from rl.trainable import ROW_KEYS, ROWS_FILE, load_rows, mask_token_ids, row_trained, save_rows, train_only_rows
+    from rl.policy.trainable import (
+        ROW_KEYS,
+        ROWS_FILE,
+        load_rows,
+        mask_token_ids,
+        row_trained,
+        save_rows,
+        train_only_rows,
+    )
     from tokenizer.codec import embedding_weights
 
     tok = build_tokenizer("tiny")

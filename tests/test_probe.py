@@ -10,7 +10,8 @@ import pytest
 import torch
 from tiny_runs import tiny_recipe, train_tiny
 
-from rl import cli, probe
+from rl import cli
+from rl.experiments import probe
 from tokenizer.codec import NO_TARGET
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,7 +77,7 @@ def test_rescoring_logged_completions_equals_scoring_them_live(tmp_path):
     torch.manual_seed(0)
     recipe = tiny_recipe(tmp_path, "grpo.log_completions=true", "grpo.logging_steps=1", "grpo.max_steps=3")
     train_tiny(recipe)
-    from rl.data import load_datasets
+    from rl.grpo.data import load_datasets
 
     ds, _ = load_datasets(recipe)
     ro = probe.logged_rollouts(tmp_path / "run", ds)
@@ -91,7 +92,7 @@ def test_completion_ids_are_decoded_once_per_round_for_all_rewards_and_the_compl
     import pandas as pd
 
     from rewards import runtime
-    from rl.trainer import SamtokGRPOTrainer
+    from rl.grpo.trainer import SamtokGRPOTrainer
 
     decoded, rounds = [], []
     real_decode, real_after = runtime.decode_raw, SamtokGRPOTrainer.after_rewards
@@ -108,7 +109,7 @@ def test_bad_inputs_are_named_and_nothing_is_written(tmp_path, capsys):
     recipe = tiny_recipe(tmp_path)
     out = tmp_path / "out"
     args = ["rewards", "probe", str(tmp_path / "recipe.yaml")]
-    from rl.config import save_resolved
+    from rl.recipe.config import save_resolved
 
     save_resolved(recipe, tmp_path / "recipe.yaml")
     assert cli.main([*args, "--completions", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
@@ -119,7 +120,7 @@ def test_bad_inputs_are_named_and_nothing_is_written(tmp_path, capsys):
     # A reward that raises on every completion.
     (tmp_path / "bad.py").write_text("def boom(completions, **kw):\n    raise RuntimeError('kaput')\n")
     policy = tmp_path / "run" / "policy-init"
-    from rl.policy import prepare_policy
+    from rl.policy.model import prepare_policy
 
     prepare_policy(recipe, tmp_path / "run")
     assert cli.main([*args, "--policy", str(policy), "--prompts", "2", "--reward", f"{tmp_path / 'bad.py'}:boom",
@@ -135,8 +136,8 @@ def test_bad_inputs_are_named_and_nothing_is_written(tmp_path, capsys):
 def test_probe_command_end_to_end(tmp_path, capsys):
     recipe = tiny_recipe(tmp_path, "rewards=[{name: answer_match, params: {grading: binary}}, {name: mask_iou}]",
                          "data.mask_tokenizer=random")
-    from rl.config import save_resolved
-    from rl.policy import prepare_policy
+    from rl.policy.model import prepare_policy
+    from rl.recipe.config import save_resolved
 
     save_resolved(recipe, tmp_path / "recipe.yaml")
     prepare_policy(recipe, tmp_path / "run")
@@ -154,8 +155,8 @@ def test_probe_command_end_to_end(tmp_path, capsys):
 
 
 def test_a_plan_is_probed_variant_by_variant_and_ranked_against_measured_deltas(tmp_path, capsys):
-    from rl.config import load_recipe, save_resolved
-    from rl.policy import prepare_policy
+    from rl.policy.model import prepare_policy
+    from rl.recipe.config import load_recipe, save_resolved
 
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "shapes_gres.yaml", [
         "data.mask_tokenizer=random", "data.shapes.n_train=8", f"run.output_dir={tmp_path / 'run'}",

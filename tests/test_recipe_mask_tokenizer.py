@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from rl import cli
-from rl.config import RecipeError, load_recipe
-from rl.trainer import reward_items
+from rl.grpo.trainer import reward_items
+from rl.recipe.config import RecipeError, load_recipe
 from tokenizer import MaskTokenizer
 from tokenizer.config import tiny
 from tokenizer.load import WEIGHTS, load_mask_tokenizer, spec_folder

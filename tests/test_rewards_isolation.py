@@ -103,9 +103,9 @@ def test_bad_isolation_is_refused():
 def test_the_recipe_switch_reaches_the_trainers_rewards(tmp_path):
     from pathlib import Path
 
-    from rl import trainer as tr
-    from rl.config import RecipeError, load_recipe
-    from rl.policy import build_tokenizer
+    from rl.grpo import trainer as tr
+    from rl.policy.model import build_tokenizer
+    from rl.recipe.config import RecipeError, load_recipe
 
     recipe_file = Path(__file__).resolve().parents[1] / "recipes" / "shapes_gres.yaml"
     recipe = load_recipe(recipe_file, ["reward_runtime.isolation=process",

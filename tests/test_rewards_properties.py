@@ -93,7 +93,7 @@ def test_decoding_any_token_ids_never_raises(tok, ids):
 
 @pytest.fixture(scope="module")
 def tok():
-    from rl.policy import build_tokenizer
+    from rl.policy.model import build_tokenizer
 
     return build_tokenizer("tiny")
 

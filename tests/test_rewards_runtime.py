@@ -13,7 +13,7 @@ A = "<|mt_start|><|mt_0001|><|mt_0258|><|mt_end|>"
 
 @pytest.fixture(scope="module")
 def tok():
-    from rl.policy import build_tokenizer
+    from rl.policy.model import build_tokenizer
 
     return build_tokenizer("tiny")
 

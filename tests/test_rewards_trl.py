@@ -20,7 +20,7 @@ def test_rewards_inside_grpo_trainer(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from trl import GRPOConfig, GRPOTrainer
 
-    from rl.policy import build_tiny_policy
+    from rl.policy.model import build_tiny_policy
 
     model, processor = build_tiny_policy(seed=0)
     tok = processor.tokenizer

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from rl import cli
-from rl.config import RecipeError, load_recipe
+from rl.recipe.config import RecipeError, load_recipe
 
 
 def train_main(argv: list[str]) -> int:  # the `samtok-rl train` command line
@@ -141,7 +141,7 @@ def test_accelerate_configs_keep_the_released_batch(config, tmp_path):
     text = config.read_text()
     cfg = yaml.safe_load(text)
     assert (ROOT / cfg["deepspeed_config"]["deepspeed_config_file"]).is_file()
-    launches = re.findall(r"--config_file (\S+)(.*?)-m rl\.train (\S+)(.*?)(?:\n#\s*$|\n[^#]|\n# [A-Z]|$)",
+    launches = re.findall(r"--config_file (\S+)(.*?)-m rl\.cli train (\S+)(.*?)(?:\n#\s*$|\n[^#]|\n# [A-Z]|$)",
                           text, flags=re.S)
     assert launches, "the header shows how to launch"
     for cfg_file, launch_opts, recipe, overrides in launches:

@@ -1,4 +1,4 @@
-"""2 GRPO steps under DeepSpeed ZeRO-2 and ZeRO-3 (full and LoRA) on the CPU (gloo), through rl.train.
+"""2 GRPO steps under DeepSpeed ZeRO-2 and ZeRO-3 (full and LoRA) on the CPU (gloo), through rl.grpo.train.
 
 All three runs share one subprocess: DeepSpeed's first engine start JIT-compiles a communication op (~25 s on a
 clean machine, cached afterwards), and a single process pays the imports and that compile once. Outside a
@@ -22,8 +22,8 @@ SCRIPT = textwrap.dedent("""
     import torch
     from accelerate.state import AcceleratorState, PartialState
     from tiny_runs import write_prepared
-    from rl.config import load_recipe
-    from rl import train
+    from rl.recipe.config import load_recipe
+    from rl.grpo import train
     from transformers import TrainerCallback
 
     class Seen(TrainerCallback):

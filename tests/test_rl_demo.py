@@ -6,7 +6,8 @@ with the random-init tokenizer and a few steps.
 
 import torch
 
-from rl import cli, demo
+from rl import cli
+from rl.experiments import demo
 
 
 def test_demo_pipeline_writes_the_report(tmp_path, capsys):
@@ -33,7 +34,7 @@ def test_demo_pipeline_writes_the_report(tmp_path, capsys):
 
 
 def test_report_names_every_reward_of_the_recipe():
-    from rl.config import load_recipe
+    from rl.recipe.config import load_recipe
 
     recipe = load_recipe(demo.RECIPE, ["rewards=[{name: mask_iou, weight: 2}, {name: answer_match, weight: 0.5}]"])
     assert demo.reward_summary(recipe) == "mask_iou x2 + answer_match x0.5"

@@ -7,9 +7,9 @@ import torch
 from resume_run import untimed
 from tiny_runs import tiny_recipe
 
-from rl import data as rl_data
-from rl import policy as rl_policy
-from rl import trainer as tr
+from rl.grpo import data as rl_data
+from rl.grpo import trainer as tr
+from rl.policy import model as rl_policy
 
 # Tiny matrices: one thread (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")

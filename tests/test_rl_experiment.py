@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from envs import get_task
-from rl import cli, demo, experiment
-from rl import train as train_mod
+from rl import cli
+from rl.experiments import demo, experiment
+from rl.grpo import train as train_mod
 
 TOY = [
     "data.mask_tokenizer=random", "data.shapes.n_train=16", "data.shapes.n_eval=0", "sft.args.max_steps=2",
@@ -219,7 +220,7 @@ def test_cli_lists_the_experiment_command(capsys):
 def test_shipped_plans_validate():
     from pathlib import Path
 
-    root = Path(experiment.__file__).resolve().parents[1] / "recipes" / "experiments"
+    root = Path(experiment.__file__).resolve().parents[2] / "recipes" / "experiments"
     for task in ("gres", "gcg"):
         plan = experiment.load_plan(root / f"{task}.yaml")
         assert plan.task == task and plan.variants["default"] == []
@@ -233,7 +234,7 @@ def test_shipped_plans_validate():
 def test_settings_added_later_leave_finished_cells_keys_alone():
     """A setting added to the schema after cells were keyed is left out of the key at its default (and a section
     that only held such settings disappears), so results made before it existed stay valid."""
-    from rl.config import later_settings, with_later_defaults, without_later_defaults
+    from rl.recipe.config import later_settings, with_later_defaults, without_later_defaults
 
     old = {"run": {"seed": 0}, "reward_runtime": {"timeout_s": 10.0}}
     new = with_later_defaults(old)
@@ -263,7 +264,7 @@ def test_renamed_environments_keep_the_keys_of_cells_made_before_the_rename():
     """Cells keyed before data.env's names became the registry's (shapes -> shapes_gres) stay done: keys spell
     the environment the old way, so an old experiment folder is not retrained."""
     from envs import ALIASES
-    from rl.config import KEYED_ENV_NAMES, key_form, to_dict
+    from rl.recipe.config import KEYED_ENV_NAMES, key_form, to_dict
 
     recipe = experiment.load_recipe(ROOT / "recipes" / "shapes_gres.yaml")
     assert recipe.data.env == "shapes_gres" and key_form(to_dict(recipe))["data"]["env"] == "shapes"

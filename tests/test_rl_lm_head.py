@@ -1,11 +1,12 @@
-"""rl.lm_head: the dense CPU stand-in for TRL's fused LM head gives TRL's outputs and gradients, and training
+"""rl.grpo.lm_head: the dense CPU stand-in for TRL's fused LM head gives TRL's outputs and gradients, and training
 through it gives TRL's losses."""
 
 import pytest
 import torch
 from trl.kernels import ChunkedLogProbFunction
 
-from rl import lm_head, trl_seam
+from rl.grpo import lm_head
+from rl.grpo import seam as trl_seam
 
 OUTPUTS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
@@ -49,7 +50,7 @@ def test_sft_loss_through_the_fused_forward_is_trls(monkeypatch):
     import trl.trainer.utils as trl_utils
     from trl.trainer.utils import add_fused_lm_head
 
-    from rl.policy import build_tiny_policy
+    from rl.policy.model import build_tiny_policy
 
     torch.manual_seed(0)
     model, processor = build_tiny_policy()

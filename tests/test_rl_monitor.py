@@ -1,4 +1,4 @@
-"""The held-out monitor (rl.monitor): official metrics every eval_steps and rollout grids every image_steps, logged
+"""The held-out monitor (rl.grpo.monitor): official metrics every eval_steps and rollout grids every image_steps, logged
 through the Trainer (log_history, TensorBoard) and saved under <run>/monitor/, without changing the rollouts."""
 
 import json
@@ -9,9 +9,9 @@ import torch
 from tiny_runs import tiny_recipe, write_prepared
 from transformers import TrainerCallback
 
-from rl import monitor
-from rl import train as train_mod
-from rl.config import RecipeError, load_recipe
+from rl.grpo import monitor
+from rl.grpo import train as train_mod
+from rl.recipe.config import RecipeError, load_recipe
 
 # Tiny matrices: one thread (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -21,7 +21,7 @@ GRES = ("gIoU", "cIoU", "N-acc", "T-acc")
 
 
 class History(TrainerCallback):
-    """The trainer's log history at the end of training (rl.train.run returns only the final policy's path)."""
+    """The trainer's log history at the end of training (rl.grpo.train.run returns only the final policy's path)."""
 
     def on_train_end(self, args, state, control, **kwargs):
         self.logs = list(state.log_history)
@@ -132,7 +132,7 @@ def _shapes(*overrides):
 
 
 def test_monitor_section_is_off_by_default_and_validated():
-    from rl.schema import Monitor
+    from rl.recipe.schema import Monitor
 
     assert (Monitor().eval_steps, Monitor().image_steps) == (0, 0)
     assert not monitor.enabled(_shapes("monitor.eval_steps=0"))
@@ -202,13 +202,13 @@ def test_vllm_sync_check_logs_the_gap_and_warns_above_the_tolerance(caplog):
     import logging
     from types import SimpleNamespace
 
-    from rl.monitor import VllmSyncCheck
+    from rl.grpo.monitor import VllmSyncCheck
 
     check = VllmSyncCheck(steps=2, tolerance=0.5)
     seen = []
     for step, gap in [(1, 9.0), (2, 0.1), (4, 3.2), (6, float("nan"))]:
         logs = {VllmSyncCheck.SOURCE: gap, "loss": 0.0}
-        with caplog.at_level(logging.WARNING, logger="rl.monitor"):
+        with caplog.at_level(logging.WARNING, logger="rl.grpo.monitor"):
             check.on_log(None, SimpleNamespace(global_step=step), None, logs=logs)
         seen.append(logs.get("sampling/vllm_sync_max_logp_gap"))
     assert seen[0] is None and seen[1] == 0.1 and seen[2] == 3.2  # step 1 is not a check step

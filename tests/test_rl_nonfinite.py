@@ -6,10 +6,11 @@ import torch
 from tiny_runs import tiny_recipe
 from transformers import TrainerCallback
 
-from rl import checkpoint, cli
-from rl import data as rl_data
-from rl import policy as rl_policy
-from rl import trainer as tr
+from rl import cli
+from rl.grpo import checkpoint
+from rl.grpo import data as rl_data
+from rl.grpo import trainer as tr
+from rl.policy import model as rl_policy
 
 # Tiny matrices: one thread (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,7 +63,7 @@ def test_too_many_non_finite_steps_in_a_row_stop_with_the_last_checkpoint_intact
         trainer.train()
     last = checkpoint.last_checkpoint(tmp_path / "run")
     assert last is not None and last.name == "checkpoint-2"
-    from rl.policy import load_policy
+    from rl.policy.model import load_policy
 
     model, _ = load_policy(last)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -100,7 +101,7 @@ def test_out_of_memory_mid_step_applies_nothing_saves_the_last_step_and_says_wha
     assert all(torch.equal(weights[k], now[k].detach()) for k in weights)  # no partial update of step 3
     assert all(p.grad is None for p in trainer.model.parameters())  # the half-accumulated gradients are gone
 
-    from rl.policy import load_policy
+    from rl.policy.model import load_policy
 
     reloaded, _ = load_policy(saved)
     state = reloaded.state_dict()
@@ -108,8 +109,8 @@ def test_out_of_memory_mid_step_applies_nothing_saves_the_last_step_and_says_wha
 
 
 def test_the_cli_exits_1_on_out_of_memory(tmp_path, monkeypatch, capsys):
-    from rl import train as train_mod
-    from rl.preemption import OutOfMemoryStop
+    from rl.grpo import train as train_mod
+    from rl.grpo.preemption import OutOfMemoryStop
 
     def oom(recipe, callbacks=()):
         raise OutOfMemoryStop("out of memory in step 1 (...). Lower grpo.per_device_train_batch_size (32)")

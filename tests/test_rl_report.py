@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from rl import report
+from rl.experiments import report
 
 # README's measured default run: the gIoU gain is no-target decisions bought with targets.
 SFT = {"gIoU": 17.49, "cIoU": 17.30, "N-acc": 0.00, "T-acc": 100.00}
@@ -79,8 +79,8 @@ def test_variant_flags_use_the_mean_delta():
 
 
 def test_demo_report_carries_the_flags(tmp_path):
-    from rl import demo
-    from rl.config import load_recipe
+    from rl.experiments import demo
+    from rl.recipe.config import load_recipe
 
     recipe = load_recipe(demo.RECIPE)
     results = {"SFT": {**SFT, "mean reward": 20.0}, "RL": {**RL, "mean reward": 30.0}}
@@ -93,8 +93,8 @@ def test_demo_report_carries_the_flags(tmp_path):
 
 
 def test_demo_report_for_gcg_uses_gcg_metrics(tmp_path):
-    from rl import demo
-    from rl.config import load_recipe
+    from rl.experiments import demo
+    from rl.recipe.config import load_recipe
 
     recipe = load_recipe(demo.RECIPES["gcg"])
     results = {"SFT": {"AP50": 10.0, "mIoU": 30.0, "recall": 20.0, "mean reward": 40.0},

@@ -22,7 +22,7 @@ import torch
 from resume_run import assert_same_state, checkpoint_state, completions
 from tiny_runs import write_prepared
 
-from rl import checkpoint
+from rl.grpo import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = str(ROOT / "tests" / "resume_run.py")
@@ -119,7 +119,7 @@ def test_full_finetune_resumed_twice_and_after_an_epoch_equals_straight(tmp_path
     assert any(not torch.equal(init[k], v) for k, v in b["model.safetensors"].items())
 
     # `samtok-rl eval --policy <run>/checkpoint-N` loads that checkpoint's trained weights: the same as final/.
-    from rl.policy import load_policy
+    from rl.policy.model import load_policy
 
     (ckpt, _), (final, _) = load_policy(resumed / "checkpoint-6"), load_policy(resumed / "final")
     assert ckpt.state_dict().keys() == final.state_dict().keys()
@@ -134,7 +134,7 @@ def test_lora_resume_equals_straight(tmp_path):
     assert_same_state(a, b)
     assert completions(straight) == completions(resumed)
 
-    from rl.policy import load_policy
+    from rl.policy.model import load_policy
 
     (ckpt, _), (final, _) = load_policy(resumed / "checkpoint-6"), load_policy(resumed / "final")
     assert all(torch.allclose(v, final.state_dict()[k], atol=1e-6) for k, v in ckpt.state_dict().items())
@@ -182,7 +182,7 @@ def test_killed_run_resumes_from_last_complete_checkpoint_with_its_weights(tmp_p
     data = write_prepared(tmp_path / "data", n=16)
     run = tmp_path / "run"
     base = _overrides(data, run, "grpo.save_steps=2", "grpo.log_completions=false")
-    proc = subprocess.Popen([sys.executable, "-m", "rl.train", str(ROOT / "recipes" / "shapes_gres.yaml"), *base,
+    proc = subprocess.Popen([sys.executable, "-m", "rl.cli", "train", str(ROOT / "recipes" / "shapes_gres.yaml"), *base,
                              "grpo.max_steps=1000"], cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
@@ -221,7 +221,7 @@ def test_killed_run_resumes_from_last_complete_checkpoint_with_its_weights(tmp_p
     # The resumed process trained on from exactly the checkpoint's weights (read through the eval loader).
     from safetensors.torch import load_file
 
-    from rl.policy import load_policy
+    from rl.policy.model import load_policy
 
     started, (saved, _) = load_file(dump), load_policy(last)
     assert started.keys() == saved.state_dict().keys()
@@ -234,7 +234,7 @@ def test_killed_run_resumes_from_last_complete_checkpoint_with_its_weights(tmp_p
 
 
 def test_a_checkpoint_that_does_not_fit_is_an_error_naming_the_keys(tmp_path):
-    from rl.policy import build_tiny_policy, save_policy
+    from rl.policy.model import build_tiny_policy, save_policy
 
     save_policy(*build_tiny_policy(num_layers=2), tmp_path / "ckpt")
     three_layers, _ = build_tiny_policy(num_layers=3)
@@ -253,7 +253,7 @@ def test_an_adapter_checkpoint_missing_tensors_is_an_error(tmp_path):
     from peft import LoraConfig, get_peft_model
     from safetensors.torch import load_file, save_file
 
-    from rl.policy import build_tiny_policy
+    from rl.policy.model import build_tiny_policy
 
     model = get_peft_model(build_tiny_policy()[0], LoraConfig(r=2, target_modules=["q_proj"]))
     model.save_pretrained(tmp_path / "ckpt")
@@ -267,7 +267,7 @@ def test_an_adapter_checkpoint_missing_tensors_is_an_error(tmp_path):
 
 
 def test_checkpoints_inside_a_generation_block_are_refused():
-    from rl.config import RecipeError, load_recipe
+    from rl.recipe.config import RecipeError, load_recipe
 
     recipe = ROOT / "recipes" / "shapes_gres.yaml"
     with pytest.raises(RecipeError, match="grpo.save_steps: 3 x gradient_accumulation_steps 1 must be a multiple"):
@@ -280,8 +280,8 @@ def test_checkpoints_inside_a_generation_block_are_refused():
 def test_resuming_with_a_changed_model_tokenizer_or_group_size_is_refused(tmp_path):
     from tiny_runs import fake_checkpoint
 
-    from rl.config import RecipeError, load_recipe, save_resolved
-    from rl.train import refuse_changed_resume
+    from rl.grpo.train import refuse_changed_resume
+    from rl.recipe.config import RecipeError, load_recipe, save_resolved
 
     run = tmp_path / "run"
     base = [f"run.output_dir={run}", "run.resume=true"]
@@ -319,7 +319,7 @@ def test_sigterm_saves_a_complete_checkpoint_exits_0_and_resumes_exactly(tmp_pat
     data = write_prepared(tmp_path / "data", n=8)
     run = tmp_path / "run"
     base = _overrides(data, run, "grpo.save_steps=1000")
-    proc = subprocess.Popen([sys.executable, "-m", "rl.train", str(ROOT / "recipes" / "shapes_gres.yaml"), *base,
+    proc = subprocess.Popen([sys.executable, "-m", "rl.cli", "train", str(ROOT / "recipes" / "shapes_gres.yaml"), *base,
                              "grpo.max_steps=1000"], cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -377,7 +377,7 @@ def _torchrun(tmp_path, fault: str, *extra, restarts: int = 0, timeout: int = 30
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gloo ranks under torchrun are tested on Linux")
 def test_a_rank_killed_under_torchrun_restarts_the_job_which_resumes(tmp_path):
     """torchrun --max-restarts=1: SIGKILL on rank 1 at step 3 ends the first attempt; the restarted job joins its
-    process group under its own store prefix (rl.config), resumes from the last complete checkpoint (step 2) and
+    process group under its own store prefix (rl.recipe.config), resumes from the last complete checkpoint (step 2) and
     finishes with one continuous history. Without the prefix this failed on 4 of 5 runs (stale addresses)."""
     done, run, _ = _torchrun(tmp_path, "kill:1:3", "run.resume=true", "run.dist_timeout_s=60", restarts=1,
                              timeout=420)
@@ -403,8 +403,8 @@ def test_a_checkpoint_inside_a_generation_block_is_refused_at_resume_with_its_pa
     """The run-time guard behind the recipe check above (a checkpoint written by other settings or by hand)."""
     from types import SimpleNamespace as NS
 
-    from rl.checkpoint import CheckpointError
-    from rl.trainer import SamtokGRPOTrainer
+    from rl.grpo.checkpoint import CheckpointError
+    from rl.grpo.trainer import SamtokGRPOTrainer
 
     trainer = NS(state=NS(global_step=3), args=NS(gradient_accumulation_steps=1, steps_per_generation=2),
                  num_iterations=1)
@@ -417,9 +417,9 @@ def test_a_checkpoint_inside_a_generation_block_is_refused_at_resume_with_its_pa
     (5, 1, 1, 2, False), (6, 1, 1, 2, True),
 ])
 def test_the_generation_block_rule(step, accum, spg, iterations, between):
-    """The one statement of where checkpoints may fall (rl.checkpoint), as recipe validation uses it."""
-    from rl.checkpoint import between_generation_blocks
-    from rl.config import RecipeError, load_recipe
+    """The one statement of where checkpoints may fall (rl.grpo.checkpoint), as recipe validation uses it."""
+    from rl.grpo.checkpoint import between_generation_blocks
+    from rl.recipe.config import RecipeError, load_recipe
 
     assert between_generation_blocks(step, accum, spg, iterations) is between
     overrides = [f"grpo.save_steps={step}", f"grpo.gradient_accumulation_steps={accum}",

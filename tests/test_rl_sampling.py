@@ -1,4 +1,4 @@
-"""rl.sampling: GRPO prompts drawn by answer kind in the configured proportions, in TRL's repeat layout,
+"""rl.grpo.sampling: GRPO prompts drawn by answer kind in the configured proportions, in TRL's repeat layout,
 reproducibly per epoch; the recipe switch reaches the trainer and bad shares are refused."""
 
 from collections import Counter, defaultdict
@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rl import sampling
-from rl.config import RecipeError, load_recipe
-from rl.trainer import SamtokGRPOTrainer
+from rl.grpo import sampling
+from rl.grpo.trainer import SamtokGRPOTrainer
+from rl.recipe.config import RecipeError, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ["no_target"] * 10 + ["single"] * 60 + ["multi"] * 30

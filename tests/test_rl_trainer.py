@@ -1,4 +1,4 @@
-"""GRPO through rl.trainer on the tiny policy: weights move, each reward is logged, the vision tower stays
+"""GRPO through rl.grpo.trainer on the tiny policy: weights move, each reward is logged, the vision tower stays
 frozen, LoRA trains adapters plus the mask-token rows only, checkpoints are atomic."""
 
 import json
@@ -9,11 +9,12 @@ import pytest
 import torch
 from tiny_runs import fake_checkpoint, tiny_recipe, train_tiny
 
-from rl import checkpoint, trainable
-from rl import data as rl_data
-from rl import policy as rl_policy
-from rl import trainer as tr
-from rl.config import load_recipe
+from rl.grpo import checkpoint
+from rl.grpo import data as rl_data
+from rl.grpo import trainer as tr
+from rl.policy import model as rl_policy
+from rl.policy import trainable
+from rl.recipe.config import load_recipe
 
 # Tiny matrices: one thread (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,7 +64,7 @@ def test_lora_trains_adapters_and_mask_rows_only(tmp_path):
     ckpt = checkpoint.last_checkpoint(tmp_path / "run")
     assert ckpt is not None and (ckpt / trainable.ROWS_FILE).is_file()
     final = rl_policy.save_final(trainer, trainer.processing_class, tmp_path / "final")
-    from rl.policy import load_policy
+    from rl.policy.model import load_policy
 
     merged, _ = load_policy(final)
     assert torch.allclose(merged.get_input_embeddings().weight[rows], emb[rows])
@@ -120,7 +121,7 @@ def test_wandb_logging_with_image_prompts(tmp_path, monkeypatch):
 def test_a_base_qwen_vl_gets_the_mask_tokens_and_trains(tmp_path):
     """`model.path=<base Qwen-VL> model.add_mask_tokens=true`: the real Qwen vocabulary grows by the 514 mask
     tokens, policy-init carries the resized embeddings, and the final policy writes and reads mask tokens."""
-    from rl.policy import build_tiny_policy, load_policy, save_policy
+    from rl.policy.model import build_tiny_policy, load_policy, save_policy
     from tokenizer.codec import format_mask, parse_masks
 
     model, processor = build_tiny_policy(vocab="qwen", mask_tokens=False)
@@ -195,7 +196,7 @@ def test_damaged_checkpoints_are_skipped_and_rotation_keeps_a_good_one(tmp_path,
     # Altered in place, same size: only the hash tells.
     path = run / "checkpoint-2" / "sub" / "optim_states.pt"
     path.write_bytes(path.read_bytes().replace(b"moments", b"MOMENTS", 1))
-    with caplog.at_level("WARNING", logger="rl.checkpoint"):
+    with caplog.at_level("WARNING", logger="rl.grpo.checkpoint"):
         assert checkpoint.last_checkpoint(run).name == "checkpoint-1"
     assert "checkpoint-3: model.safetensors has 10 bytes" in caplog.text
     assert "checkpoint-2: sub/optim_states.pt changed after it was written" in caplog.text

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from rl import cli, evaluate, experiment
-from rl import train as train_mod
-from rl.preemption import Preempted
+from rl import cli
+from rl.eval import evaluate
+from rl.experiments import experiment
+from rl.grpo import train as train_mod
+from rl.grpo.preemption import Preempted
 
 
 def _sigterm(*args, **kwargs):

@@ -1,5 +1,6 @@
 """The package layout the README promises: imports flow tokenizer <- rewards <- envs <- rl, no module imports one
-that imports it back, command lines are parsed only in ``rl/cli.py``, and no module grows past about 400 lines."""
+that imports it back, ``rl/`` is made of wings (subpackages) only, command lines are parsed only in the ``rl/cli``
+wing, and no module grows past about 400 lines."""
 
 import ast
 from pathlib import Path
@@ -25,7 +26,7 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            # `from rl import cli` imports the module rl.cli; `from envs import get_env` the package's __init__
+            # `from rl.grpo import train` imports the module rl.grpo.train; `from envs import get_env` the package's __init__
             names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
                      for a in node.names]
         else:
@@ -56,9 +57,22 @@ def test_imports_follow_the_layers_and_never_come_back():
     assert not cycles, cycles
 
 
+WINGS = ("recipe", "policy", "grpo", "eval", "experiments", "cli")
+
+
+def test_rl_is_made_of_wings_each_saying_what_it_is_for():
+    loose = [p.name for p in (ROOT / "rl").glob("*.py") if p.name != "__init__.py"]
+    assert loose == [], f"put these in a wing of rl/: {loose}"
+    wings = sorted(p.name for p in (ROOT / "rl").iterdir() if (p / "__init__.py").is_file())
+    assert wings == sorted(WINGS)
+    for wing in WINGS:
+        doc = ast.get_docstring(ast.parse((ROOT / "rl" / wing / "__init__.py").read_text())) or ""
+        assert doc and len(doc.splitlines()) == 1, f"rl/{wing}/__init__.py: a one-line docstring saying what it is for"
+
+
 def test_only_the_cli_parses_command_lines():
     parsing = [str(p.relative_to(ROOT)) for p in _modules().values()
-               if "argparse" in _imports_any(p) and p != ROOT / "rl" / "cli.py"]
+               if "argparse" in _imports_any(p) and p.parent != ROOT / "rl" / "cli"]
     assert not parsing, parsing
 
 

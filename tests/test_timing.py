@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny_runs import tiny_recipe, train_tiny
 
-from rl import timing
+from rl.grpo import timing
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""The seam with TRL (and transformers' Trainer) by name: every private hook ``rl.trl_seam.SeamTrainer`` overrides,
+"""The seam with TRL (and transformers' Trainer) by name: every private hook ``rl.grpo.seam.SeamTrainer`` overrides,
 every private method it calls and every private attribute and helper it reads or writes. A TRL upgrade that renames
 or reshapes one fails here, naming it, instead of deep inside a run, or silently: an override of a hook TRL no
 longer calls is never called. The lists are the seam module's own, so the contract and the code cannot drift."""
@@ -10,9 +10,9 @@ import trl.trainer.grpo_trainer as grpo_module
 import trl.trainer.utils as trl_utils
 from trl import GRPOTrainer
 
-from rl import trl_seam
-from rl.trainer import SamtokGRPOTrainer
-from rl.trl_seam import PRIVATE_CALLS, PRIVATE_HOOKS, PRIVATE_STATE, TRL_HELPERS, SeamTrainer
+from rl.grpo import seam as trl_seam
+from rl.grpo.seam import PRIVATE_CALLS, PRIVATE_HOOKS, PRIVATE_STATE, TRL_HELPERS, SeamTrainer
+from rl.grpo.trainer import SamtokGRPOTrainer
 
 
 def _private_methods(cls) -> list[str]:
@@ -32,7 +32,7 @@ def test_the_seam_overrides_exactly_the_hooks_it_lists():
 def test_the_trainer_overrides_no_private_hook_of_trl_itself():
     # Every private override goes through the seam; the trainer's own private helpers are not TRL's names.
     overridden = [n for n in _private_methods(SamtokGRPOTrainer) if hasattr(GRPOTrainer, n)]
-    assert overridden == [], f"override these through rl.trl_seam instead: {overridden}"
+    assert overridden == [], f"override these through rl.grpo.seam instead: {overridden}"
 
 
 @pytest.mark.parametrize("name", sorted(PRIVATE_HOOKS))
@@ -72,16 +72,18 @@ def test_no_other_module_touches_trl_or_transformers_internals():
     import re
     from pathlib import Path
 
-    root = Path(trl_seam.__file__).resolve().parents[1]
+    seam_file = Path(trl_seam.__file__).resolve()
+    root = seam_file.parents[2]
     needles = re.compile(r"trl\.trainer\.utils|trl\.trainer\.grpo_trainer|transformers\.integrations\.deepspeed|"
                          r"_hf_deepspeed_config_weak_ref|_init_summary_writer|\._wandb\b|"
                          + "|".join(re.escape(f".{n}") + r"\b" for n in [*PRIVATE_STATE, *PRIVATE_CALLS, *PRIVATE_HOOKS]))
-    offenders = []
-    for path in sorted((root / "rl").rglob("*.py")):
-        if path.name == "trl_seam.py":
+    offenders, modules = [], sorted((root / "rl").rglob("*.py"))
+    assert len(modules) > 20  # the scan sees the package
+    for path in modules:
+        if path == seam_file:
             continue
         for i, line in enumerate(path.read_text().splitlines(), 1):
             code = line.split("#", 1)[0]
             if needles.search(code) and not code.strip().startswith(('"', "'", "``")):
                 offenders.append(f"{path.relative_to(root)}:{i}: {line.strip()}")
-    assert offenders == [], "move these into rl/trl_seam.py:\n" + "\n".join(offenders)
+    assert offenders == [], "move these into rl/grpo/seam.py:\n" + "\n".join(offenders)

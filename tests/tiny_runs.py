@@ -11,12 +11,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from rl import checkpoint, trainable
-from rl import data as rl_data
-from rl import policy as rl_policy
-from rl import trainer as tr
-from rl.config import load_recipe
-from rl.policy import load_policy
+from rl.grpo import checkpoint
+from rl.grpo import data as rl_data
+from rl.grpo import trainer as tr
+from rl.policy import model as rl_policy
+from rl.policy import trainable
+from rl.policy.model import load_policy
+from rl.recipe.config import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -209,7 +209,7 @@ def add_mask_tokens(tokenizer, model=None, seed: int = 0) -> int:
 
 
 def embedding_weights(model) -> list:
-    """The input embedding matrix, plus the output one when it is not tied to it (rl.trainable saves trained
+    """The input embedding matrix, plus the output one when it is not tied to it (rl.policy.trainable saves trained
     mask-token rows in this order)."""
     weights = [model.get_input_embeddings().weight]
     out = model.get_output_embeddings()

@@ -1,0 +1,1 @@
+"""Evaluation: HF and vLLM generation, and scoring with the task's official metric."""

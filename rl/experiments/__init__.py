@@ -1,0 +1,1 @@
+"""Experiments: plans and cells, their reports and honest-report flags, the demo, the reward probe."""

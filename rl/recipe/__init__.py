@@ -1,0 +1,1 @@
+"""The recipe: its schema, its checks, and reading, overriding and saving it."""
