@@ -26,9 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from envs import get_env
 from envs.base import BadRowError, BadRows, build_rows, group_by_image, rows_to_dataset, unique_masks
-from tokenizer.load import load_mask_tokenizer
 
 
 def plan_shards(samples: list[dict], shard_size: int) -> list[list[dict]]:
@@ -197,22 +195,3 @@ def parse_options(items) -> dict:
     return options
 
 
-def command(env: str, split: str, out: str, option: list[str] = (), tokenizer: str = "tiny16", shard_size: int = 1000,
-            lenient: bool = False, overwrite: bool = False, no_progress: bool = False) -> int:
-    """``samtok-rl prepare`` (its options: ``rl.cli.app``): ``env``'s ``split`` encoded into ``out``. The exit status."""
-    try:
-        options = parse_options(option)
-        environment = get_env(env, **options)
-        environment.check_split(split)
-        if overwrite and Path(out).exists():
-            shutil.rmtree(out)
-        tok = load_mask_tokenizer(tokenizer)
-        report = prepare_dataset(environment, split, out, tok, tokenizer, shard_size,
-                                 strict=not lenient, options=options, progress=not no_progress)
-    except (ValueError, FileNotFoundError) as e:
-        if os.environ.get("SAMTOK_RL_DEBUG", "") not in ("", "0"):  # samtok-rl --debug (rl.cli.errors)
-            raise
-        print(f"samtok-rl prepare: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: v for k, v in report.items() if k != "skipped_rows"}, indent=1))
-    return 0

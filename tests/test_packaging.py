@@ -101,3 +101,12 @@ def test_the_wheel_ships_the_console_script_and_the_tiny_tokenizer(wheel):
     assert {f"{p}/__init__.py" for p in PACKAGES} <= names
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
     assert wheel.name.endswith("-py3-none-any.whl")  # pure Python: one wheel for every platform
+
+
+def test_the_wheel_ships_every_module_of_every_wing(wheel):
+    with zipfile.ZipFile(wheel) as z:
+        shipped = set(z.namelist())
+    modules = {str(p.relative_to(ROOT)) for package in PACKAGES for p in (ROOT / package).rglob("*.py")
+               if "__pycache__" not in p.parts}
+    assert any(m.startswith("rl/grpo/") for m in modules)
+    assert modules - shipped == set()

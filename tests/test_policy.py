@@ -6,8 +6,9 @@ import torch
 from PIL import Image
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from rl.policy.embeddings import add_mask_tokens
 from rl.policy.model import build_tiny_policy, build_tokenizer, load_policy, save_policy
-from tokenizer.codec import MASK_TOKENS, add_mask_tokens, format_mask, parse_masks
+from tokenizer.codec import MASK_TOKENS, format_mask, parse_masks
 
 
 def _image(seed=0, size=(112, 96)):
@@ -120,6 +121,7 @@ def test_mask_token_rows_save_and_load_by_name(tmp_path, tie):
     same matrix of another, untied heads included; files from before the names (rows_0, rows_1) still load."""
     from safetensors.torch import load_file, save_file
 
+    from rl.policy.embeddings import embedding_weights
     from rl.policy.trainable import (
         ROW_KEYS,
         ROWS_FILE,
@@ -129,7 +131,6 @@ def test_mask_token_rows_save_and_load_by_name(tmp_path, tie):
         save_rows,
         train_only_rows,
     )
-    from tokenizer.codec import embedding_weights
 
     tok = build_tokenizer("tiny")
     rows = mask_token_ids(tok)

@@ -4,9 +4,9 @@
 that parsing mask text never pulls in torch.
 """
 
-from tokenizer.codec import MASK_TOKENS, add_mask_tokens, format_mask, parse_masks
+from tokenizer.codec import MASK_TOKENS, format_mask, parse_masks
 
-__all__ = ["MASK_TOKENS", "MaskTokenizer", "add_mask_tokens", "format_mask", "parse_masks"]
+__all__ = ["MASK_TOKENS", "MaskTokenizer", "format_mask", "parse_masks"]
 
 
 def __getattr__(name):

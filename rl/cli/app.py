@@ -1,9 +1,11 @@
-"""``samtok-rl``: the one place command lines are parsed; each command's job is its module's ``command()``.
+"""``samtok-rl``: the one place command lines are parsed; each command is the ``command()`` of its ``rl.cli`` module.
 
-Every subcommand's options are declared here (names, types, help) and passed to ``command(**options)`` of the
-module that does the job; an option left off the command line is not passed at all, so the function's own
-signature is the one place its defaults live. The job modules import no argparse and are imported only when
-their command runs. ``python -m rl.cli train`` (what ``accelerate launch`` runs on every rank) comes here too.
+Every subcommand's options are declared here (names, types, help) and passed to ``command(**options)`` of its
+module in this wing, which calls the job (``rl.grpo.train.run``, ``rl.eval.evaluate``, ``envs.prepare`` ...) and turns
+its errors into exit statuses and one-line messages; an option left off the command line is not passed at all, so
+the function's own signature is the one place its defaults live. The job modules import no argparse and are
+imported only when their command runs. ``python -m rl.cli train`` (what ``accelerate launch`` runs on every rank)
+comes here too.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Command:
-    module: str
+    module: str  # the rl.cli module whose command() runs it
     help: str
     arguments: Callable  # (parser, module) -> None
+    about: str = ""  # the module whose docstring is the --help description (default: ``module``)
     intermixed: bool = False  # positional overrides may follow options (parse_intermixed_args)
     raw_description: bool = False  # the module docstring's layout is kept in --help
 
@@ -160,29 +163,33 @@ def _rewards(p, module) -> None:
 
 
 COMMANDS = {
-    "train": Command("rl.grpo.train", "GRPO training from a recipe: samtok-rl train RECIPE.yaml [key=value ...] [--dry-run]",
-                     _train),
-    "eval": Command("rl.eval.evaluate", "generate with a policy over an environment split and report the official metrics",
-                    _eval),
-    "prepare": Command("envs.prepare", "encode a dataset's ground-truth masks into SAMTok answers for RL", _prepare),
+    "train": Command("rl.cli.train", "GRPO training from a recipe: samtok-rl train RECIPE.yaml [key=value ...] [--dry-run]",
+                     _train, about="rl.grpo.train"),
+    "eval": Command("rl.cli.eval", "generate with a policy over an environment split and report the official metrics",
+                    _eval, about="rl.eval.evaluate"),
+    "prepare": Command("rl.cli.prepare", "encode a dataset's ground-truth masks into SAMTok answers for RL", _prepare,
+                       about="envs.prepare"),
     "tokenizer": Command("rl.cli.tokenizer", "train or evaluate a SAMTok mask tokenizer (tokenizer train|eval)",
                          _tokenizer, raw_description=True),
-    "demo": Command("rl.experiments.demo", "the CPU default run: tiny policy, shapes world, SFT then GRPO, SFT-vs-RL report", _demo),
+    "demo": Command("rl.cli.demo", "the CPU default run: tiny policy, shapes world, SFT then GRPO, SFT-vs-RL report",
+                    _demo, about="rl.experiments.demo"),
     "env": Command("rl.cli.env", "versions, GPUs and what a recipe needs that this environment lacks (for bug reports)",
                    _env),
-    "rewards": Command("rl.experiments.probe", "reward lab: rewards probe RECIPE measures what its rewards will teach GRPO",
-                       _rewards, raw_description=True),
-    "experiment": Command("rl.experiments.experiment",
+    "rewards": Command("rl.cli.rewards", "reward lab: rewards probe RECIPE measures what its rewards will teach GRPO",
+                       _rewards, raw_description=True, about="rl.experiments.probe"),
+    "experiment": Command("rl.cli.experiment",
                           "variants x seeds of SFT then GRPO from a plan, evaluated on held-out data: mean ± std report",
-                          _experiment, intermixed=True),  # overrides may follow --out, as the usage line shows
+                          _experiment, intermixed=True,  # overrides may follow --out, as the usage line shows
+                          about="rl.experiments.experiment"),
 }
 
 
 def parser(name: str, module=None) -> argparse.ArgumentParser:
-    """The argument parser of command ``name`` (its module's docstring is the description)."""
+    """The argument parser of command ``name`` (the docstring of the module that does its job is the description)."""
     cmd = COMMANDS[name]
     module = module or importlib.import_module(cmd.module)
-    doc = module.__doc__ or ""
+    doc = importlib.import_module(cmd.about).__doc__ if cmd.about else module.__doc__
+    doc = doc or ""
     p = argparse.ArgumentParser(
         prog=f"samtok-rl {name}", description=doc if cmd.raw_description else doc.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter if cmd.raw_description else argparse.HelpFormatter,

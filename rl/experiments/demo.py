@@ -16,7 +16,6 @@ Everything comes from ``recipes/shapes_gres.yaml`` (``--task gcg``: ``recipes/sh
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -28,47 +27,6 @@ from rl.grpo.curves import learning_summary, plot_runs, read_run
 RECIPES = {task: Path(__file__).resolve().parents[2] / "recipes" / f"{generated_env(task)}.yaml"
            for task in TASKS if generated_env(task)}
 RECIPE = RECIPES["gres"]
-
-
-def command(overrides: list[str] = (), task: str = "gres", recipe: str | None = None, out: str = "runs/demo",
-            test_samples: int = 200) -> int:
-    """``samtok-rl demo``: SFT then GRPO with ``recipe`` (default: the task's shapes recipe) in ``out`` (replaced),
-    and the SFT-vs-RL report on ``test_samples`` held-out samples. The exit status."""
-    import shutil
-
-    import torch
-
-    from rl.recipe.config import RecipeError, load_recipe
-
-    start = time.perf_counter()
-    try:
-        overrides = [*overrides, f"run.output_dir={out}", "run.resume=false"]
-        loaded = load_recipe(recipe or RECIPES[task], overrides)
-    except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    # Tiny matrices gain nothing from a second thread, and a busy second core makes OpenMP spin-waits
-    # very slow; one thread is the robust choice on a 2-core machine.
-    torch.set_num_threads(1)
-    out = Path(out)
-    shutil.rmtree(out, ignore_errors=True)
-    from rl.grpo.preemption import Preempted, Stopped, sigterm_stops
-
-    try:
-        with sigterm_stops():
-            report = run_demo(loaded, out, test_samples, start, task)
-    except FileNotFoundError as e:  # e.g. the committed tiny mask-tokenizer weights are missing
-        from rl.cli.errors import bad_input
-
-        return bad_input("error", e)
-    except (Preempted, Stopped) as e:
-        kept = (f"the GRPO stage saved {e.checkpoint} (samtok-rl train {out / 'recipe.yaml'} run.resume=true "
-                "continues it)" if isinstance(e, Preempted) else "nothing is kept")
-        print(f"stopped on SIGTERM: {kept}; the demo starts over with `samtok-rl demo` (it replaces {out})",
-              file=sys.stderr)
-        return 0
-    print(report)
-    return 0
 
 
 def run_demo(recipe, out: Path, test_samples: int, start: float, task: str = "gres") -> str:

@@ -30,14 +30,13 @@ import gc
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from envs import get_task
 from rl.experiments.experiment_report import plot_deltas, write_report
-from rl.experiments.plan import Plan, PlanError, load_plan
+from rl.experiments.plan import Plan
 from rl.grpo import curves as curves_mod
 from rl.recipe.config import Model, key_form, load_recipe, to_dict
 
@@ -373,40 +372,3 @@ def plot_curves(plan: Plan, cells: list[Cell], path: Path) -> Path:
     return curves_mod.plot_runs(runs, plan.task, path)
 
 
-def command(plan: str, out: str, overrides: list[str] = (), seeds: list[int] = (0, 1, 2),
-            variants: list[str] | None = None) -> int:
-    """``samtok-rl experiment``: every cell of ``plan`` (only ``variants``, if given) for ``seeds`` in ``out``, then
-    the report. The exit status."""
-    import torch
-
-    path = plan
-    try:
-        plan = load_plan(path, overrides)
-    except PlanError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if variants:
-        unknown = [v for v in variants if v not in plan.variants]
-        if unknown:
-            print(f"error: {path}: no variant {', '.join(map(repr, unknown))}; the plan has "
-                  f"{', '.join(plan.variants)}", file=sys.stderr)
-            return 2
-        plan.variants = {v: o for v, o in plan.variants.items() if v in variants}
-    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)  # as the demo: tiny matrices on a small CPU gain nothing from more threads
-    from rl.grpo.preemption import Preempted, Stopped, sigterm_stops
-
-    try:
-        with sigterm_stops():
-            run_experiment(plan, list(seeds), out)
-    except (ExperimentError, FileNotFoundError) as e:  # FileNotFoundError: e.g. the tiny tokenizer's weights
-        from rl.cli.errors import bad_input
-
-        return bad_input("error", e)
-    except (Preempted, Stopped) as e:
-        saved = f"; the GRPO cell under way saved {e.checkpoint} and resumes from it" if isinstance(e, Preempted) else ""
-        print(f"stopped on SIGTERM: the finished cells are kept in {out}{saved}; run the same command again to "
-              "continue", file=sys.stderr)
-        return 0
-    print((Path(out) / "report.md").read_text(), end="")
-    return 0

@@ -19,52 +19,13 @@ Run directory layout (``run.output_dir``)::
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 from rl.grpo.distributed import init_process_group
-from rl.grpo.preemption import OutOfMemoryStop, Preempted, StopOnSigterm
-from rl.recipe.config import Recipe, RecipeError, load_recipe, save_resolved
+from rl.grpo.preemption import Preempted, StopOnSigterm
+from rl.recipe.config import Recipe, RecipeError, save_resolved
 
 log = logging.getLogger("samtok_rl.train")
-
-
-def command(recipe: str, overrides: list[str] = (), dry_run: bool = False, no_file_checks: bool = False) -> int:
-    """``samtok-rl train``: validate ``recipe`` with ``overrides``; print it (``dry_run``) or train. The exit status."""
-    path = recipe
-    try:
-        recipe = load_recipe(path, overrides, check_files=not (dry_run and no_file_checks))
-    except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if dry_run:
-        from omegaconf import OmegaConf
-
-        from rl.recipe.config import to_dict
-
-        print(OmegaConf.to_yaml(OmegaConf.create(to_dict(recipe))), end="")
-        print(f"recipe OK: {path}", file=sys.stderr)
-        return 0
-    problem = preflight(recipe)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from rl.cli.errors import bad_input
-    from rl.grpo.data import DataError
-
-    try:
-        final = run(recipe)
-    except (RecipeError, DataError, FileNotFoundError) as e:  # a resume that does not fit, bad data, missing files
-        return bad_input("error", e)
-    except Preempted as e:  # a clean stop: the scheduler must not count it as a failure
-        print(f"preempted: {e}", file=sys.stderr)
-        return 0
-    except OutOfMemoryStop as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"trained policy saved to {final}")
-    return 0
 
 
 def preflight(recipe: Recipe) -> str | None:

@@ -33,10 +33,10 @@ from transformers import (
 )
 
 from rl.grpo.distributed import barrier, is_main_process
+from rl.policy.embeddings import add_mask_tokens, embedding_weights
 from rl.policy.trainable import ROW_KEYS, ROWS_FILE, apply_lora, freeze_vision_tower, load_rows, mask_token_ids
 from rl.recipe.config import TINY
 from rl.recipe.schema import looks_local
-from tokenizer.codec import add_mask_tokens, embedding_weights
 
 if TYPE_CHECKING:
     from rl.recipe.config import Recipe

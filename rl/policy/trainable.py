@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from tokenizer.codec import MASK_TOKENS, embedding_weights
+from rl.policy.embeddings import embedding_weights
+from tokenizer.codec import MASK_TOKENS
 
 ROWS_FILE = "mask_token_rows.safetensors"  # trained mask-token rows next to a LoRA adapter
 # Each embedding matrix's key in ROWS_FILE, in ``embedding_weights`` order (the output one only when untied).
