@@ -9,6 +9,8 @@ import pytest
 from envs import get_task
 from rl import cli
 from rl.experiments import demo, experiment
+from rl.experiments.plan import PlanError, load_plan
+from rl.grpo import sft as sft_mod
 from rl.grpo import train as train_mod
 
 TOY = [
@@ -38,7 +40,7 @@ variants:
 
 def _forbid(monkeypatch, *names):
     """Make the named stages raise: a re-run that calls one of them redid a finished cell."""
-    targets = {"run": (train_mod, "run"), "run_sft_stage": (train_mod, "run_sft_stage"),
+    targets = {"run": (train_mod, "run"), "sft_stage": (sft_mod, "sft_stage"),
                "evaluate_policy": (demo, "evaluate_policy")}
     for name in names:
         module, attr = targets[name]
@@ -90,7 +92,7 @@ def test_toy_experiment_writes_summary_report_plot_and_resumes(tmp_path, monkeyp
     # Second run: every cell is finished, so no stage may run and no cell result may be rewritten.
     before = _cell_mtimes(out)
     assert len(before) == 12
-    _forbid(monkeypatch, "run", "run_sft_stage", "evaluate_policy")
+    _forbid(monkeypatch, "run", "sft_stage", "evaluate_policy")
     assert cli.main(["experiment", *argv]) == 0
     assert capsys.readouterr().out.count("done earlier, skipped") == 12
     assert _cell_mtimes(out) == before
@@ -99,7 +101,7 @@ def test_toy_experiment_writes_summary_report_plot_and_resumes(tmp_path, monkeyp
     lost = out / "seed1" / "beta0" / "eval" / experiment.CELL_FILE
     lost.unlink()
     monkeypatch.undo()
-    _forbid(monkeypatch, "run", "run_sft_stage")
+    _forbid(monkeypatch, "run", "sft_stage")
     calls = []
     real_eval = demo.evaluate_policy
     monkeypatch.setattr(demo, "evaluate_policy", lambda *a, **k: calls.append(1) or real_eval(*a, **k))
@@ -111,10 +113,10 @@ def test_toy_experiment_writes_summary_report_plot_and_resumes(tmp_path, monkeyp
 
 def test_a_changed_recipe_is_refused_instead_of_mixed_into_finished_cells(tmp_path, monkeypatch, capsys):
     plan = _plan(tmp_path, TOY_PLAN)
-    cells = experiment.build_cells(experiment.load_plan(plan, TOY), [0], tmp_path / "exp")
+    cells = experiment.build_cells(load_plan(plan, TOY), [0], tmp_path / "exp")
     for c in cells:  # finished cells of the TOY recipe, without training them
         experiment.write_json(c.file, {"kind": c.kind, "key": c.key, "done": True, "upstream": None})
-    _forbid(monkeypatch, "run", "run_sft_stage", "evaluate_policy")
+    _forbid(monkeypatch, "run", "sft_stage", "evaluate_policy")
     rc = cli.main(["experiment", str(plan), "--seeds", "0", "--out", str(tmp_path / "exp"), *TOY, "grpo.learning_rate=2.5e-4"])  # not the recipe's value
     assert rc == 2
     err = capsys.readouterr().err
@@ -132,8 +134,8 @@ variants:
   bad: [grpo.learnin_rate=1e-5, sft.args.max_step=3]
   sft_twice: []
 """)
-    with pytest.raises(experiment.PlanError) as e:
-        experiment.load_plan(plan, ["grpo.bta=0.1"])
+    with pytest.raises(PlanError) as e:
+        load_plan(plan, ["grpo.bta=0.1"])
     problems = e.value.problems
     assert "evals: unknown key (did you mean 'eval'?)" in problems
     assert "eval.sampels: unknown key (did you mean 'samples'?)" in problems
@@ -144,7 +146,7 @@ variants:
     # A command-line problem is named once, not once per variant.
     assert [p for p in problems if "grpo.bta" in p] == ["recipe + command line: grpo.bta: not a GRPOConfig field (did you mean 'beta'?)"]
 
-    _forbid(monkeypatch, "run", "run_sft_stage", "evaluate_policy")
+    _forbid(monkeypatch, "run", "sft_stage", "evaluate_policy")
     out = tmp_path / "exp"
     assert cli.main(["experiment", str(plan), "--seeds", "0", "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -154,8 +156,8 @@ variants:
 
 def test_a_plan_for_another_world_or_without_sft_is_refused(tmp_path):
     plan = _plan(tmp_path, "task: gcg\nrecipe: recipes/shapes_gres.yaml\nvariants:\n  a: [sft.enabled=false]\n")
-    with pytest.raises(experiment.PlanError) as e:
-        experiment.load_plan(plan)
+    with pytest.raises(PlanError) as e:
+        load_plan(plan)
     text = str(e.value)
     # The base recipe's problem is named once as the recipe's; the variant's own on top of it.
     assert "- recipe: data.env: 'shapes_gres'; a gcg experiment evaluates on the generated 'shapes_gcg' world" in text
@@ -163,7 +165,7 @@ def test_a_plan_for_another_world_or_without_sft_is_refused(tmp_path):
 
 
 def test_sft_is_shared_only_by_variants_with_the_same_sft_sections(tmp_path):
-    plan = experiment.load_plan(_plan(tmp_path, """\
+    plan = load_plan(_plan(tmp_path, """\
 task: gres
 variants:
   default: []
@@ -188,7 +190,7 @@ variants:
 
 
 def test_report_on_a_constructed_summary_pairs_rl_with_its_seeds_sft(tmp_path):
-    plan = experiment.load_plan(_plan(tmp_path, TOY_PLAN))
+    plan = load_plan(_plan(tmp_path, TOY_PLAN))
     sft = [{"gIoU": 20.0 + s, "cIoU": 18.0, "N-acc": 10.0, "T-acc": 90.0} for s in range(3)]
     real = [{"gIoU": 25.0 + 2 * s, "cIoU": 21.0 + s, "N-acc": 11.0, "T-acc": 90.0} for s in range(3)]  # +5,+6,+7
     traded = [{"gIoU": 24.0 + s, "cIoU": 17.0, "N-acc": 40.0, "T-acc": 70.0} for s in range(3)]
@@ -222,12 +224,12 @@ def test_shipped_plans_validate():
 
     root = Path(experiment.__file__).resolve().parents[2] / "recipes" / "experiments"
     for task in ("gres", "gcg"):
-        plan = experiment.load_plan(root / f"{task}.yaml")
+        plan = load_plan(root / f"{task}.yaml")
         assert plan.task == task and plan.variants["default"] == []
         assert plan.recipe.name == f"shapes_{task}.yaml"
         assert plan.eval == {"split": "test", "samples": 200, "max_new_tokens": get_task(task).max_new_tokens}
     for path in root.glob("*_rewards.yaml"):  # the ablations: the paper's reward next to the default
-        plan = experiment.load_plan(path)
+        plan = load_plan(path)
         assert {"paper", "default"} <= plan.variants.keys() and plan.variants["default"] == []
 
 

@@ -418,8 +418,8 @@ def test_a_checkpoint_inside_a_generation_block_is_refused_at_resume_with_its_pa
 ])
 def test_the_generation_block_rule(step, accum, spg, iterations, between):
     """The one statement of where checkpoints may fall (rl.grpo.checkpoint), as recipe validation uses it."""
-    from rl.grpo.checkpoint import between_generation_blocks
     from rl.recipe.config import RecipeError, load_recipe
+    from rl.recipe.schema import between_generation_blocks
 
     assert between_generation_blocks(step, accum, spg, iterations) is between
     overrides = [f"grpo.save_steps={step}", f"grpo.gradient_accumulation_steps={accum}",

@@ -63,7 +63,7 @@ def test_lora_trains_adapters_and_mask_rows_only(tmp_path):
     assert lora and not any("visual" in n for n in lora)
     ckpt = checkpoint.last_checkpoint(tmp_path / "run")
     assert ckpt is not None and (ckpt / trainable.ROWS_FILE).is_file()
-    final = rl_policy.save_final(trainer, trainer.processing_class, tmp_path / "final")
+    final = checkpoint.save_final(trainer, trainer.processing_class, tmp_path / "final")
     from rl.policy.model import load_policy
 
     merged, _ = load_policy(final)
@@ -131,7 +131,7 @@ def test_a_base_qwen_vl_gets_the_mask_tokens_and_trains(tmp_path):
         rl_policy.initial_policy(tiny_recipe(tmp_path, f"model.path={base}"))
     torch.manual_seed(0)
     trainer, _, _ = train_tiny(tiny_recipe(tmp_path, f"model.path={base}", "model.add_mask_tokens=true"))
-    final, final_processor = load_policy(rl_policy.save_final(trainer, trainer.processing_class, tmp_path / "final"))
+    final, final_processor = load_policy(checkpoint.save_final(trainer, trainer.processing_class, tmp_path / "final"))
     tok = final_processor.tokenizer
     assert len(tok) == n_vocab + 514 and final.get_input_embeddings().weight.shape[0] >= len(tok)
     text = "Sure: " + format_mask((17, 45))

@@ -10,6 +10,7 @@ import pytest
 from rl import cli
 from rl.eval import evaluate
 from rl.experiments import experiment
+from rl.grpo import sft as sft_mod
 from rl.grpo import train as train_mod
 from rl.grpo.preemption import Preempted
 
@@ -37,7 +38,7 @@ def _one_line(err: str) -> str:
 
 
 def test_experiment_stopped_in_sft(plan, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train_mod, "run_sft_stage", _sigterm)
+    monkeypatch.setattr(sft_mod, "sft_stage", _sigterm)
     out = tmp_path / "exp"
     assert cli.main(["experiment", str(plan), "--seeds", "0", "--out", str(out), *TOY]) == 0
     line = _one_line(capsys.readouterr().err)

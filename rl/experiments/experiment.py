@@ -218,7 +218,7 @@ def run_sft_cell(cell: Cell) -> dict:
 
     from transformers import set_seed
 
-    from rl.grpo import train as train_mod
+    from rl.grpo import sft as sft_mod
     from rl.grpo.data import load_datasets
     from rl.recipe.config import save_resolved
 
@@ -227,7 +227,7 @@ def run_sft_cell(cell: Cell) -> dict:
     save_resolved(cell.recipe, cell.dir / "recipe.yaml")
     set_seed(cell.recipe.run.seed)
     train_ds, _ = load_datasets(cell.recipe)
-    train_mod.run_sft_stage(cell.recipe, cell.dir, train_ds)
+    sft_mod.sft_stage(cell.recipe, cell.dir, train_ds)
     return {}
 
 

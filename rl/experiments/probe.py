@@ -94,12 +94,12 @@ def start_policy(recipe, policy: str | None):
         model, processor = load_policy(policy)
         return model, processor, policy
     if recipe.sft.enabled:
-        from rl.grpo import train as train_mod
         from rl.grpo.data import load_datasets
+        from rl.grpo.sft import sft_stage
 
         run_dir = Path(recipe.run.output_dir)
         train_ds, _ = load_datasets(recipe)
-        sft = train_mod.run_sft_stage(recipe, run_dir, train_ds)
+        sft = sft_stage(recipe, run_dir, train_ds)
         model, processor = load_policy(sft)
         return model, processor, str(sft)
     model, processor = initial_policy(recipe)

@@ -29,15 +29,6 @@ MANIFEST = "MANIFEST.json"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
-def between_generation_blocks(step: int, gradient_accumulation_steps: int, steps_per_generation: int,
-                              num_iterations: int = 1) -> bool:
-    """Whether the state after optimizer step ``step`` can be checkpointed and resumed exactly. TRL generates once per
-    block of ``steps_per_generation x num_iterations`` micro-steps and keeps the block's rollouts in memory only, so a
-    checkpoint inside a block would resume by generating anew. The one statement of that rule: recipe validation,
-    the SIGTERM stop, the out-of-memory stop and resuming all ask here."""
-    return (step * gradient_accumulation_steps) % (steps_per_generation * num_iterations) == 0
-
-
 def staging_dir(run_dir: str | os.PathLike) -> str:
     return os.path.join(run_dir, STAGING)
 
@@ -209,3 +200,56 @@ def check_adapter_loaded(peft_model, ckpt: str | os.PathLike) -> None:
         raise CheckpointError(f"{ckpt}: the adapter was not restored completely; missing keys: {missing}; "
                               f"unexpected keys: {unexpected}; not loaded: {sorted(differ)}")
 
+
+# ---------------------------------------------------------------- the final policy
+
+
+def save_final(trainer, processor, path: str | os.PathLike) -> Path:
+    """Save a plain (merged) policy that ``rl.policy.model.load_policy`` reads: LoRA is merged into the weights. Under ZeRO-3 with LoRA
+    the policy is rebuilt whole on rank 0 from the gathered state, since the Trainer would save the adapter alone
+    and lose the trained mask-token rows."""
+    from rl.grpo.distributed import barrier
+    from rl.policy.model import save_policy
+
+    path = Path(path)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    zero3 = trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+    if zero3 and not hasattr(model, "merge_and_unload"):
+        # Parameters are partitioned: the Trainer gathers them (stage3_gather_16bit_weights_on_model_save).
+        trainer.save_model(str(path))
+        if trainer.accelerator.is_main_process:
+            processor.save_pretrained(str(path))
+    elif zero3:
+        # The Trainer would save the adapter alone and lose the trained mask-token rows: gather everything
+        # (collective), then rank 0 rebuilds the LoRA policy whole, merges and saves it.
+        state = trainer.accelerator.get_state_dict(trainer.deepspeed)
+        if trainer.accelerator.is_main_process:
+            save_policy(_merged_from_state(model, state), processor, path)
+    else:
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        if trainer.accelerator.is_main_process:
+            save_policy(model, processor, path)
+    barrier()
+    return path
+
+
+def _merged_from_state(peft_model, state: dict):
+    """An unpartitioned copy of ``peft_model`` holding ``state`` (its gathered state dict), LoRA merged."""
+    import copy
+
+    from peft import get_peft_model
+
+    from rl.grpo.seam import without_zero3_init
+    from rl.policy.model import load_policy
+
+    with without_zero3_init():
+        base, _ = load_policy(peft_model.get_base_model().name_or_path)
+    model = get_peft_model(base, copy.deepcopy(peft_model.peft_config["default"]))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embedding
+    others = [name for name in peft_model.peft_config if name != "default"]  # TRL's frozen "ref" adapter (beta > 0)
+    unexpected = [k for k in unexpected if not any(f".{name}." in k for name in others)]
+    if missing or unexpected:
+        raise RuntimeError(f"gathered LoRA state does not fit the policy: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.merge_and_unload()

@@ -37,13 +37,12 @@ def shapes_dataset(recipe: Recipe, split: str, n: int, mask_tokenizer=None):
 
     key = _shapes_cache_key(recipe, split, n)
     root = os.environ.get("SAMTOK_RL_CACHE", str(Path.home() / ".cache" / "samtok-rl"))
-    if key is None or root == "off":
-        return rows_to_dataset(shapes_rows(recipe, split, n, mask_tokenizer))
-    path = Path(root) / "shapes" / key
-    if (path / "dataset_info.json").is_file():
+    path = Path(root) / "shapes" / key if key is not None and root != "off" else None
+    if path is not None and (path / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(path))
-    ds = rows_to_dataset(shapes_rows(recipe, split, n, mask_tokenizer))
-    if is_main_process():
+    rows = shapes_rows(recipe, split, n, mask_tokenizer)
+    ds = rows_to_dataset(rows)
+    if path is not None and is_main_process():
         import shutil
         import tempfile
 

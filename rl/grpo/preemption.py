@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import torch
 from transformers import TrainerCallback
 
-from rl.grpo.checkpoint import between_generation_blocks
+from rl.recipe.schema import between_generation_blocks
 
 
 class Preempted(Exception):

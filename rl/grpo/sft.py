@@ -7,17 +7,17 @@ improve, and the point of the demo is to watch RL improve it.
 
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 
 import torch
 from datasets import Dataset
 
-from rl.recipe.schema import OWNED_BY_RUN, Recipe
+from rl.recipe.schema import OWNED_BY_RUN, SFT_DEFAULTS, Recipe
 
-SFT_DEFAULTS = dict(
-    max_steps=100, learning_rate=1e-3, per_device_train_batch_size=16, lr_scheduler_type="constant",
-    logging_steps=10, save_strategy="no", gradient_checkpointing=False, dataloader_num_workers=0,
-)
+log = logging.getLogger("samtok_rl.train")
+
 
 
 def sft_rows(dataset) -> Dataset:
@@ -47,3 +47,21 @@ def run_sft(recipe: Recipe, model, processor, train_dataset, output_dir: str | o
                          callbacks=list(callbacks))
     trainer.train()
     return trainer.state.log_history
+
+
+def sft_stage(recipe: Recipe, run_dir: Path, train_ds) -> Path:
+    """The SFT policy directory, trained now unless a previous run of this recipe already saved it."""
+    from accelerate import PartialState
+
+    from rl.policy.model import initial_policy, save_policy
+
+    sft_dir = run_dir / "sft"
+    if (sft_dir / "config.json").is_file():
+        log.info("SFT policy found at %s: skipping the SFT stage", sft_dir)
+        return sft_dir
+    model, processor = initial_policy(recipe)
+    run_sft(recipe, model, processor, train_ds, run_dir / "sft-work")
+    if PartialState().is_main_process:
+        save_policy(model, processor, sft_dir)
+    PartialState().wait_for_everyone()
+    return sft_dir

@@ -53,6 +53,7 @@ def run(recipe: Recipe, callbacks=()) -> Path:
     from rl.grpo import trainer as tr
     from rl.grpo.curves import save_history
     from rl.grpo.data import load_datasets
+    from rl.grpo.sft import sft_stage
     from rl.policy import model as policy
 
     if monitor.zero3_problem(recipe):  # before minutes of SFT
@@ -74,7 +75,7 @@ def run(recipe: Recipe, callbacks=()) -> Path:
 
     init_from = None
     if recipe.sft.enabled:
-        init_from = run_sft_stage(recipe, run_dir, train_ds)
+        init_from = sft_stage(recipe, run_dir, train_ds)
 
     resume = checkpoint.last_checkpoint(run_dir) if recipe.run.resume else None
     if recipe.run.resume:
@@ -103,7 +104,7 @@ def run(recipe: Recipe, callbacks=()) -> Path:
         print(summary(trainer.state.log_history), flush=True)
     if stop.stopped_at is not None:
         raise Preempted(run_dir / f"checkpoint-{stop.stopped_at}")
-    return policy.save_final(trainer, processor, run_dir / "final")
+    return checkpoint.save_final(trainer, processor, run_dir / "final")
 
 
 class RankTimeout(RuntimeError):
@@ -167,22 +168,3 @@ def refuse_changed_resume(recipe: Recipe, run_dir: Path) -> None:
     if changed:
         raise RecipeError(str(old_file), [f"run.resume=true, but the run's checkpoints were made with another setting: "
                                           f"{c}; resume with the original value or use a new run.output_dir" for c in changed])
-
-
-def run_sft_stage(recipe: Recipe, run_dir: Path, train_ds) -> Path:
-    """The SFT policy directory, trained now unless a previous run of this recipe already saved it."""
-    from accelerate import PartialState
-
-    from rl.grpo.sft import run_sft
-    from rl.policy.model import initial_policy, save_policy
-
-    sft_dir = run_dir / "sft"
-    if (sft_dir / "config.json").is_file():
-        log.info("SFT policy found at %s: skipping the SFT stage", sft_dir)
-        return sft_dir
-    model, processor = initial_policy(recipe)
-    run_sft(recipe, model, processor, train_ds, run_dir / "sft-work")
-    if PartialState().is_main_process:
-        save_policy(model, processor, sft_dir)
-    PartialState().wait_for_everyone()
-    return sft_dir

@@ -1,13 +1,13 @@
 """GRPO on TRL: ``GRPOConfig`` and the rewards from a recipe, and TRL's ``GRPOTrainer`` with small hooks.
 
-What ``SamtokGRPOTrainer`` adds to TRL, each in a public hook that ``rl.grpo.seam`` (the one place that touches TRL's
-internals) calls: checkpoints are staged and renamed when complete (``rl.grpo.checkpoint``) and carry the trainable
-mask-token rows of a LoRA run (``rl.policy.trainable``; under ZeRO-3 gathered from the partitions; the final policy is
-saved by ``rl.policy.model.save_final``); the completion log gets the raw text, the parsed masks and the row id of each completion,
-and its prompts as text (TRL's VLM message lists make wandb raise); colocated vLLM rollouts get one image
-placeholder per image (``rl.grpo.vllm_rollout``); non-finite steps are skipped; prompts are drawn by ``rl.grpo.sampling``'s
-samplers, and with dynamic sampling (``dynamic_rollout``) generation rounds are refilled. The policy itself is
-``rl.policy.model``'s.
+What ``SamtokGRPOTrainer`` adds to TRL, each in a public hook that ``rl.grpo.seam`` (the one place that touches
+TRL's internals) calls: checkpoints are staged and renamed when complete (``rl.grpo.checkpoint``, which also saves
+the final merged policy) and carry the trainable mask-token rows of a LoRA run (``rl.policy.trainable``; under
+ZeRO-3 gathered from the partitions); the completion log gets the raw text, the parsed masks and the row id of each
+completion, and its prompts as text (TRL's VLM message lists make wandb raise); colocated vLLM rollouts get one
+image placeholder per image (``rl.grpo.vllm_rollout``); non-finite steps are skipped; prompts are drawn by
+``rl.grpo.sampling``'s samplers, and with dynamic sampling (``dynamic_rollout``) generation rounds are refilled.
+The policy itself is ``rl.policy.model``'s.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from trl import GRPOConfig
 
 from rl.grpo import checkpoint, sampling, vllm_rollout
 from rl.grpo import seam as trl_seam
-from rl.grpo.checkpoint import CheckpointError, between_generation_blocks
+from rl.grpo.checkpoint import CheckpointError
 from rl.grpo.distributed import barrier, gathered
 from rl.grpo.preemption import OutOfMemoryStop
 from rl.grpo.seam import (
@@ -34,6 +34,7 @@ from rl.grpo.seam import (
 from rl.grpo.timing import PhaseTimer
 from rl.policy.trainable import ROWS_FILE, load_rows, row_trained, save_rows
 from rl.recipe.config import Recipe, Sampling
+from rl.recipe.schema import between_generation_blocks
 
 log = logging.getLogger(__name__)
 
@@ -397,18 +398,14 @@ def messages_text(messages) -> str:
     return "\n".join(lines)
 
 
-def build_trainer(recipe: Recipe, run_dir: str | os.PathLike, train_dataset, eval_dataset=None,
-                  model=None, processor=None, callbacks=(), args: GRPOConfig | None = None):
-    """The configured trainer. ``model``/``processor`` default to ``rl.policy.model.prepare_policy(recipe, run_dir)``.
+def build_trainer(recipe: Recipe, run_dir: str | os.PathLike, train_dataset, eval_dataset, model, processor,
+                  callbacks=(), args: GRPOConfig | None = None):
+    """The configured trainer for ``model`` (``rl.policy.model.prepare_policy`` makes one from the recipe).
 
     Under ZeRO-3, build ``args`` (``grpo_config``) before loading the model: transformers then partitions
     the weights while loading instead of materialising the whole model on every rank first.
     """
     args = args or grpo_config(recipe, run_dir)
-    if model is None:
-        from rl.policy.model import prepare_policy
-
-        model, processor = prepare_policy(recipe, run_dir)
     from rewards import RawText
 
     raw_text = RawText(processor.tokenizer)  # one decode of each batch, for the rewards and the completion log

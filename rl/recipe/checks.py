@@ -131,7 +131,7 @@ def check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
     before = len(problems)
     _check_passthrough(r.sft.args, SFTConfig, "sft.args", problems, OWNED_BY_RUN)
     if len(problems) == before and r.sft.enabled:
-        from rl.grpo.sft import SFT_DEFAULTS
+        from rl.recipe.schema import SFT_DEFAULTS
 
         _check_trl_builds(SFTConfig, {**SFT_DEFAULTS, **r.sft.args}, "sft.args", problems, r.run.dist_timeout_s)
     _one_of(r.model.dtype, DTYPES, "model.dtype", problems)
@@ -266,7 +266,7 @@ def _check_trl_builds(config_cls, values: dict, where: str, problems: list[str],
 def _check_resumable(grpo: dict, problems: list[str]) -> None:
     """Checkpoints must fall between generation blocks: TRL keeps a block's rollouts in memory only, so a
     checkpoint saved inside one cannot be resumed exactly (the resumed run would generate anew)."""
-    from rl.grpo.checkpoint import between_generation_blocks
+    from rl.recipe.schema import between_generation_blocks
 
     accum = grpo.get("gradient_accumulation_steps", 1)
     spg, iterations = grpo.get("steps_per_generation") or accum, grpo.get("num_iterations", 1)

@@ -15,6 +15,20 @@ DTYPES = ("float32", "bfloat16", "float16")
 REPORTERS = ("tensorboard", "wandb", "none")
 # GRPOConfig fields the recipe sets elsewhere (run.*), so that there is exactly one place for each.
 OWNED_BY_RUN = {"output_dir", "seed", "report_to", "resume_from_checkpoint"}
+# SFTConfig values of the warm start that sft.args overrides (rl.grpo.sft)
+SFT_DEFAULTS = dict(
+    max_steps=100, learning_rate=1e-3, per_device_train_batch_size=16, lr_scheduler_type="constant",
+    logging_steps=10, save_strategy="no", gradient_checkpointing=False, dataloader_num_workers=0,
+)
+
+
+def between_generation_blocks(step: int, gradient_accumulation_steps: int, steps_per_generation: int,
+                              num_iterations: int = 1) -> bool:
+    """Whether the state after optimizer step ``step`` can be checkpointed and resumed exactly. TRL generates once per
+    block of ``steps_per_generation x num_iterations`` micro-steps and keeps the block's rollouts in memory only, so a
+    checkpoint inside a block would resume by generating anew. The one statement of that rule: recipe validation,
+    the SIGTERM stop, the out-of-memory stop and resuming all ask here."""
+    return (step * gradient_accumulation_steps) % (steps_per_generation * num_iterations) == 0
 
 
 def looks_local(path: str) -> bool:
