@@ -1,4 +1,4 @@
-"""The honest-report flags fire on the tables they are about and stay silent on a real gain; the demo's and
+"""The report warnings fire on the tables they are about and stay silent on a real gain; the demo's and
 the experiment's reports both carry them. Tables are built by hand: no training here."""
 
 import math

@@ -1,1 +1,1 @@
-"""Experiments: plans and cells, their reports and honest-report flags, the demo, the reward probe."""
+"""Experiments: plans and cells, their reports and warnings, the demo, the reward probe."""

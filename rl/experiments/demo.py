@@ -8,7 +8,7 @@
    gIoU/cIoU/N-acc/T-acc; GCG with ``--task gcg``: AP50/mIoU/recall), greedy decoding;
 6. print and save a report: SFT-vs-RL table, reward curve, rollout grids with predicted and GT masks.
 
-The report states the measured gain, whatever it is, with the honest-report flags of ``rl.experiments.report``.
+The report states the measured gain, whatever it is, with the warnings of ``rl.experiments.report``.
 Everything comes from ``recipes/shapes_gres.yaml`` (``--task gcg``: ``recipes/shapes_gcg.yaml``);
 ``key=value`` arguments override it (e.g. ``grpo.max_steps=20`` for a quicker look).
 """

@@ -1,5 +1,5 @@
 """An experiment's ``report.md`` and ``deltas.png`` from its ``summary.json`` object: per-seed rows, mean ± std, the
-RL − SFT deltas per variant with the honest-report flags (``rl.experiments.report``), and where each gain comes from."""
+RL − SFT deltas per variant with the report's warnings (``rl.experiments.report``), and where each gain comes from."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Honest-report flags: the sentences that say when an RL-over-SFT gain is not what it looks like.
+"""Report warnings: the sentences that say when an RL-over-SFT gain is not what it looks like.
 
 ``samtok-rl demo`` (one seed) and ``samtok-rl experiment`` (variants x seeds) both write their verdicts
 with these functions, so one rule set decides what a report may claim. Every function takes plain dicts
