@@ -1,5 +1,6 @@
 """``samtok-rl experiment PLAN.yaml --seeds 0 1 2 --out DIR [key=value ...]``: variants x seeds of SFT then GRPO,
-every policy evaluated on one held-out split, reported as mean ± std, with a warning wherever a gain is not what it looks like.
+every policy evaluated on one held-out split, reported as mean ± std, with a warning wherever a gain is not what it
+looks like.
 
 A plan (``recipes/experiments/*.yaml``, read by ``rl.experiments.plan``) names a task, a base recipe, evaluation settings
 and variants (lists of recipe overrides). The report and plot are ``rl.experiments.experiment_report``'s.
