@@ -46,9 +46,31 @@ def test_known_spread_gives_the_known_zero_spread_share_and_advantage_split():
     # Only group 3 is a target group with spread; its rewards rank exactly as the IoU's top completion.
     rho3 = np.corrcoef([4, 2, 2, 2], [4, 2, 3, 1])[0, 1]  # Spearman = Pearson of the ranks (ties averaged)
     assert s["signal"] == pytest.approx(mass3 * rho3 / (mass1 + mass3))
+    # signal_all also counts group 1, a no-target prompt whose reward agrees exactly with ReLA's per-sample score.
+    assert s["signal_all"] == pytest.approx((mass1 * 1.0 + mass3 * rho3) / (mass1 + mass3))
     assert report["rewards"]["total"]["zero_spread"] == 0.5 and report["flagged"] is False
     assert s["by_kind"]["no_target"]["zero_spread"] == 0.5 and s["by_kind"]["single"]["zero_spread"] == 0.5
     assert s["seconds_per_completion"] == pytest.approx(0.001)
+
+
+def test_the_measured_rankings_reliability_across_seeds():
+    from rl.experiments.probe_analysis import ranking_reliability
+
+    # Three seeds that order four variants identically: perfectly reproducible.
+    same = {v: {0: d, 1: d + 1, 2: 2 * d} for v, d in zip("abcd", (1.0, 2.0, 3.0, 4.0))}
+    assert ranking_reliability(same) == pytest.approx({"seeds": 3, "pairs": 3, "pairwise": 1.0, "reliability": 1.0,
+                                                       "ceiling": 1.0})
+    # Seed 1 reverses seed 0, seed 2 agrees with seed 0: pairwise Spearman 1, -1 and -1 (mean -1/3), so the 3-seed
+    # mean is no more reproducible than noise (Spearman-Brown 3r / (1 + 2r) = -3, floored at 0).
+    mixed = {v: {0: d, 1: -d, 2: d} for v, d in zip("abcd", (1.0, 2.0, 3.0, 4.0))}
+    r = ranking_reliability(mixed)
+    assert r["pairwise"] == pytest.approx(-1 / 3) and r["reliability"] == 0.0 and r["ceiling"] == 0.0
+    # A known middle case: two seeds agree at Spearman 0.8 (one swap of four: 1 - 6*2/(4*15)).
+    two = {"a": {0: 1, 1: 1}, "b": {0: 2, 1: 3}, "c": {0: 3, 1: 2}, "d": {0: 4, 1: 4}}
+    r = ranking_reliability(two)
+    assert r["pairwise"] == pytest.approx(0.8) and r["reliability"] == pytest.approx(1.6 / 1.8)
+    assert r["ceiling"] == pytest.approx(math.sqrt(1.6 / 1.8))
+    assert ranking_reliability({"a": {0: 1.0}, "b": {0: 2.0}, "c": {0: 3.0}}) is None  # one seed
 
 
 def test_a_reward_that_ignores_the_completion_is_flagged():
@@ -168,9 +190,9 @@ def test_a_plan_is_probed_variant_by_variant_and_ranked_against_measured_deltas(
         "  binary: [\"rewards=[{name: answer_match, params: {grading: binary}}]\"]\n"
         "  flat: [\"rewards=[{name: 'tiny_runs:constant_reward'}]\"]\n"
         "  hot: [grpo.temperature=1.7]\n")
-    runs = [{"variant": "sft", "seed": 0, "policy": "SFT", "metrics": {"gIoU": 50.0}}]
-    runs += [{"variant": v, "seed": 0, "policy": "RL", "metrics": {"gIoU": 50.0 + d}}
-             for v, d in (("varied", 3.0), ("binary", -1.0), ("flat", 0.0))]
+    runs = [{"variant": "sft", "seed": s, "policy": "SFT", "metrics": {"gIoU": 50.0}} for s in (0, 1)]
+    runs += [{"variant": v, "seed": s, "policy": "RL", "metrics": {"gIoU": 50.0 + d * (1 + s)}}
+             for v, d in (("varied", 3.0), ("binary", -1.0), ("flat", 0.0)) for s in (0, 1)]
     (tmp_path / "summary.json").write_text(json.dumps(
         {"task": "gres", "runs": runs, "sft_of": {"varied": "sft", "binary": "sft", "flat": "sft"}}))
     rc = cli.main(["rewards", "probe", str(tmp_path / "plan.yaml"), "--policy", str(tmp_path / "run" / "policy-init"),
@@ -178,11 +200,14 @@ def test_a_plan_is_probed_variant_by_variant_and_ranked_against_measured_deltas(
     assert rc == 0
     ranking = json.loads((tmp_path / "probe" / "ranking.json").read_text())
     assert set(ranking["variants"]) == {"varied", "binary", "flat", "hot"}
-    assert ranking["variants"]["varied"]["measured"] == 3.0 and "spearman_signal_vs_measured" in ranking
+    assert ranking["variants"]["varied"]["measured"] == 4.5 and "spearman_signal_vs_measured" in ranking
+    assert "spearman_signal_all_vs_measured" in ranking
+    # both seeds order the variants alike: the measured ranking is fully reproducible
+    assert ranking["measured_reliability"]["pairwise"] == 1.0 and ranking["measured_reliability"]["seeds"] == 2
     assert ranking["variants"]["flat"]["flagged"] and ranking["variants"]["flat"]["signal"] == 0.0
     assert (tmp_path / "probe" / "binary" / "probe.json").is_file()
     printed = capsys.readouterr().out
-    assert "Spearman(signal, mean RL - SFT gIoU" in printed
+    assert "Spearman(signal, mean RL - SFT gIoU" in printed and "reliability of the 2-seed mean 1.00" in printed
     # Variants that differ only in their rewards are scored on one set of completions; another temperature resamples.
     assert printed.count("probe: sampling 3 prompts") == 2 and printed.count("rescored, not resampled") == 2
     # and rescoring the shared completions equals probing that variant on its own

@@ -23,6 +23,10 @@ sits on target prompts and agrees with the decoded IoU, ``sum over target groups
 groups of m_g``, where ``m_g`` is the group's |advantage| mass and ``rho_g`` its within-group Spearman of reward and
 IoU (0 where the IoU does not vary). It is 0 for a reward without spread, small when the spread sits on no-target
 prompts only (the collapse into ``No target.``), negative when the reward ranks masks against their IoU.
+``signal_all`` is the same share over every group, no-target prompts included, where the decoded IoU is the task's
+per-sample score (GRES: ReLA's, 1 for ``No target.`` on a no-target prompt, else 0): it also counts the advantage that
+teaches the no-target decision. For a task without no-target prompts it equals the signal score. It is reported
+beside the signal score while it is tested on variants fixed in advance (docs/results.md).
 
 Warnings (in words, on the terminal and in ``probe.json``), with these thresholds:
 
@@ -39,7 +43,9 @@ nothing or to collapse.
 Given an experiment plan instead of a recipe (``recipes/experiments/*.yaml``), every variant is probed from the same
 policy and ranked by signal score (variants whose policy and sampling settings agree share one set of completions:
 they are sampled once and rescored per variant); ``--against DIR/summary.json`` adds the variants' measured mean RL - SFT
-headline deltas (gIoU, GCG: AP50) of a finished experiment and the Spearman between the two rankings.
+headline deltas (gIoU, GCG: AP50) of a finished experiment, the Spearman between the two rankings, and how
+reproducible the measured ranking itself is across seeds (``ranking_reliability``): a ranking that two seeds do not
+agree on cannot be predicted by any step-0 score, and that bound is printed beside the Spearman.
 
 ``--completions DIR`` rescores a run's logged completions instead of sampling (TRL's parquet files in
 ``<run>/completions``, with the row id and raw text this project's trainer logs beside each completion): a reward
@@ -59,7 +65,15 @@ from pathlib import Path
 
 import numpy as np
 
-from rl.experiments.probe_analysis import LOW_SIGNAL, NO_GRADIENT, NT_MASS, OPPOSITE, analyse, write_outputs
+from rl.experiments.probe_analysis import (
+    LOW_SIGNAL,
+    NO_GRADIENT,
+    NT_MASS,
+    OPPOSITE,
+    analyse,
+    ranking_reliability,
+    write_outputs,
+)
 
 
 class ProbeError(ValueError):
@@ -351,20 +365,21 @@ def probe_plan(plan, policy: str | None, prompts: int, out: Path, against: str |
     from rl.experiments.experiment_report import variant_deltas
     from rl.recipe.config import load_recipe
 
-    measured = {}
+    measured, per_seed = {}, {}
     if against:
         path = Path(against)
         if not path.is_file():
             raise ProbeError(f"--against {path}: no such file (an experiment's summary.json)")
         summary = json.loads(path.read_text())
         head = get_task(summary["task"]).headline
-        measured = {v: float(np.mean([d[head] for d in ds])) for v, ds in variant_deltas(summary).items()}
+        per_seed = {v: {d["seed"]: d[head] for d in ds} for v, ds in variant_deltas(summary).items()}
+        measured = {v: float(np.mean(list(d.values()))) for v, d in per_seed.items()}
     rows, cache = {}, {}
     for name, overrides in plan.variants.items():
         recipe = load_recipe(plan.recipe, [*overrides, *plan.overrides])
         say(f"probe: variant {name}")
         report = probe(recipe, policy, prompts, out=str(out / name), say=say, cache=cache)
-        rows[name] = {"signal": report["signal"], "flagged": report["flagged"],
+        rows[name] = {"signal": report["signal"], "signal_all": report["signal_all"], "flagged": report["flagged"],
                       "zero_spread": report["rewards"]["total"]["zero_spread"],
                       "nt_mass": report["rewards"]["total"]["nt_mass"],
                       "exact_match_target_groups": report["exact_match"]["target_groups_with_a_match"],
@@ -372,9 +387,11 @@ def probe_plan(plan, policy: str | None, prompts: int, out: Path, against: str |
     ranking = {"plan": plan.source, "task": plan.task, "policy": policy, "prompts": prompts, "variants": rows}
     both = [v for v in rows if rows[v]["measured"] is not None]
     if len(both) >= 3:
-        ranking["spearman_signal_vs_measured"] = float(spearmanr([rows[v]["signal"] for v in both],
-                                                                 [rows[v]["measured"] for v in both])[0])
+        for score in ("signal", "signal_all"):
+            ranking[f"spearman_{score}_vs_measured"] = float(spearmanr([rows[v][score] for v in both],
+                                                                       [rows[v]["measured"] for v in both])[0])
         ranking["measured_metric"] = f"mean RL - SFT {get_task(plan.task).headline} ({against})"
+        ranking["measured_reliability"] = ranking_reliability({v: per_seed[v] for v in both})
     out.mkdir(parents=True, exist_ok=True)
     (out / "ranking.json").write_text(json.dumps(ranking, indent=1) + "\n")
     return ranking
@@ -382,13 +399,20 @@ def probe_plan(plan, policy: str | None, prompts: int, out: Path, against: str |
 
 def ranking_table(ranking: dict) -> str:
     rows = sorted(ranking["variants"].items(), key=lambda kv: -kv[1]["signal"])
-    lines = [f"{'variant':<18} {'signal':>7} {'0-spread':>8} {'NT adv':>7} {'measured':>9}  flags"]
+    lines = [f"{'variant':<18} {'signal':>7} {'all':>7} {'0-spread':>8} {'NT adv':>7} {'measured':>9}  flags"]
     for v, r in rows:
         measured = "n/a" if r["measured"] is None else f"{r['measured']:+.2f}"
-        lines.append(f"{v:<18} {r['signal']:+7.3f} {r['zero_spread']:8.0%} {r['nt_mass']:7.0%} {measured:>9}  "
+        lines.append(f"{v:<18} {r['signal']:+7.3f} {r.get('signal_all', math.nan):+7.3f} {r['zero_spread']:8.0%} "
+                     f"{r['nt_mass']:7.0%} {measured:>9}  "
                      + ("FLAGGED: " + "; ".join(r["warnings"]) if r["flagged"] else ""))
     if "spearman_signal_vs_measured" in ranking:
-        lines.append(f"Spearman(signal, {ranking['measured_metric']}): {ranking['spearman_signal_vs_measured']:+.2f}")
+        lines.append(f"Spearman(signal, {ranking['measured_metric']}): {ranking['spearman_signal_vs_measured']:+.2f}"
+                     f"; signal_all (no-target prompts counted): {ranking['spearman_signal_all_vs_measured']:+.2f}")
+    rel = ranking.get("measured_reliability")
+    if rel:
+        lines.append(f"The measured ranking across seeds: mean Spearman between two seeds {rel['pairwise']:+.2f}, "
+                     f"reliability of the {rel['seeds']}-seed mean {rel['reliability']:.2f}: a score knowing each "
+                     f"variant's expected gain would rank it at about {rel['ceiling']:.2f}")
     return "\n".join(lines)
 
 

@@ -69,6 +69,7 @@ def analyse(task: str, rollouts, scores: dict, weights: dict, iou: list[float], 
     }
     report["decoded_iou"] = float(np.nanmean(iou)) if len(iou) else math.nan
     report["signal"] = report["rewards"]["total"]["signal"]
+    report["signal_all"] = report["rewards"]["total"]["signal_all"]
     report["warnings"] = warnings(task, report)
     report["flagged"] = any(w["kind"] in ("no_gradient", "collapse") for w in report["warnings"])
     return report
@@ -93,7 +94,7 @@ def _stats(values, groups, iou, is_nt, target) -> dict:
     if not groups:
         return {}
     adv = advantages(values, groups)
-    spreads, zero, rhos, mass, aligned = [], 0, [], 0.0, 0.0
+    spreads, zero, rhos, mass, aligned, aligned_all = [], 0, [], 0.0, 0.0, 0.0
     for g, is_target in zip(groups, target):
         v = values[g]
         v = v[~np.isnan(v)]
@@ -105,6 +106,7 @@ def _stats(values, groups, iou, is_nt, target) -> dict:
         rho = _spearman(values[g], iou[g])
         if rho is not None:
             rhos.append(rho)
+            aligned_all += m * rho
             if is_target:
                 aligned += m * rho
     nt_mass = float(np.abs(adv[[i for g in groups for i in g if is_nt[i]]]).sum()) / mass if mass else 0.0
@@ -119,8 +121,32 @@ def _stats(values, groups, iou, is_nt, target) -> dict:
         "spearman_iou": float(np.mean(rhos)) if rhos else None,
         "spearman_iou_pooled": None if pooled is None or math.isnan(pooled) else float(pooled),
         "signal": aligned / mass if mass else 0.0,
+        "signal_all": aligned_all / mass if mass else 0.0,
         "groups": len(groups),
     }
+
+
+def ranking_reliability(per_seed: dict[str, dict[int, float]]) -> dict | None:
+    """How reproducible a measured ranking of variants is across seeds, from each variant's per-seed deltas.
+
+    ``pairwise``: the mean Spearman between the variants' deltas of two seeds, over every pair of seeds (only variants
+    measured on both); ``reliability``: the Spearman-Brown reliability of a mean over the ``seeds`` seeds,
+    ``k r / (1 + (k - 1) r)``, 0 where seeds disagree more than chance; ``ceiling``: its square root, about the correlation with the k-seed ranking that a score
+    knowing each variant's expected delta exactly would reach. None with fewer than 2 seeds or 3 variants."""
+    import itertools
+
+    seeds = sorted({s for d in per_seed.values() for s in d})
+    rs = []
+    for a, b in itertools.combinations(seeds, 2):
+        both = [v for v, d in per_seed.items() if a in d and b in d]
+        if len(both) >= 3:
+            rho = _spearman(np.array([per_seed[v][a] for v in both]), np.array([per_seed[v][b] for v in both]))
+            rs.append(0.0 if rho is None else rho)
+    if not rs:
+        return None
+    r, k = float(np.mean(rs)), len(seeds)
+    rel = max(0.0, k * r / (1 + (k - 1) * r)) if 1 + (k - 1) * r > 0 else 0.0
+    return {"seeds": k, "pairs": len(rs), "pairwise": r, "reliability": rel, "ceiling": math.sqrt(rel)}
 
 
 def _spearman(a, b) -> float | None:
