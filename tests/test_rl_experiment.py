@@ -205,8 +205,30 @@ def test_report_on_a_constructed_summary_pairs_rl_with_its_seeds_sft(tmp_path):
     default, beta0 = text.split("- **default**: ")[1].split("- **beta0**: ")
     assert "comes from better masks (cIoU +4.00)" in default and "Note:" not in default
     assert "traded for 'No target.'" in beta0 and "not better masks" in beta0
+    assert "Does the variants' order" not in text  # two variants: no order to test
     path = experiment.plot_deltas(summary, tmp_path / "deltas.png")
     assert path.stat().st_size > 5000
+
+
+def test_report_says_whether_the_variants_order_repeats_across_seeds(tmp_path):
+    plan = load_plan(_plan(tmp_path, TOY_PLAN + "  a: [grpo.beta=0.1]\n  b: [grpo.beta=0.2]\n"))
+
+    def report(gains):  # per variant, its gIoU delta on seeds 0, 1, 2
+        runs = [{"variant": "sft", "seed": s, "policy": "SFT", "metrics": dict.fromkeys(get_task("gres").metrics, 50.0),
+                 "wall_s": 1.0} for s in range(3)]
+        runs += [{"variant": v, "seed": s, "policy": "RL", "wall_s": 1.0,
+                  "metrics": dict.fromkeys(get_task("gres").metrics, 50.0) | {"gIoU": 50.0 + d[s]}}
+                 for v, d in gains.items() for s in range(3)]
+        summary = {"task": "gres", "runs": runs, "sft_of": dict.fromkeys(gains, "sft"), "seeds": [0, 1, 2],
+                   "eval": {"split": "test", "samples": 6}}
+        return experiment.write_report(plan, summary, tmp_path)
+
+    steady = report({"default": [4, 5, 6], "beta0": [1, 2, 3], "a": [0, 0.5, 1], "b": [-2, -1, 0]})
+    assert ("Two seeds order them alike at a mean Spearman of +1.00; the reliability of the 3-seed mean "
+            "(Spearman-Brown) is 1.00: the order repeats from seed to seed.") in steady
+    # Each seed crowns another variant: the table of means would still show a winner.
+    noisy = report({"default": [4, 1, 2], "beta0": [1, 4, 3], "a": [2, 3, 4], "b": [3, 2, 1]})
+    assert "the order of the means is mostly seed noise" in noisy
 
 
 def test_cli_lists_the_experiment_command(capsys):
@@ -231,6 +253,10 @@ def test_shipped_plans_validate():
     for path in root.glob("*_rewards.yaml"):  # the ablations: the paper's reward next to the default
         plan = load_plan(path)
         assert {"paper", "default"} <= plan.variants.keys() and plan.variants["default"] == []
+        # its holdout (the probe's test on variants fixed in advance) repeats none of its variants
+        holdout = load_plan(path.with_name(path.stem + "_holdout.yaml"))
+        assert holdout.recipe == plan.recipe and holdout.eval == plan.eval
+        assert not set(map(tuple, holdout.variants.values())) & set(map(tuple, plan.variants.values()))
 
 
 def test_settings_added_later_leave_finished_cells_keys_alone():

@@ -64,6 +64,7 @@ def write_report(plan: Plan, summary: dict, out: Path) -> str:
         *[f"| {v} | {len(ds)} | " + " | ".join(_pm([d[c] for d in ds], signed=True) for c in cols) + " |"
           for v, ds in deltas.items()],
         "",
+        *_order_lines(task, deltas),
         "## Where each variant's gain comes from",
         "",
     ]
@@ -76,6 +77,24 @@ def write_report(plan: Plan, summary: dict, out: Path) -> str:
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
+
+
+def _order_lines(task, deltas: dict[str, list[dict]]) -> list[str]:
+    """Whether the variants' order by the headline delta repeats from seed to seed (rl.experiments.probe_analysis's
+    ranking_reliability): a table of means can look decisive while each seed orders the variants differently."""
+    from rl.experiments.probe_analysis import ranking_reliability
+
+    head = task.headline
+    rel = ranking_reliability({v: {d["seed"]: d[head] for d in ds} for v, ds in deltas.items()})
+    if rel is None:
+        return []
+    verdict = ("the order of the means is mostly seed noise: add seeds before choosing between neighbours"
+               if rel["reliability"] < 0.5 else
+               "neighbours closer than a seed std may still swap" if rel["reliability"] < 0.8 else
+               "the order repeats from seed to seed")
+    return [f"Does the variants' order by Δ{head} repeat across seeds? Two seeds order them alike at a mean Spearman "
+            f"of {rel['pairwise']:+.2f}; the reliability of the {rel['seeds']}-seed mean (Spearman-Brown) is "
+            f"{rel['reliability']:.2f}: {verdict}.", ""]
 
 
 def _learning_lines(summary: dict) -> list[str]:
