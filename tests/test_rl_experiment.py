@@ -64,6 +64,8 @@ def test_toy_experiment_writes_summary_report_plot_and_resumes(tmp_path, monkeyp
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"] == "gres" and summary["sft_of"] == {"default": "sft", "beta0": "sft"}
+    assert summary["cpu_threads"] == [1]  # the one_thread fixture; every cell records its device and thread count
+    assert json.loads((out / "seed0" / "beta0" / experiment.CELL_FILE).read_text())["threads"] == 1
     runs = summary["runs"]
     assert sorted((r["variant"], r["seed"], r["policy"]) for r in runs) == sorted(
         [("sft", s, "SFT") for s in (0, 1)] + [(v, s, "RL") for v in ("default", "beta0") for s in (0, 1)])
@@ -206,6 +208,9 @@ def test_report_on_a_constructed_summary_pairs_rl_with_its_seeds_sft(tmp_path):
     assert "comes from better masks (cIoU +4.00)" in default and "Note:" not in default
     assert "traded for 'No target.'" in beta0 and "not better masks" in beta0
     assert "Does the variants' order" not in text  # two variants: no order to test
+    assert "different CPU thread counts" not in text
+    mixed = experiment.write_report(plan, summary | {"cpu_threads": [1, 2]}, tmp_path)
+    assert "- warning: the SFT and GRPO cells ran with different CPU thread counts (1 and 2" in mixed
     path = experiment.plot_deltas(summary, tmp_path / "deltas.png")
     assert path.stat().st_size > 5000
 

@@ -300,11 +300,21 @@ def run_cells(plan: Plan, cells: list[Cell], say=print) -> None:
         t0 = time.perf_counter()
         result = run_eval_cell(cell, evaluator) if cell.kind == "eval" else RUNNERS[cell.kind](cell)
         wall = time.perf_counter() - t0
-        write_json(cell.file, {**began, "done": True, "wall_s": wall, "finished_at": time.time(), "result": result})
+        write_json(cell.file, {**began, "done": True, "wall_s": wall, "finished_at": time.time(), "result": result,
+                               **_compute()})
         say(f"{prefix}: done in {wall:.1f} s (elapsed {_clock(time.perf_counter() - start)})")
 
 
 RUNNERS = {"sft": run_sft_cell, "rl": run_rl_cell}
+
+
+def _compute() -> dict:
+    # On a CPU the thread count decides how float sums are split, so one seed trains to other weights with another
+    # count (measured: 30 SFT steps at 1 and 2 threads differ; each count repeats bitwise). Recorded per cell so that
+    # the report can say when a re-run with another OMP_NUM_THREADS mixed cells made both ways.
+    import torch
+
+    return {"device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads()}
 
 
 def _start_over_if_upstream_changed(cell: Cell) -> None:
@@ -339,8 +349,10 @@ def summarize(plan: Plan, cells: list[Cell], seeds: list[int]) -> dict:
         if c.policy == "RL":  # the sampled training reward per fifth of GRPO (rl.grpo.curves)
             run["reward_fifths"] = curves_mod.fifths([v for _, v in curves_mod.read_run(c.needs.dir)["reward"]])
         runs.append(run)
+    trained = [c.state() for c in cells if c.kind != "eval"]
+    cpu_threads = sorted({st["threads"] for st in trained if st.get("device") == "cpu"})
     return {"task": plan.task, "runs": runs, "sft_of": sft_of(cells), "seeds": list(seeds),
-            "eval": {**plan.eval, "decoding": "greedy"}}
+            "eval": {**plan.eval, "decoding": "greedy"}, "cpu_threads": cpu_threads}
 
 
 # ---------------------------------------------------------------- entry points

@@ -42,6 +42,11 @@ def write_report(plan: Plan, summary: dict, out: Path) -> str:
         *[f"- `{v}`: {' '.join(o) or 'the base recipe'}; compared with `{summary['sft_of'][v]}`"
           for v, o in plan.variants.items()],
         *[f"- warning: {w}" for w in plan.warnings],
+        *([f"- warning: the SFT and GRPO cells ran with different CPU thread counts "
+           f"({' and '.join(map(str, summary['cpu_threads']))}, an earlier run with another OMP_NUM_THREADS). On a "
+           f"CPU the thread count changes how float sums are split, so a seed trains to other weights with another "
+           f"count: compare cells made with one count, or re-run into a new folder with OMP_NUM_THREADS fixed."]
+          if len(summary.get("cpu_threads", [])) > 1 else []),
         *(["", task.score_note()] if task.score_note else []),
         "",
         "## Per seed",
