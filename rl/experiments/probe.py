@@ -25,8 +25,10 @@ IoU (0 where the IoU does not vary). It is 0 for a reward without spread, small 
 prompts only (the collapse into ``No target.``), negative when the reward ranks masks against their IoU.
 ``signal_all`` is the same share over every group, no-target prompts included, where the decoded IoU is the task's
 per-sample score (GRES: ReLA's, 1 for ``No target.`` on a no-target prompt, else 0): it also counts the advantage that
-teaches the no-target decision. For a task without no-target prompts it equals the signal score. It is reported
-beside the signal score while it is tested on variants fixed in advance (docs/results.md).
+teaches the no-target decision. For a task without no-target prompts it equals the signal score. Tested against the
+signal score on variants fixed before they ran, it ranked them worse (docs/results.md, "A test on variants the score
+never saw"): it counts the advantage that collapses a policy into ``No target.`` as agreement. So the signal score
+ranks and flags; ``signal_all`` is reported beside it.
 
 Warnings (in words, on the terminal and in ``probe.json``), with these thresholds:
 
