@@ -131,8 +131,9 @@ def ranking_reliability(per_seed: dict[str, dict[int, float]]) -> dict | None:
 
     ``pairwise``: the mean Spearman between the variants' deltas of two seeds, over every pair of seeds (only variants
     measured on both); ``reliability``: the Spearman-Brown reliability of a mean over the ``seeds`` seeds,
-    ``k r / (1 + (k - 1) r)``, 0 where seeds disagree more than chance; ``ceiling``: its square root, about the correlation with the k-seed ranking that a score
-    knowing each variant's expected delta exactly would reach. None with fewer than 2 seeds or 3 variants."""
+    ``k r / (1 + (k - 1) r)``, 0 where seeds disagree more than chance; ``ceiling``: its square root, about the
+    correlation with the k-seed ranking that a score knowing each variant's expected delta exactly would reach. None
+    with fewer than 2 seeds or 3 variants."""
     import itertools
 
     seeds = sorted({s for d in per_seed.values() for s in d})
