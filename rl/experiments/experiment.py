@@ -301,14 +301,14 @@ def run_cells(plan: Plan, cells: list[Cell], say=print) -> None:
         result = run_eval_cell(cell, evaluator) if cell.kind == "eval" else RUNNERS[cell.kind](cell)
         wall = time.perf_counter() - t0
         write_json(cell.file, {**began, "done": True, "wall_s": wall, "finished_at": time.time(), "result": result,
-                               **_compute()})
+                               **_device_and_threads()})
         say(f"{prefix}: done in {wall:.1f} s (elapsed {_clock(time.perf_counter() - start)})")
 
 
 RUNNERS = {"sft": run_sft_cell, "rl": run_rl_cell}
 
 
-def _compute() -> dict:
+def _device_and_threads() -> dict:
     # On a CPU the thread count decides how float sums are split, so one seed trains to other weights with another
     # count (measured: 30 SFT steps at 1 and 2 threads differ; each count repeats bitwise). Recorded per cell so that
     # the report can say when a re-run with another OMP_NUM_THREADS mixed cells made both ways.

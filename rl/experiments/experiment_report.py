@@ -24,6 +24,11 @@ def variant_deltas(summary: dict) -> dict[str, list[dict]]:
     return out
 
 
+def by_seed(deltas: dict[str, list[dict]], metric: str) -> dict[str, dict[int, float]]:
+    """Per variant, one metric's RL - SFT delta keyed by seed (``variant_deltas`` reshaped)."""
+    return {v: {d["seed"]: d[metric] for d in ds} for v, ds in deltas.items()}
+
+
 def write_report(plan: Plan, summary: dict, out: Path) -> str:
     task = get_task(summary["task"])
     cols = task.metrics
@@ -90,7 +95,7 @@ def _order_lines(task, deltas: dict[str, list[dict]]) -> list[str]:
     from rl.experiments.probe_analysis import ranking_reliability
 
     head = task.headline
-    rel = ranking_reliability({v: {d["seed"]: d[head] for d in ds} for v, ds in deltas.items()})
+    rel = ranking_reliability(by_seed(deltas, head))
     if rel is None:
         return []
     verdict = ("the order of the means is mostly seed noise: add seeds before choosing between neighbours"

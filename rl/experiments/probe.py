@@ -364,7 +364,7 @@ def probe_plan(plan, policy: str | None, prompts: int, out: Path, against: str |
     from scipy.stats import spearmanr
 
     from envs import get_task
-    from rl.experiments.experiment_report import variant_deltas
+    from rl.experiments.experiment_report import by_seed, variant_deltas
     from rl.recipe.config import load_recipe
 
     measured, per_seed = {}, {}
@@ -374,7 +374,7 @@ def probe_plan(plan, policy: str | None, prompts: int, out: Path, against: str |
             raise ProbeError(f"--against {path}: no such file (an experiment's summary.json)")
         summary = json.loads(path.read_text())
         head = get_task(summary["task"]).headline
-        per_seed = {v: {d["seed"]: d[head] for d in ds} for v, ds in variant_deltas(summary).items()}
+        per_seed = by_seed(variant_deltas(summary), head)
         measured = {v: float(np.mean(list(d.values()))) for v, d in per_seed.items()}
     rows, cache = {}, {}
     for name, overrides in plan.variants.items():
@@ -404,7 +404,7 @@ def ranking_table(ranking: dict) -> str:
     lines = [f"{'variant':<18} {'signal':>7} {'all':>7} {'0-spread':>8} {'NT adv':>7} {'measured':>9}  flags"]
     for v, r in rows:
         measured = "n/a" if r["measured"] is None else f"{r['measured']:+.2f}"
-        lines.append(f"{v:<18} {r['signal']:+7.3f} {r.get('signal_all', math.nan):+7.3f} {r['zero_spread']:8.0%} "
+        lines.append(f"{v:<18} {r['signal']:+7.3f} {r['signal_all']:+7.3f} {r['zero_spread']:8.0%} "
                      f"{r['nt_mass']:7.0%} {measured:>9}  "
                      + ("FLAGGED: " + "; ".join(r["warnings"]) if r["flagged"] else ""))
     if "spearman_signal_vs_measured" in ranking:
