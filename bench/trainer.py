@@ -1,6 +1,11 @@
 """Seconds per GRPO step: our trainer (rl.grpo.trainer: staged checkpoints hook, wrapped rewards with raw-text decoding,
-timeouts and logging) against a plain TRL ``GRPOTrainer`` with the bare reward, same tiny policy, data and
-reward, measured side by side in one run (alternating rounds, so machine load drifts hit both alike).
+timeouts, phase timings and logging) against a plain TRL ``GRPOTrainer`` with the bare reward, same tiny policy,
+data, prompt order and reward, measured side by side in one run (alternating rounds, so machine load drifts hit
+both alike). The reward reads token ids (ours decodes completions with their mask tokens, TRL without them, so a
+text reward would score the two differently), so both do the same training: the script checks that every run of
+both ends in the same weights, and that the weights moved, so the ratio is our overhead and nothing else. Both run
+the dense CPU LM head (``rl.grpo.lm_head``, installed process-wide by the first of ours; ``bench/lm_head.py``
+measures it on its own).
 
     python bench/trainer.py [--steps 20] [--rounds 2]
 
@@ -62,6 +67,11 @@ class CentroidCodes:
         return torch.tensor(rows, dtype=torch.long).reshape(-1, 2)
 
 
+def token_id_reward(completions, completion_ids, **kwargs):
+    """A reward with spread from the token ids alone, so both trainers score a completion alike and the policy moves."""
+    return [sum(ids) % 7 / 7 for ids in completion_ids]
+
+
 def recipe_for(run_dir: Path, steps: int):
     from rl.recipe.config import load_recipe
 
@@ -69,8 +79,11 @@ def recipe_for(run_dir: Path, steps: int):
         f"run.output_dir={run_dir}", "run.report_to=[none]", "sft.enabled=false", f"grpo.max_steps={steps}",
         "grpo.save_strategy=no", "grpo.logging_steps=1000", "grpo.max_completion_length=32",
         "data.shapes.n_train=64", "data.shapes.n_eval=0", "monitor.eval_steps=0",
-        # One reward on both sides: the plain trainer gets the same answer_match, bare.
-        "rewards=[{name: answer_match, params: {grading: coarse}}]",
+        # TRL's uniform prompt order on both sides: with the recipe's stratified order ours would train on other
+        # prompts, generate completions of other lengths, and the ratio would measure the prompts, not the overhead.
+        "sampling.stratify=false",
+        # One reward on both sides: ours wraps it in the reward runtime, the plain trainer gets it bare.
+        f"rewards=[{{name: '{__name__}:token_id_reward'}}]",
     ])
 
 
@@ -83,13 +96,23 @@ def run_ours(recipe, dataset, steps):
     model, processor = rl_policy.prepare_policy(recipe, recipe.run.output_dir)
     trainer = tr.build_trainer(recipe, recipe.run.output_dir, dataset, None, model, processor, [timer])
     trainer.train()
-    return timer.times
+    return timer.times, weights_digest(model)
+
+
+def weights_digest(model) -> str:
+    """A digest of every parameter: equal digests mean the two trainers did the same training, bit for bit."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def run_plain(recipe, dataset, steps):
     from trl import GRPOTrainer
 
-    from rewards import get_reward
     from rl.grpo import trainer as tr
     from rl.policy import trainable
     from rl.policy.model import load_policy
@@ -98,11 +121,10 @@ def run_plain(recipe, dataset, steps):
     torch.manual_seed(0)
     model, processor = load_policy(Path(recipe.run.output_dir) / "policy-init")
     trainable.freeze_vision_tower(model)  # same trainable parameters as ours
-    reward = get_reward("answer_match", **recipe.rewards[0].params)
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=tr.grpo_config(recipe, recipe.run.output_dir),
+    trainer = GRPOTrainer(model=model, reward_funcs=[token_id_reward], args=tr.grpo_config(recipe, recipe.run.output_dir),
                           train_dataset=dataset, processing_class=processor, callbacks=[timer])
     trainer.train()
-    return timer.times
+    return timer.times, weights_digest(model)
 
 
 def qwen25vl_3b(path: Path, device: str = "cuda", shrink: int = 1) -> Path:
@@ -196,16 +218,35 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe = recipe_for(Path(tmp) / "run", args.steps)
-        dataset = rows_to_dataset(shapes_rows(recipe, "train", 64, CentroidCodes()))
-        ours, plain = [], []
+        # One epoch of prompts for every step: from the second epoch on, ours draws each epoch's order from seed +
+        # epoch (so that a resumed run replays it) and TRL continues one generator, so the prompts would differ.
+        from rl.grpo.trainer import grpo_config
+
+        g = grpo_config(recipe, recipe.run.output_dir)
+        prompts = args.steps * g.per_device_train_batch_size * g.gradient_accumulation_steps // g.num_generations
+        dataset = rows_to_dataset(shapes_rows(recipe, "train", max(64, prompts), CentroidCodes()))
+        ours, plain, digests = [], [], set()
         for _ in range(args.rounds):
-            ours += run_ours(recipe, dataset, args.steps)[2:]  # first steps: warm-up
-            plain += run_plain(recipe, dataset, args.steps)[2:]
+            for times, run in ((ours, run_ours), (plain, run_plain)):
+                seconds, digest = run(recipe, dataset, args.steps)
+                times += seconds[2:]  # first steps: warm-up
+                digests.add(digest)
+        from rl.policy.model import load_policy
+
+        start = weights_digest(load_policy(Path(tmp) / "run" / "policy-init")[0])
     mo, mp = statistics.median(ours), statistics.median(plain)
     print("tiny policy (hidden 64, 2 layers, tiny vocab), 4 prompts x 8 generations, max 32 new tokens, 1 thread")
     print(f"ours  (rl.grpo.trainer.SamtokGRPOTrainer + wrapped rewards): {mo:.4f} s/step (median of {len(ours)})")
-    print(f"plain (trl.GRPOTrainer + bare answer_match):           {mp:.4f} s/step (median of {len(plain)})")
+    print(f"plain (trl.GRPOTrainer + bare reward):                 {mp:.4f} s/step (median of {len(plain)})")
     print(f"ratio ours / plain: {mo / mp:.3f} (target <= 1.02)")
+    # Same weights after every run: the two did the same work (same prompts, completions and updates), so the ratio
+    # is the cost of what ours adds and nothing else.
+    same = len(digests) == 1
+    print(f"same weights after {args.steps} steps, every run of both: {'yes' if same else 'NO'}; "
+          f"the weights moved: {'yes' if start not in digests else 'NO'}")
+    if not same or start in digests:
+        print("the two trainers did not do the same training: the ratio above is not our overhead alone")
+        return 1
     return 0
 
 

@@ -206,3 +206,26 @@ def test_damaged_checkpoints_are_skipped_and_rotation_keeps_a_good_one(tmp_path,
     fake_checkpoint(run, 4)
     checkpoint.rotate(run, 1)
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-4"]
+
+
+def test_with_the_project_features_at_rest_training_is_trls_to_the_bit(tmp_path):
+    """Our trainer adds hooks, wrapped rewards, timings and checkpoint staging around TRL's GRPO step, none of which
+    may change the step: with TRL's prompt order and one reward, it ends in TRL's own weights, bit for bit (the
+    reason ``bench/trainer.py``'s ratio measures our overhead and nothing else)."""
+    from tiny_runs import token_id_reward
+    from trl import GRPOTrainer
+
+    torch.manual_seed(0)
+    recipe = tiny_recipe(tmp_path, "grpo.max_steps=3", "sampling.stratify=false",
+                         "rewards=[{name: 'tiny_runs:token_id_reward'}]")
+    _, ours, before = train_tiny(recipe)
+    torch.manual_seed(0)
+    model, processor = rl_policy.load_policy(tmp_path / "run" / "policy-init")
+    trainable.freeze_vision_tower(model)
+    ds, _ = rl_data.load_datasets(recipe)
+    GRPOTrainer(model=model, reward_funcs=[token_id_reward], args=tr.grpo_config(recipe, tmp_path / "plain"),
+                train_dataset=ds, processing_class=processor).train()
+    theirs = dict(model.named_parameters())
+    moved = [n for n, p in ours.named_parameters() if not torch.equal(before[n], p.detach())]
+    assert any("language_model" in n for n in moved)  # a real update, not two untouched copies
+    assert [n for n, p in ours.named_parameters() if not torch.equal(p, theirs[n])] == []

@@ -38,6 +38,12 @@ def varied_reward(completions, **kwargs):
     return [len(c[0]["content"] if isinstance(c, list) else c) % 7 / 7 for c in completions]
 
 
+def token_id_reward(completions, completion_ids, **kwargs):
+    """A reward with variance read from the token ids alone: the same for our trainer, whose rewards see the text
+    with its mask tokens, and for plain TRL, whose rewards see it without."""
+    return [sum(ids) % 7 / 7 for ids in completion_ids]
+
+
 def constant_reward(completions, **kwargs):
     """A reward that ignores the completion (the probe must flag it)."""
     return [0.5] * len(completions)
