@@ -40,6 +40,7 @@ bench-smoke: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) bench/rewards.py --quick --tokenizer random-tiny --skip-grpo
 	OMP_NUM_THREADS=1 $(PY) bench/lm_head.py --sft-steps 4 --grpo-steps 3 --rounds 1
 	OMP_NUM_THREADS=1 $(PY) bench/trainer.py --steps 3 --rounds 1
+	OMP_NUM_THREADS=1 $(PY) bench/trainer.py --qwen-3b --shrink 8 --steps 2 --grad-accum 2 --compile-rollouts
 	OMP_NUM_THREADS=1 $(PY) bench/rollout.py --prompts 1 --generations 2 --new-tokens 4 --repeat 1
 	# every part of the GPU check must pass at toy size (parts.txt: name, exit status, seconds)
 	rm -rf runs/gpu_check_smoke && GPU_CHECK_SMOKE=1 PYTHON=$(PY) bench/gpu_check.sh runs/gpu_check_smoke && \

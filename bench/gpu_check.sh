@@ -13,8 +13,9 @@
 #             installed) on a random Qwen2.5-VL-3B architecture in bf16, at 16, 128 and 256 sequences per call
 #             (2, 16 and 32 prompts x 8 generations: the released per-device batch, the released update's one
 #             generate call, and twice that), 128 new tokens
-#   rollout_static  the same at 128 sequences, HF generate against HF generate with a static KV cache (compiled
-#             decoding, CUDA graphs), and whether greedy decoding gives the same tokens
+#   rollout_static  128 sequences of image prompts (a 448 px image each, as GRPO's rollouts), HF generate against
+#             HF generate with a static KV cache and compiled decoding (CUDA graphs), set up as the recipe setting
+#             rollout.compile sets the trainer's; and whether greedy decoding gives the same tokens
 #   grpo      bench/trainer.py --qwen-3b: two full updates of recipes/gres_grpo.yaml as released (gradient
 #             accumulation 8: one generate call of 128 completions, 8 micro-steps of 16) on that architecture:
 #             seconds per update with its phase timings (timing_s/*), tokens/s over the update, peak memory
@@ -28,10 +29,10 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
-  ROLLOUT=(--qwen-3b --shrink 8 --prompts 2 4 --new-tokens 8 --repeat 1); STATIC=(--qwen-3b --shrink 8 --prompts 2 --new-tokens 8 --repeat 1)
+  ROLLOUT=(--qwen-3b --shrink 8 --prompts 2 4 --new-tokens 8 --repeat 1); STATIC=(--qwen-3b --shrink 8 --prompts 2 --new-tokens 8 --repeat 1 --images)
   GRPO=(--qwen-3b --shrink 8 --steps 1 --grad-accum 2); IOU=(--tokenizer random-tiny --device cpu --batch-groups 2)
 else
-  ROLLOUT=(--qwen-3b --prompts 2 16 32 --new-tokens 128 --repeat 2); STATIC=(--qwen-3b --prompts 16 --new-tokens 128 --repeat 2)
+  ROLLOUT=(--qwen-3b --prompts 2 16 32 --new-tokens 128 --repeat 2); STATIC=(--qwen-3b --prompts 16 --new-tokens 128 --repeat 2 --images)
   GRPO=(--qwen-3b --steps 2 --grad-accum 8); IOU=(--tokenizer hiera_l --device cuda --batch-groups 128)
 fi
 

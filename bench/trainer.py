@@ -17,7 +17,10 @@ out below) and prints s/step, generated tokens/s, each step's phase timings (``t
 ``--grad-accum`` sets gradient_accumulation_steps: 8 (the default) is the released update, 16 completions per
 micro-step and one generate call of 128 completions per update; 1 is one micro-step per update.
 
-    python bench/trainer.py --qwen-3b [--steps 2] [--grad-accum 8]
+    python bench/trainer.py --qwen-3b [--steps 2] [--grad-accum 8] [--compile-rollouts]
+
+``--compile-rollouts`` adds the recipe setting ``rollout.compile`` (with ``grpo.cache_implementation=static``): the
+same update with compiled decoding, whose first step includes the compilation.
 """
 
 from __future__ import annotations
@@ -163,7 +166,7 @@ def qwen25vl_3b(path: Path, device: str = "cuda", shrink: int = 1) -> Path:
     return path
 
 
-def run_qwen_3b(steps: int = 2, shrink: int = 1, grad_accum: int = 8) -> int:
+def run_qwen_3b(steps: int = 2, shrink: int = 1, grad_accum: int = 8, compile_rollouts: bool = False) -> int:
     from envs.base import rows_to_dataset
     from rl.grpo import train
     from rl.grpo.data import shapes_rows
@@ -179,6 +182,7 @@ def run_qwen_3b(steps: int = 2, shrink: int = 1, grad_accum: int = 8) -> int:
         "run.resume=false", f"grpo.max_steps={steps}", f"grpo.gradient_accumulation_steps={grad_accum}",
         "grpo.save_strategy=no", "grpo.logging_steps=1",
         "grpo.log_completions=false", "grpo.dataloader_num_workers=0",
+        *(["grpo.cache_implementation=static", "rollout.compile=true"] if compile_rollouts else []),
     ])
     if not cuda:
         recipe.grpo.update(bf16=False, max_completion_length=16)
@@ -190,7 +194,8 @@ def run_qwen_3b(steps: int = 2, shrink: int = 1, grad_accum: int = 8) -> int:
     completions = g["per_device_train_batch_size"] * grad_accum  # per optimizer step, on this device
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}; {completions} completions/step "
           f"({completions // g['num_generations']} prompts x {g['num_generations']}, gradient accumulation "
-          f"{grad_accum}), max {g['max_completion_length']} new tokens")
+          f"{grad_accum}), max {g['max_completion_length']} new tokens"
+          + ("; rollouts with a static KV cache and compiled decoding (rollout.compile)" if compile_rollouts else ""))
     for t, log in zip(timer.times, logs.rows):
         tokens = log["completions/mean_length"] * completions
         print(f"step {log['step']}: {t:.2f} s, {tokens:.0f} generated tokens, {tokens / t:.0f} tokens/s over the whole step")
@@ -207,10 +212,13 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--qwen-3b", action="store_true", help="GPU: gres_grpo.yaml on a random Qwen2.5-VL-3B")
     p.add_argument("--grad-accum", type=int, default=8, help="--qwen-3b: gradient accumulation (8: the released update)")
+    p.add_argument("--compile-rollouts", action="store_true",
+                   help="--qwen-3b: the recipe setting rollout.compile (static KV cache, compiled decoding)")
     p.add_argument("--shrink", type=int, default=1, help=argparse.SUPPRESS)  # CPU smoke check of --qwen-3b
     args = p.parse_args(argv)
     if args.qwen_3b:
-        return run_qwen_3b(steps=args.steps or 2, shrink=args.shrink, grad_accum=args.grad_accum)
+        return run_qwen_3b(steps=args.steps or 2, shrink=args.shrink, grad_accum=args.grad_accum,
+                           compile_rollouts=args.compile_rollouts)
     args.steps = args.steps or 20
     torch.set_num_threads(1)
     from envs.base import rows_to_dataset

@@ -229,3 +229,44 @@ def test_with_the_project_features_at_rest_training_is_trls_to_the_bit(tmp_path)
     moved = [n for n, p in ours.named_parameters() if not torch.equal(before[n], p.detach())]
     assert any("language_model" in n for n in moved)  # a real update, not two untouched copies
     assert [n for n, p in ours.named_parameters() if not torch.equal(p, theirs[n])] == []
+
+
+def test_compiled_decoding_trains_and_keeps_the_greedy_tokens_of_image_prompts(tmp_path):
+    """rollout.compile: TRL's rollouts run a compiled decoding step (static KV cache), the policy trains, and greedy
+    decoding of image prompts gives the tokens TRL's eager default gives (so only the speed may change)."""
+    import copy
+
+    import numpy as np
+    from PIL import Image
+
+    from envs.shapes import gres_samples
+
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    recipe = tiny_recipe(tmp_path, "grpo.cache_implementation=static", "rollout.compile=true")
+    trainer, model, before = train_tiny(recipe)
+    assert trainer.generation_config.disable_compile is False
+    assert getattr(model, "_compiled_call", None) is not None  # transformers compiled the decoding step
+    assert any(not torch.equal(before[n], p.detach()) for n, p in model.named_parameters() if "language_model" in n)
+
+    processor = trainer.processing_class
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Please segment the shapes."}]}]
+    images = [[Image.fromarray(np.asarray(s["image"]))] for s in gres_samples("val", 8, seed=1)]
+    batch = processor(text=[processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)] * 8,
+                      images=images, return_tensors="pt", padding=True)
+    greedy = copy.deepcopy(trainer.generation_config)
+    greedy.do_sample, greedy.temperature, greedy.top_p = False, None, None
+    eager = copy.deepcopy(greedy)
+    eager.disable_compile, eager.cache_implementation = True, None
+    model.eval()
+    with torch.no_grad():
+        compiled_ids, eager_ids = (model.generate(**batch, generation_config=c) for c in (greedy, eager))
+    assert compiled_ids.shape[1] > batch["input_ids"].shape[1]
+    assert torch.equal(compiled_ids, eager_ids)
+
+
+def test_compiled_decoding_is_refused_where_it_cannot_compile(tmp_path):
+    with pytest.raises(ValueError, match=r"rollout.compile: transformers compiles decoding only with a static KV cache"):
+        tiny_recipe(tmp_path, "rollout.compile=true")
+    with pytest.raises(ValueError, match=r"rollout.compile: .*grpo.use_vllm generates with vLLM"):
+        tiny_recipe(tmp_path, "rollout.compile=true", "grpo.use_vllm=true", "grpo.cache_implementation=static")

@@ -87,3 +87,16 @@ def test_no_other_module_touches_trl_or_transformers_internals():
             if needles.search(code) and not code.strip().startswith(('"', "'", "``")):
                 offenders.append(f"{path.relative_to(root)}:{i}: {line.strip()}")
     assert offenders == [], "move these into rl/grpo/seam.py:\n" + "\n".join(offenders)
+
+
+def test_compiled_decoding_still_has_its_two_switches():
+    # rollout.compile edits the generation config TRL's HF path generates with (self.generation_config, built with
+    # disable_compile=True) and transformers' private switch for compiling off accelerators.
+    from transformers.generation.configuration_utils import CompileConfig
+
+    source = inspect.getsource(grpo_module)
+    assert "self.generation_config = GenerationConfig(" in source and "disable_compile=True" in source, (
+        "TRL no longer builds self.generation_config with disable_compile=True: revisit "
+        "rl.grpo.seam.enable_compiled_decoding")
+    assert "generation_config=self.generation_config" in source, "TRL's HF path no longer generates with it"
+    assert hasattr(CompileConfig, "_compile_all_devices"), "transformers' CompileConfig lost _compile_all_devices"

@@ -63,7 +63,8 @@ TRL_HELPERS = {
     "_ChunkedLogProbFunction": None, "_use_triton": None,
 }
 
-__all__ = ["PRIVATE_CALLS", "PRIVATE_HOOKS", "PRIVATE_STATE", "TRL_HELPERS", "RepeatSampler", "SeamTrainer", "install_dense_lm_head",
+__all__ = ["PRIVATE_CALLS", "PRIVATE_HOOKS", "PRIVATE_STATE", "TRL_HELPERS", "RepeatSampler", "SeamTrainer",
+           "enable_compiled_decoding", "install_dense_lm_head",
            "pad", "split_pixel_values_by_grid", "tensorboard_writer", "unsplit_pixel_values_by_grid",
            "wandb_module", "without_zero3_init"]
 
@@ -227,6 +228,20 @@ def install_dense_lm_head() -> bool:
     trl_utils._use_triton = lambda device: use_triton(device) or device.type == "cpu"
     _dense_lm_head = True
     return True
+
+
+def enable_compiled_decoding(config) -> None:
+    """Let HF ``generate`` compile its decoding step under the generation config ``config`` (``rollout.compile``: the
+    trainer's ``generation_config``, which TRL's HF path generates with; ``bench/rollout.py`` sets its own the same
+    way). TRL 1.16 builds that config with ``disable_compile=True`` and no setting changes it (``disable_compile`` in
+    ``grpo.generation_kwargs`` collides with TRL's own keyword and fails). Transformers compiles on accelerators only
+    unless the compile config's private ``_compile_all_devices`` is set: set here, so that a CPU run compiles the
+    same graph that a GPU run does (the CPU tests check that graph's tokens)."""
+    from transformers.generation.configuration_utils import CompileConfig
+
+    config.disable_compile = False
+    config.compile_config = config.compile_config or CompileConfig()
+    config.compile_config._compile_all_devices = True
 
 
 def wrap_vllm_generate(trainer, wrap) -> None:

@@ -27,13 +27,14 @@ from rl.grpo.distributed import barrier, gathered
 from rl.grpo.preemption import OutOfMemoryStop
 from rl.grpo.seam import (
     SeamTrainer,
+    enable_compiled_decoding,
     split_pixel_values_by_grid,
     unsplit_pixel_values_by_grid,
     wrap_vllm_generate,
 )
 from rl.grpo.timing import PhaseTimer
 from rl.policy.trainable import ROWS_FILE, load_rows, row_trained, save_rows
-from rl.recipe.config import Recipe, Sampling
+from rl.recipe.config import Recipe, Rollout, Sampling
 from rl.recipe.schema import between_generation_blocks
 
 log = logging.getLogger(__name__)
@@ -105,9 +106,11 @@ class SamtokGRPOTrainer(SeamTrainer):
     completions with (the completion log reuses its decoded batch)."""
 
     def __init__(self, *args, sampling: Sampling | None = None, max_nonfinite_steps: int = 3, raw_text=None,
-                 **kwargs):
+                 rollout: Rollout | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.sampling = sampling or Sampling()
+        if (rollout or Rollout()).compile:
+            enable_compiled_decoding(self.generation_config)
         self.max_nonfinite_steps = max_nonfinite_steps
         self.raw_text = raw_text
         self.sampler = None  # the prompt sampler, built with the train dataloader
@@ -414,4 +417,5 @@ def build_trainer(recipe: Recipe, run_dir: str | os.PathLike, train_dataset, eva
         model=model, reward_funcs=build_rewards(recipe, processor.tokenizer, raw_text), args=args,
         train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processor, callbacks=list(callbacks),
         sampling=recipe.sampling, max_nonfinite_steps=recipe.run.max_nonfinite_steps, raw_text=raw_text,
+        rollout=recipe.rollout,
     )

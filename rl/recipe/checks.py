@@ -163,6 +163,7 @@ def check_semantics(r: Recipe, problems: list[str], check_files: bool) -> None:
         problems.append("grpo.use_transformers_continuous_batching: TRL 1.16 refuses it for multimodal models "
                         "(every QwenVL-SAMTok policy); use grpo.use_vllm=true for faster rollouts")
     _check_vllm(r, problems)
+    _check_rollout(r, problems)
     weights = r.grpo.get("reward_weights")
     if weights is not None:
         problems.append("grpo.reward_weights: set each reward's weight under rewards[] instead")
@@ -196,6 +197,18 @@ def _check_vllm(r: Recipe, problems: list[str]) -> None:
                         "model.add_mask_tokens (or the tiny policy) adds in the trainer, and the weight sync would not "
                         "fit; serve and train a checkpoint that has them (a -SAMTok checkpoint, or an earlier run's "
                         "sft/ or final/) with model.add_mask_tokens=false")
+
+
+def _check_rollout(r: Recipe, problems: list[str]) -> None:
+    if not r.rollout.compile:
+        return
+    if r.grpo.get("use_vllm"):
+        problems.append("rollout.compile: compiles HF generate's decoding step, but grpo.use_vllm generates with vLLM "
+                        "(which compiles its own); set one of the two")
+    elif r.grpo.get("cache_implementation") != "static":
+        problems.append(f"rollout.compile: transformers compiles decoding only with a static KV cache, and "
+                        f"grpo.cache_implementation is {r.grpo.get('cache_implementation')!r}; add "
+                        "grpo.cache_implementation=static")
 
 
 def _check_monitor(r: Recipe, problems: list[str]) -> None:

@@ -36,6 +36,7 @@ from rl.recipe.schema import (  # noqa: F401  (re-exported: rl.recipe.config is 
     RecipeError,
     Reward,
     RewardRuntime,
+    Rollout,
     Run,
     Sampling,
     Sft,
@@ -48,7 +49,7 @@ from rl.recipe.schema import (  # noqa: F401  (re-exported: rl.recipe.config is 
 # saved recipe without one ran with that value (resume checks and experiment cell keys read it so).
 def later_settings() -> dict:
     return {"sampling.balance": None, "sampling.stratify": False, "sampling.dynamic": dataclasses.asdict(Dynamic()),
-            "reward_runtime.isolation": RewardRuntime.isolation}
+            "reward_runtime.isolation": RewardRuntime.isolation, "rollout.compile": Rollout.compile}
 
 
 def with_later_defaults(saved: dict) -> dict:

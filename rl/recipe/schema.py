@@ -237,6 +237,24 @@ class Sampling:
 
 
 @dataclass
+class Rollout:
+    """How TRL's HF path generates the rollouts (vLLM is set up by ``grpo.use_vllm`` and ``grpo.vllm_*`` instead).
+
+    ``compile``: compile HF ``generate``'s decoding step with ``torch.compile`` (transformers' default
+    ``CompileConfig``: inductor, mode reduce-overhead, so CUDA graphs on a GPU). TRL switches compilation off in its
+    generation config and takes no setting to switch it on; this does (``rl.grpo.seam.enable_compiled_decoding``).
+    Needs ``grpo.cache_implementation: static``: transformers compiles only with a static KV cache. The first
+    rollout compiles (about 20 s for the tiny policy on a CPU). Later ones reuse the graph while the cache keeps
+    its length; transformers sizes it to the longest prompt so far and never shrinks it, so only a prompt longer
+    than every earlier one recompiles. Greedy decoding gives the same tokens as without, image prompts included
+    (``tests/test_rl_trainer.py``). Its speed on a GPU is measured by ``bench/rollout.py --qwen-3b --images``
+    (``bench/gpu_check.sh``); on the tiny policy on a CPU it saves little.
+    """
+
+    compile: bool = False
+
+
+@dataclass
 class Recipe:
     run: Run = field(default_factory=Run)
     model: Model = field(default_factory=Model)
@@ -247,3 +265,4 @@ class Recipe:
     grpo: dict[str, Any] = field(default_factory=dict)  # GRPOConfig fields
     monitor: Monitor = field(default_factory=Monitor)
     sampling: Sampling = field(default_factory=Sampling)
+    rollout: Rollout = field(default_factory=Rollout)
