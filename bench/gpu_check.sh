@@ -18,7 +18,9 @@
 #             rollout.compile sets the trainer's; and whether greedy decoding gives the same tokens
 #   grpo      bench/trainer.py --qwen-3b: two full updates of recipes/gres_grpo.yaml as released (gradient
 #             accumulation 8: one generate call of 128 completions, 8 micro-steps of 16) on that architecture:
-#             seconds per update with its phase timings (timing_s/*), tokens/s over the update, peak memory
+#             seconds per update with its phase timings (timing_s/*), tokens/s over the update, peak memory, and
+#             the training side (forward-backward, log-probs) against its FLOP bound at the card's measured matmul
+#             rate, with the share of padded tokens
 #   mask_iou  bench/rewards.py: mask_iou per group of 8 completions with the Hiera-L tokenizer (random
 #             weights) on the GPU, with and without the image-feature cache, and a generation batch of 128
 #             groups decoded per distinct image against group by group (same rewards?)
@@ -88,6 +90,13 @@ report["grpo_steps"] = [{"step": int(s), "seconds": float(t), "tokens": int(n), 
 for step in report["grpo_steps"]:
     m = re.search(rf"step {step['step']} phases: (.*)", grpo)
     step["phases_s"] = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+) s", m.group(1))} if m else None
+    step["training_side"] = {
+        phase: {"seconds": float(t), "flop_bound_s": float(b), "times_bound": float(x), "tokens": int(n), "padded": int(pad)}
+        for phase, t, b, x, n, pad in re.findall(
+            rf"step {step['step']} (forward_backward|logprobs): ([\d.]+) s, FLOP bound ([\d.]+) s \(([\d.]+)x\); "
+            r"\d+ forwards, (\d+) tokens of (\d+) padded", grpo)}
+rate = re.search(r"matmul rate: ([\d.]+) TFLOP/s", grpo)
+report["matmul_tflops"] = float(rate.group(1)) if rate else None
 peak = re.search(r"peak GPU memory: ([\d.]+) GiB", grpo)
 report["grpo_peak_gib"] = float(peak.group(1)) if peak else None
 report["imports"] = dict(l.split(": ", 1) for l in report["parts"].get("imports", {}).get("lines", []) if ": " in l)

@@ -75,6 +75,73 @@ def token_id_reward(completions, completion_ids, **kwargs):
     return [sum(ids) % 7 / 7 for ids in completion_ids]
 
 
+class TrainingWork(TrainerCallback):
+    """What the training side of each step computed, counted at the policy's scoring forwards (the calls TRL makes
+    with ``labels``; generation's forwards carry none): tokens (real and padded), scored completion tokens and image
+    patches, split by whether autograd was on (the loss's forward, whose backward follows) or off (old-policy and
+    reference log-probs). ``flops`` turns them into matmul FLOPs: 2 per parameter and token forward, 4 more backward,
+    2 more where gradient checkpointing recomputes the layers; the frozen vision tower forward only; the LM head on
+    the scored tokens only, as TRL's fused head computes them on a GPU. Attention's own FLOPs (about 1% at these
+    lengths) are left out, so the bound is a floor."""
+
+    def __init__(self):
+        self.steps, self._now = [], self._zero()
+
+    @staticmethod
+    def _zero():
+        return {mode: dict.fromkeys(("tokens", "padded", "scored", "patches", "calls"), 0) for mode in ("grad", "no_grad")}
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self.checkpointing = bool(args.gradient_checkpointing)
+        inner = model.model
+        embeddings = model.get_input_embeddings().weight.numel()
+        self.n_body = sum(p.numel() for p in inner.language_model.parameters()) - embeddings
+        self.n_head = model.get_output_embeddings().weight.numel()
+        self.n_vision = sum(p.numel() for p in inner.visual.parameters())
+        # TRL's reference model (beta > 0) is another instance of the policy's class, which callbacks are not given.
+        import gc
+
+        for m in [model, *(o for o in gc.get_objects() if type(o) is type(model) and o is not model)]:
+            m.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module, args, kwargs):
+        labels, mask = kwargs.get("labels"), kwargs.get("attention_mask")
+        if labels is None or mask is None:
+            return
+        c = self._now["grad" if torch.is_grad_enabled() else "no_grad"]
+        c["tokens"] += int(mask.sum())
+        c["padded"] += mask.numel()
+        c["scored"] += int((labels != -100).sum())
+        pixels = kwargs.get("pixel_values")
+        c["patches"] += 0 if pixels is None else pixels.shape[0]
+        c["calls"] += 1
+
+    def on_step_end(self, args, state, control, **kw):
+        self.steps.append(self._now)
+        self._now = self._zero()
+
+    def flops(self, c: dict, backward: bool) -> float:
+        body = 2 + (4 + (2 if self.checkpointing else 0) if backward else 0)
+        head = 6 if backward else 2
+        return body * self.n_body * c["tokens"] + head * self.n_head * c["scored"] + 2 * self.n_vision * c["patches"]
+
+
+def matmul_tflops(device: str, dtype) -> float:
+    """The card's measured dense matmul rate (TFLOP/s): the bound's denominator."""
+    n = 8192 if device == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t, reps = time.perf_counter(), 20 if device == "cuda" else 3
+    for _ in range(reps):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
+
+
 def recipe_for(run_dir: Path, steps: int):
     from rl.recipe.config import load_recipe
 
@@ -186,10 +253,11 @@ def run_qwen_3b(steps: int = 2, shrink: int = 1, grad_accum: int = 8, compile_ro
     ])
     if not cuda:
         recipe.grpo.update(bf16=False, max_completion_length=16)
-    timer, logs = StepTimer(), LogCollector()
+    timer, logs, work = StepTimer(), LogCollector(), TrainingWork()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    train.run(recipe, callbacks=[timer, logs])
+    train.run(recipe, callbacks=[timer, logs, work])
+    tflops = matmul_tflops("cuda" if cuda else "cpu", torch.bfloat16 if cuda else torch.float32)
     g = recipe.grpo
     completions = g["per_device_train_batch_size"] * grad_accum  # per optimizer step, on this device
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}; {completions} completions/step "
@@ -201,6 +269,19 @@ def run_qwen_3b(steps: int = 2, shrink: int = 1, grad_accum: int = 8, compile_ro
         print(f"step {log['step']}: {t:.2f} s, {tokens:.0f} generated tokens, {tokens / t:.0f} tokens/s over the whole step")
         phases = {k.split("/", 1)[1]: v for k, v in log.items() if k.startswith("timing_s/")}
         print(f"step {log['step']} phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
+        # Item 4 of the GPU step: the training side against the time its matmuls need at the measured rate.
+        counted = work.steps[log["step"] - 1]
+        for phase, mode in (("forward_backward", "grad"), ("logprobs", "no_grad")):
+            c = counted[mode]
+            if not c["calls"] or phase not in phases:
+                continue
+            bound = work.flops(c, backward=mode == "grad") / (tflops * 1e12)
+            print(f"step {log['step']} {phase}: {phases[phase]:.2f} s, FLOP bound {bound:.3f} s "
+                  f"({phases[phase] / bound:.1f}x); {c['calls']} forwards, {c['tokens']} tokens of {c['padded']} "
+                  f"padded ({c['tokens'] / c['padded']:.0%} real), {c['scored']} scored, {c['patches']} image patches")
+    print(f"matmul rate: {tflops:.1f} TFLOP/s measured; parameters: {work.n_body / 1e9:.2f} B in the language model's "
+          f"layers, {work.n_head / 1e9:.2f} B in the LM head, {work.n_vision / 1e9:.2f} B in the vision tower (frozen); "
+          f"gradient checkpointing {'on' if work.checkpointing else 'off'}")
     if cuda:
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     return 0
