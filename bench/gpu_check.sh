@@ -70,11 +70,11 @@ part rollout_static 180 "$PY" bench/rollout.py "${STATIC[@]}" --backends hf_gene
 part grpo 300 "$PY" bench/trainer.py "${GRPO[@]}"
 part mask_iou 150 "$PY" bench/rewards.py --quick --skip-answer-match --skip-grpo "${IOU[@]}"
 
-"$PY" - "$OUT" <<'EOF'
+"$PY" - "$OUT" "${GPU_CHECK_SMOKE:-0}" <<'EOF'
 import json, re, sys
 from pathlib import Path
 
-out = Path(sys.argv[1])
+out, smoke = Path(sys.argv[1]), sys.argv[2] == "1"
 report = {"parts": {}}
 for line in (out / "parts.txt").read_text().splitlines():
     name, rc, seconds = line.split()
@@ -100,6 +100,18 @@ rate = re.search(r"matmul rate: ([\d.]+) TFLOP/s", grpo)
 report["matmul_tflops"] = float(rate.group(1)) if rate else None
 peak = re.search(r"peak GPU memory: ([\d.]+) GiB", grpo)
 report["grpo_peak_gib"] = float(peak.group(1)) if peak else None
+# The released GRES recipe's wall time, projected from the last (warm) update: 8 GPUs each run this per-device update
+# in parallel (ZeRO-2's gradient exchange assumed hidden), 128 prompts per update, the 8k-prompt RL set of the
+# official script (samtok-method.md), 1 epoch and EasyR1's default 16. The random policy never stops before 512 new
+# tokens, so the generation share is an upper bound: GRES answers are 3-50 tokens.
+# (Computed in the smoke mode too, where it means nothing: the report says smoke.)
+report["smoke"] = smoke
+if report["grpo_steps"]:
+    update_s = report["grpo_steps"][-1]["seconds"]
+    updates = 8000 / 128
+    report["projection_gres_grpo_8_gpus"] = {"update_s": update_s, "updates_per_epoch": updates,
+                                            "epoch_h": round(update_s * updates / 3600, 2),
+                                            "epochs_16_h": round(16 * update_s * updates / 3600, 1)}
 report["imports"] = dict(l.split(": ", 1) for l in report["parts"].get("imports", {}).get("lines", []) if ": " in l)
 iou = "\n".join(report["parts"].get("mask_iou", {}).get("lines", []))
 m = re.search(r"with cache\s+([\d.]+) ms/group \| without\s+([\d.]+) ms/group", iou)
