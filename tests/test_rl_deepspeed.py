@@ -1,4 +1,5 @@
-"""2 GRPO steps under DeepSpeed ZeRO-2 and ZeRO-3 (full and LoRA) on the CPU (gloo), through rl.grpo.train.
+"""2 GRPO steps under DeepSpeed ZeRO-2 and ZeRO-3 (full and LoRA; full with compiled decoding, ``rollout.compile``) on
+the CPU (gloo), through rl.grpo.train.
 
 All three runs share one subprocess: DeepSpeed's first engine start JIT-compiles a communication op (~25 s on a
 clean machine, cached afterwards), and a single process pays the imports and that compile once. Outside a
@@ -32,11 +33,12 @@ SCRIPT = textwrap.dedent("""
 
     tmp = Path(sys.argv[1])
     write_prepared(tmp / "data", n=8)
-    for stage, finetune in ((2, "full"), (3, "full"), (3, "lora")):
+    for stage, finetune, compiled in ((2, "full", False), (3, "full", False), (3, "lora", False), (3, "full", True)):
         AcceleratorState._reset_state(True)
         PartialState._reset_state()
-        run = tmp / f"zero{stage}-{finetune}"
+        run = tmp / (f"zero{stage}-{finetune}" + ("-compiled" if compiled else ""))
         recipe = load_recipe(Path("recipes/shapes_gres.yaml"), [f"model.finetune={finetune}",
+            *(["grpo.cache_implementation=static", "rollout.compile=true"] if compiled else []),
             "data.env=grefcoco", f"data.train={tmp / 'data'}", "sft.enabled=false", f"run.output_dir={run}",
             "run.report_to=[none]", "monitor.eval_steps=0", "monitor.image_steps=0", "grpo.max_steps=2", "grpo.save_strategy=steps", "grpo.save_steps=2",
             "grpo.learning_rate=0.05" if finetune == "lora" else "grpo.learning_rate=0.01",
@@ -48,7 +50,10 @@ SCRIPT = textwrap.dedent("""
         final = train.run(recipe, callbacks=[seen])
         print(stage, seen.optimizer, flush=True)
         assert seen.optimizer == {2: "DeepSpeedZeroOptimizer", 3: "DeepSpeedZeroOptimizer_Stage3"}[stage]
-        print(f"ZERO{stage} {finetune} OK", flush=True)
+        # rollout.compile under ZeRO-3 (parameters gathered for generation): one graph over both steps' rollouts
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert graphs == (1 if compiled else 0), graphs
+        print(f"ZERO{stage} {finetune}{' compiled' if compiled else ''} OK", flush=True)
 """)
 
 
@@ -62,10 +67,10 @@ def test_grpo_under_zero2_zero3_and_zero3_lora(tmp_path):
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=400)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    for name in ("ZERO2 full OK", "ZERO3 full OK", "ZERO3 lora OK"):
+    for name in ("ZERO2 full OK", "ZERO3 full OK", "ZERO3 lora OK", "ZERO3 full compiled OK"):
         assert name in done.stdout, name
-    for stage, finetune in ((2, "full"), (3, "full"), (3, "lora")):
-        run = tmp_path / f"zero{stage}-{finetune}"
+    for stage, finetune, compiled in ((2, "full", False), (3, "full", False), (3, "full", True), (3, "lora", False)):
+        run = tmp_path / (f"zero{stage}-{finetune}" + ("-compiled" if compiled else ""))
         m0, m1, tokenizer = before_after(run)
         changed = changed_params(m0, m1)
         assert any("language_model.layers" in k for k in changed), f"ZeRO-{stage} {finetune}: weights did not change"
