@@ -231,7 +231,8 @@ def test_with_the_project_features_at_rest_training_is_trls_to_the_bit(tmp_path)
     assert [n for n, p in ours.named_parameters() if not torch.equal(p, theirs[n])] == []
 
 
-def test_compiled_decoding_trains_and_keeps_the_greedy_tokens_of_image_prompts(tmp_path):
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_compiled_decoding_trains_and_keeps_the_greedy_tokens_of_image_prompts(tmp_path, finetune):
     """rollout.compile: TRL's rollouts run a compiled decoding step (static KV cache), the policy trains, and greedy
     decoding of image prompts gives the tokens TRL's eager default gives (so only the speed may change)."""
     import copy
@@ -243,11 +244,13 @@ def test_compiled_decoding_trains_and_keeps_the_greedy_tokens_of_image_prompts(t
 
     torch.manual_seed(0)
     torch._dynamo.reset()
-    recipe = tiny_recipe(tmp_path, "grpo.cache_implementation=static", "rollout.compile=true")
+    recipe = tiny_recipe(tmp_path, "grpo.cache_implementation=static", "rollout.compile=true", f"model.finetune={finetune}")
     trainer, model, before = train_tiny(recipe)
     assert trainer.generation_config.disable_compile is False
-    assert getattr(model, "_compiled_call", None) is not None  # transformers compiled the decoding step
-    assert any(not torch.equal(before[n], p.detach()) for n, p in model.named_parameters() if "language_model" in n)
+    # transformers compiled the decoding step (of the model generate ran on: under LoRA, the base model inside)
+    assert any(getattr(m, "_compiled_call", None) is not None for m in model.modules())
+    assert any(not torch.equal(before[n], p.detach()) for n, p in model.named_parameters()
+               if n in before and "language_model" in n)
 
     processor = trainer.processing_class
     chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Please segment the shapes."}]}]
