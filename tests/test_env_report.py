@@ -37,6 +37,17 @@ def test_a_gpu_recipe_on_this_machine_lists_each_missing_thing_and_exits_1(capsy
     assert any(line.startswith("note: model.path") for line in lines)  # a hub id: noted, not a problem
 
 
+def test_compiled_decoding_without_a_compiler_is_a_problem(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    recipe = [str(ROOT / "recipes" / "shapes_gres.yaml"), "grpo.cache_implementation=static", "rollout.compile=true"]
+    assert cli.main(["env", "--recipe", *recipe]) == 0  # this machine has g++
+    monkeypatch.setattr(env_report.shutil, "which", lambda name: None)
+    assert cli.main(["env", "--recipe", *recipe]) == 1
+    assert "problem: rollout.compile=true on the CPU needs a C++ compiler" in capsys.readouterr().out
+
+
 def test_vllm_outside_trls_window_is_flagged():
     assert env_report._in_window("0.24.0+cu129", ("0.22.0", "0.31.0"))
     assert not env_report._in_window("0.32.1", ("0.22.0", "0.31.0"))

@@ -4,7 +4,8 @@ Prints the versions a bug report needs (Python, torch and its CUDA, transformers
 supported window, DeepSpeed and whether its ops can build, sam2, flash-attn, peft, accelerate, datasets) and the
 GPUs. With ``--recipe`` it also checks what that recipe needs: it validates, its local files exist, vLLM for
 ``grpo.use_vllm``, a GPU for bf16/fp16 and for vLLM rollouts, DeepSpeed for a ``grpo.deepspeed`` config, flash-attn
-for ``model.attn_implementation: flash_attention_2``, sam2 for the mask tokenizer. Each problem is one line
+for ``model.attn_implementation: flash_attention_2``, sam2 for the mask tokenizer, what ``rollout.compile``'s
+compiler needs (Triton on a GPU, a C++ compiler on the CPU). Each problem is one line
 starting ``problem:``; the exit status is 1 when there is any. Nothing is downloaded (hub ids are not checked).
 """
 
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import importlib.util
+import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -126,6 +129,11 @@ def recipe_problems(path: str, overrides: list[str]) -> list[str]:
         problems.append("grpo.deepspeed is set but DeepSpeed is not installed")
     if recipe.model.attn_implementation == "flash_attention_2" and version("flash-attn") is None:
         problems.append("model.attn_implementation=flash_attention_2 needs flash-attn (or use sdpa)")
+    if recipe.rollout.compile:  # torch.compile's inductor generates Triton kernels on a GPU, C++ on the CPU
+        if cuda and importlib.util.find_spec("triton") is None:
+            problems.append("rollout.compile=true needs Triton on a GPU (it ships with torch's CUDA wheels)")
+        if not cuda and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+            problems.append("rollout.compile=true on the CPU needs a C++ compiler (g++ or clang++, or CXX)")
     from rewards.registry import needs_mask_tokenizer
 
     # Every reward whose factory takes a mask_tokenizer declares that it decodes masks (rewards.registry).
