@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rl.grpo import sampling
+from rl.grpo.batch import join, take, trim_padding
 from rl.grpo.trainer import SamtokGRPOTrainer
 from rl.recipe.config import RecipeError, load_recipe
 
@@ -150,7 +151,7 @@ def test_take_and_join_repad_left_and_right():
          "advantages": torch.tensor([1.0]), "num_items_in_batch": torch.tensor(3),
          "pixel_values": [torch.zeros(1, 3)], "num_images": [1],
          "mm_token_type_ids": torch.tensor([[1, 1, 0, 0, 0, 0]])}
-    out = sampling.join([sampling.take(a, [1]), b], pad_token_id=0)
+    out = join([take(a, [1]), b], pad_token_id=0)
     # prompt part left-padded to the joined prompt width (3), completion part right-padded (3): rows stay aligned
     # with cat(prompt_ids, completion_ids), as the model's rope index needs
     assert out["mm_token_type_ids"].tolist() == [[0, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]]
@@ -162,7 +163,7 @@ def test_take_and_join_repad_left_and_right():
     assert out["advantages"].tolist() == [-0.5, 1.0]
     assert [p.shape[0] for p in out["pixel_values"]] == [4, 1] and out["num_images"] == [1, 1]
     with pytest.raises(ValueError, match="does not know how to join.*'weird'"):
-        sampling.join([{"weird": torch.ones(1, 2)}, {"weird": torch.ones(1, 3)}], 0)
+        join([{"weird": torch.ones(1, 2)}, {"weird": torch.ones(1, 3)}], 0)
 
 
 def target_only_reward(completions, no_target=None, **kwargs):
@@ -257,3 +258,65 @@ def test_dynamic_sampling_keeps_vllm_rollouts_aligned(level):
     assert int(out["num_items_in_batch"]) == 10
     assert metrics["train"]["sampling/frac_filtered"] == [0.5]
     assert metrics["train"]["sampling/effective_batch"] == [4.0]
+
+
+def test_trim_padding_drops_the_columns_no_row_uses():
+    slice_ = {"prompt_ids": torch.tensor([[0, 0, 5, 6], [0, 7, 7, 7]]), "prompt_mask": torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]]),
+              "completion_ids": torch.tensor([[1, 0, 0, 0], [2, 3, 0, 0]]),
+              "completion_mask": torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0]]),
+              "ref_per_token_logps": torch.tensor([[-1.0, 0, 0, 0], [-2.0, -3.0, 0, 0]]),
+              "importance_sampling_ratio": torch.ones(2, 1),  # sequence-level: no token axis to trim
+              "mm_token_type_ids": torch.tensor([[0, 0, 1, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0, 0]]),
+              "advantages": torch.tensor([0.5, -0.5]), "num_items_in_batch": torch.tensor(9)}
+    out = trim_padding(slice_)
+    assert out["prompt_ids"].tolist() == [[0, 5, 6], [7, 7, 7]] and out["prompt_mask"].tolist() == [[0, 1, 1], [1, 1, 1]]
+    assert out["completion_ids"].tolist() == [[1, 0], [2, 3]] and out["completion_mask"].tolist() == [[1, 0], [1, 1]]
+    assert out["ref_per_token_logps"].tolist() == [[-1.0, 0.0], [-2.0, -3.0]]
+    assert out["mm_token_type_ids"].tolist() == [[0, 1, 0, 0, 0], [1, 1, 0, 0, 0]]  # still prompt then completion
+    assert out["importance_sampling_ratio"].shape == (2, 1) and out["advantages"] is slice_["advantages"]
+    assert slice_["prompt_ids"].shape == (2, 4)  # the generation batch's own tensors are left as they were
+    assert trim_padding(out) is out  # nothing left to drop: the same dict
+
+
+def test_trimmed_micro_steps_give_trls_loss_and_train_alike(tmp_path, monkeypatch):
+    """Two micro-steps per generation batch, so each slice is padded to the whole batch's longest sequences: the
+    trimmed slices give TRL's loss on the untrimmed ones (to float rounding), and training with trimming ends where
+    training without it does (to float rounding, as Adam carries it)."""
+    from tiny_runs import tiny_recipe, train_tiny
+    from trl import GRPOTrainer
+
+    from rl.grpo import trainer as tr
+
+    seen = []
+
+    def recording(inputs):
+        out = trim_padding(inputs)
+        seen.append((inputs, out))
+        return out
+
+    runs = {}
+    for trim in (True, False):
+        monkeypatch.setattr(tr, "trim_padding", recording if trim else (lambda inputs: inputs))
+        torch.manual_seed(0)
+        recipe = tiny_recipe(tmp_path / str(trim), "grpo.gradient_accumulation_steps=2", "grpo.max_steps=3",
+                             "grpo.per_device_train_batch_size=4", "sampling.stratify=false",
+                             # <|im_end|> (id 2) made likely: completions of many lengths, so slices differ
+                             "grpo.generation_kwargs={sequence_bias: [[[2], 8.0]]}")
+        runs[trim] = train_tiny(recipe)
+    trimmed = [(a, b) for a, b in seen if b is not a]
+    assert trimmed, "no micro-step had padding-only columns: the test does not exercise the trim"
+    trainer, model, _ = runs[True]
+    model.eval()
+    for full, cut in trimmed:
+        assert cut["prompt_ids"].shape[1] + cut["completion_ids"].shape[1] < full["prompt_ids"].shape[1] + full["completion_ids"].shape[1]
+        with torch.no_grad():
+            theirs = GRPOTrainer.compute_loss(trainer, model, full)
+            ours = trainer.compute_loss(model, full)
+        assert torch.allclose(ours, theirs, atol=1e-6, rtol=1e-5), (ours, theirs)
+    # Adam turns float rounding in near-zero gradients into visible steps, so "alike" is measured against how far
+    # training moved the weights: the two runs differ by under 1% of it (a different rollout would be ~100%).
+    before = runs[True][2]
+    with_trim, without = dict(runs[True][1].named_parameters()), dict(runs[False][1].named_parameters())
+    moved = sum(float((p.detach() - before[n]).norm() ** 2) for n, p in with_trim.items()) ** 0.5
+    apart = sum(float((p.detach() - without[n].detach()).norm() ** 2) for n, p in with_trim.items()) ** 0.5
+    assert moved > 0 and apart < 0.01 * moved, (apart, moved)

@@ -100,3 +100,18 @@ def test_compiled_decoding_still_has_its_two_switches():
         "rl.grpo.seam.enable_compiled_decoding")
     assert "generation_config=self.generation_config" in source, "TRL's HF path no longer generates with it"
     assert hasattr(CompileConfig, "_compile_all_devices"), "transformers' CompileConfig lost _compile_all_devices"
+
+
+def test_every_key_of_trls_generation_batch_has_a_known_layout():
+    # rl.grpo.batch joins (dynamic sampling) and trims (every micro-step) TRL's generation batch by each key's
+    # padding; a key TRL adds must be placed in one of its tables, or it would be cut or padded wrongly.
+    import re
+
+    from rl.grpo import batch
+
+    source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    literal = re.search(r"output = \{(.*?)\n        \}", source, re.S).group(1)
+    keys = set(re.findall(r'"(\w+)":', literal)) | set(re.findall(r'output\["(\w+)"\] =', source))
+    known = {*batch.LEFT_PADDED, *batch.PROMPT_THEN_COMPLETION, *batch.RIGHT_PADDED, *batch.OTHER_KEYS}
+    assert "prompt_ids" in keys and "completion_mask" in keys  # the parse found TRL's dict
+    assert keys - known == set(), f"place these in rl.grpo.batch's layout tables: {sorted(keys - known)}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from envs.task import gres_kind
-from rl.grpo.seam import RepeatSampler, pad
+from rl.grpo.seam import RepeatSampler
 from rl.recipe.config import ANSWER_KINDS
 
 
@@ -133,15 +133,6 @@ class BalancedRepeatSampler(EpochSeededRepeatSampler):
 
 # ---------------------------------------------------------------- dynamic sampling (DAPO's filter_groups)
 
-# How each per-sample tensor of TRL's generation batch is padded when batches of different lengths are joined.
-_LEFT_PADDED = {"prompt_ids": "pad", "prompt_mask": 0}
-# Per-token over prompt + completion: TRL extends the (left-padded) prompt part with zeros for the completion.
-_PROMPT_THEN_COMPLETION = ("token_type_ids", "mm_token_type_ids")
-_RIGHT_PADDED = {"completion_ids": "pad", "completion_mask": 0, "old_per_token_logps": 0.0,
-                 "sampling_per_token_logps": 0.0, "ref_per_token_logps": 0.0, "importance_sampling_ratio": 1.0,
-                 "tool_mask": 1}
-
-
 def draw_prompts(sampler, n: int, generator: torch.Generator) -> list[int]:
     """``n`` fresh prompt rows for an extra generation round, drawn as ``sampler`` draws (uniform, or by kind)."""
     if isinstance(sampler, BalancedRepeatSampler):
@@ -164,49 +155,6 @@ def group_spread(rewards_per_func: torch.Tensor, weights: torch.Tensor, num_gene
     mean = torch.nanmean(groups, 1, keepdim=True)
     var = torch.nansum((groups - mean) ** 2, 1) / (n - 1).clamp(min=1)
     return torch.where(n >= 2, var.sqrt(), torch.full_like(var, float("nan")))
-
-
-def take(batch: dict, index: list[int]) -> dict:
-    """Rows ``index`` of a split generation batch (``split_pixel_values_by_grid``: per-sample lists)."""
-    out = {}
-    for key, v in batch.items():
-        if v is None or (isinstance(v, torch.Tensor) and v.ndim == 0):
-            out[key] = v
-        elif isinstance(v, torch.Tensor):
-            out[key] = v[index]
-        else:
-            out[key] = [v[i] for i in index]
-    return out
-
-
-def join(batches: list[dict], pad_token_id: int) -> dict:
-    """Split generation batches concatenated row-wise, each padded tensor re-padded to the longest."""
-    keys = batches[0].keys()
-    out = {}
-    for key in keys:
-        values = [b[key] for b in batches]
-        if any((v is None) != (values[0] is None) for v in values):
-            raise ValueError(f"dynamic sampling: '{key}' is present in some generation rounds only")
-        if values[0] is None or (isinstance(values[0], torch.Tensor) and values[0].ndim == 0):
-            out[key] = values[0]  # num_items_in_batch: recomputed by the caller
-        elif not isinstance(values[0], torch.Tensor):
-            out[key] = [x for v in values for x in v]
-        elif values[0].ndim == 1:
-            out[key] = torch.cat(values)
-        elif key in _PROMPT_THEN_COMPLETION:
-            widths = [b["prompt_ids"].shape[1] for b in batches]
-            head = pad([row for v, w in zip(values, widths) for row in v[:, :w]], padding_value=0, padding_side="left")
-            tail = pad([row for v, w in zip(values, widths) for row in v[:, w:]], padding_value=0, padding_side="right")
-            out[key] = torch.cat([head, tail], dim=1)
-        elif key in _LEFT_PADDED or key in _RIGHT_PADDED:
-            side = "left" if key in _LEFT_PADDED else "right"
-            fill = {**_LEFT_PADDED, **_RIGHT_PADDED}[key]
-            fill = pad_token_id if fill == "pad" else fill
-            out[key] = pad([row for v in values for row in v], padding_value=fill, padding_side=side)
-        else:
-            raise ValueError(f"dynamic sampling does not know how to join the generation batch's '{key}' "
-                             f"(shape {tuple(values[0].shape)}); turn sampling.dynamic off for this model")
-    return out
 
 
 def round_seed(seed: int, step: int, round_: int, rank: int) -> int:

@@ -22,6 +22,7 @@ from trl import GRPOConfig
 
 from rl.grpo import checkpoint, sampling, vllm_rollout
 from rl.grpo import seam as trl_seam
+from rl.grpo.batch import join, take, trim_padding
 from rl.grpo.checkpoint import CheckpointError
 from rl.grpo.distributed import barrier, gathered
 from rl.grpo.preemption import OutOfMemoryStop
@@ -129,6 +130,11 @@ class SamtokGRPOTrainer(SeamTrainer):
         return self.phase_timer.span(name, into=into) if into else self.phase_timer.span(name)
 
     # ---------------------------------------------------------------- steps
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # TRL pads each micro-step's slice to its whole generation batch's longest prompt and completion; the columns
+        # that are padding in every row of the slice cost forward and backward work and change nothing.
+        return super().compute_loss(model, trim_padding(inputs), return_outputs, num_items_in_batch)
 
     def check_grad_norm(self, model, norm):
         # Called once per optimizer step, just before optimizer.step(), with the global gradient norm.
@@ -242,8 +248,7 @@ class SamtokGRPOTrainer(SeamTrainer):
             rows = sampling.draw_prompts(self.sampler, need, gen)
             batch_inputs = [self.train_dataset[i] for i in rows for _ in range(g)]
         chosen = kept[:need] + dropped[: need - min(need, len(kept))]
-        batch = sampling.join([sampling.take(b, list(range(j * g, (j + 1) * g))) for b, j in chosen],
-                              self.pad_token_id)
+        batch = join([take(b, list(range(j * g, (j + 1) * g))) for b, j in chosen], self.pad_token_id)
         loss_mask = (batch["completion_mask"] if batch.get("tool_mask") is None
                      else batch["completion_mask"] * batch["tool_mask"])
         batch["num_items_in_batch"] = acc.gather(loss_mask.sum()).sum()
