@@ -28,7 +28,7 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=2 $(VENV)/bin/samtok-rl demo
 
 bench: $(STAMP)
-	$(PY) bench/tokenizer.py && $(PY) bench/rewards.py && $(PY) bench/environments.py && $(PY) bench/trainer.py && $(PY) bench/lm_head.py && $(PY) bench/latent_reward.py && $(PY) bench/fuzz.py --n 100000
+	$(PY) bench/tokenizer.py && $(PY) bench/rewards.py && $(PY) bench/environments.py && $(PY) bench/trainer.py && $(PY) bench/trainer.py --trim && $(PY) bench/lm_head.py && $(PY) bench/latent_reward.py && $(PY) bench/fuzz.py --n 100000
 
 # Every benchmark's smallest mode, and the prepared GPU check at toy size on the CPU (about 6 minutes on 2 cores):
 # what `make bench` and bench/gpu_check.sh run, checked without the time they take.
@@ -40,6 +40,7 @@ bench-smoke: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) bench/rewards.py --quick --tokenizer random-tiny --skip-grpo
 	OMP_NUM_THREADS=1 $(PY) bench/lm_head.py --sft-steps 4 --grpo-steps 3 --rounds 1
 	OMP_NUM_THREADS=1 $(PY) bench/trainer.py --steps 3 --rounds 1
+	OMP_NUM_THREADS=1 $(PY) bench/trainer.py --trim --steps 3 --rounds 1
 	OMP_NUM_THREADS=1 $(PY) bench/trainer.py --qwen-3b --shrink 8 --steps 2 --grad-accum 2 --compile-rollouts
 	OMP_NUM_THREADS=1 $(PY) bench/rollout.py --prompts 1 --generations 2 --new-tokens 4 --repeat 1
 	# every part of the GPU check must pass at toy size (parts.txt: name, exit status, seconds)

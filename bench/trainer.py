@@ -18,6 +18,7 @@ out below) and prints s/step, generated tokens/s, each step's phase timings (``t
 micro-step and one generate call of 128 completions per update; 1 is one micro-step per update.
 
     python bench/trainer.py --qwen-3b [--steps 2] [--grad-accum 8] [--compile-rollouts]
+    python bench/trainer.py --trim [--steps 20] [--rounds 2]   # padding-only columns dropped or kept, side by side
 
 ``--compile-rollouts`` adds the recipe setting ``rollout.compile`` (with ``grpo.cache_implementation=static``): the
 same update with compiled decoding, whose first step includes the compilation.
@@ -300,6 +301,47 @@ def run_qwen_3b(steps: int = 2, shrink: int = 1, grad_accum: int = 8, compile_ro
     return 0
 
 
+def run_trim(steps: int, rounds: int) -> int:
+    """Forward-backward seconds per step with and without dropping each micro-step's padding-only columns
+    (``rl.grpo.batch.trim_padding``), side by side in alternating rounds, with the tokens each trained on."""
+    from envs.base import rows_to_dataset
+    from rl.grpo import trainer as tr
+    from rl.grpo.batch import trim_padding
+    from rl.grpo.data import shapes_rows
+    from rl.policy import model as rl_policy
+    from rl.policy.model import build_tokenizer
+
+    eos = build_tokenizer("tiny").eos_token_id
+    times, work = {True: [], False: []}, {True: [0, 0], False: [0, 0]}
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe = recipe_for(Path(tmp) / "run", steps)
+        # 4 micro-steps of 8 per generation batch of 4 prompts x 8, as a released update slices 128 into 8 x 16; the
+        # end of sequence made likely, so that completions end at many lengths as a trained policy's do.
+        recipe.grpo.update(per_device_train_batch_size=8, gradient_accumulation_steps=4, disable_tqdm=True,
+                           logging_steps=1, max_completion_length=64,
+                           generation_kwargs={"sequence_bias": [[[eos], 6.0]]})
+        dataset = rows_to_dataset(shapes_rows(recipe, "train", max(64, 4 * steps), CentroidCodes()))
+        for _ in range(rounds):
+            for trim in (True, False):
+                tr.trim_padding = trim_padding if trim else (lambda inputs: inputs)
+                counted, logs = TrainingWork(), LogCollector()
+                torch.manual_seed(0)
+                model, processor = rl_policy.prepare_policy(recipe, recipe.run.output_dir)
+                tr.build_trainer(recipe, recipe.run.output_dir, dataset, None, model, processor, [counted, logs]).train()
+                times[trim] += [row["timing_s/forward_backward"] for row in logs.rows][2:]  # first steps: warm-up
+                work[trim][0] += sum(c["grad"]["tokens"] for c in counted.steps)
+                work[trim][1] += sum(c["grad"]["padded"] for c in counted.steps)
+    tr.trim_padding = trim_padding
+    print("tiny policy, 4 prompts x 8 generations per step in 4 micro-steps of 8, up to 64 new tokens, 1 thread")
+    for trim in (True, False):
+        real, padded = work[trim]
+        print(f"{'trimmed' if trim else 'as TRL pads'}: forward-backward {statistics.median(times[trim]):.4f} s/step "
+              f"(median of {len(times[trim])}), {padded} tokens of which {real / padded:.0%} real")
+    print(f"ratio trimmed / as TRL pads: {statistics.median(times[True]) / statistics.median(times[False]):.3f} s, "
+          f"{work[True][1] / work[False][1]:.3f} tokens")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=None, help="GRPO steps per run (default 20; --qwen-3b: 2)")
@@ -308,6 +350,8 @@ def main(argv=None) -> int:
     p.add_argument("--grad-accum", type=int, default=8, help="--qwen-3b: gradient accumulation (8: the released update)")
     p.add_argument("--compile-rollouts", action="store_true",
                    help="--qwen-3b: the recipe setting rollout.compile (static KV cache, compiled decoding)")
+    p.add_argument("--trim", action="store_true",
+                   help="instead: forward-backward with and without dropping each micro-step's padding-only columns")
     p.add_argument("--shrink", type=int, default=1, help=argparse.SUPPRESS)  # CPU smoke check of --qwen-3b
     args = p.parse_args(argv)
     if args.qwen_3b:
@@ -315,6 +359,8 @@ def main(argv=None) -> int:
                            compile_rollouts=args.compile_rollouts)
     args.steps = args.steps or 20
     torch.set_num_threads(1)
+    if args.trim:
+        return run_trim(args.steps, args.rounds)
     from envs.base import rows_to_dataset
     from rl.grpo.data import shapes_rows
 
