@@ -100,11 +100,12 @@ def reward_items(recipe: Recipe) -> list[dict]:
 
 class SamtokGRPOTrainer(SeamTrainer):
     """TRL's GRPOTrainer with staged (atomic) checkpoints that also carry trainable mask-token rows, skipped
-    non-finite steps, the project's prompt samplers and dynamic sampling, a richer completion log, and one image
-    placeholder per image for colocated vLLM.
+    non-finite steps, the project's prompt samplers and dynamic sampling, a richer completion log, one image
+    placeholder per image for colocated vLLM, micro-steps without padding-only columns, and compiled decoding on
+    request.
 
-    ``sampling`` is the recipe's ``sampling:`` section; ``raw_text`` the ``rewards.RawText`` the rewards decode
-    completions with (the completion log reuses its decoded batch)."""
+    ``sampling`` is the recipe's ``sampling:`` section, ``rollout`` its ``rollout:`` section; ``raw_text`` the
+    ``rewards.RawText`` the rewards decode completions with (the completion log reuses its decoded batch)."""
 
     def __init__(self, *args, sampling: Sampling | None = None, max_nonfinite_steps: int = 3, raw_text=None,
                  rollout: Rollout | None = None, **kwargs):
