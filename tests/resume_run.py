@@ -69,6 +69,7 @@ class FaultAt(TrainerCallback):
 
 def main(argv):
     from rl.grpo import train
+    from rl.grpo.distributed import leave_process_group
     from rl.recipe.config import load_recipe
 
     logging.basicConfig(level=logging.INFO)
@@ -76,6 +77,7 @@ def main(argv):
     recipe = load_recipe(ROOT / "recipes" / "shapes_gres.yaml", overrides)
     train.run(recipe, callbacks=[StopAt(stop_at), DumpWeights(os.environ.get("RESUME_RUN_DUMP", "")),
                                  FaultAt(os.environ.get("RESUME_RUN_FAULT", ""))])
+    leave_process_group()  # as samtok-rl train does
 
 
 # ---------------------------------------------------------------- the state compared

@@ -34,15 +34,19 @@ def command(recipe: str, overrides: list[str] = (), dry_run: bool = False, no_fi
         print(f"error: {problem}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from rl.grpo.distributed import leave_process_group
+
     try:
         final = run(recipe)
     except (RecipeError, DataError, FileNotFoundError) as e:  # a resume that does not fit, bad data, missing files
         return bad_input("error", e)
     except Preempted as e:  # a clean stop: the scheduler must not count it as a failure
         print(f"preempted: {e}", file=sys.stderr)
+        leave_process_group()
         return 0
     except OutOfMemoryStop as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"trained policy saved to {final}")
+    leave_process_group()
     return 0

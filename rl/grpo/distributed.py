@@ -1,4 +1,5 @@
-"""Process-group helpers: joining the group (restarts included), rank 0 / barrier, gathering ZeRO-3 partitions."""
+"""Process-group helpers: joining the group (restarts included) and leaving it, rank 0 / barrier, gathering ZeRO-3
+partitions."""
 
 from __future__ import annotations
 
@@ -37,6 +38,18 @@ def _join_restarted_attempt(timeout) -> None:
     store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout, rank=rank,
                             world_size=world_size, store=dist.PrefixStore(f"samtok-rl/attempt-{attempt}", store))
+
+
+def leave_process_group() -> None:
+    """Leave the process group, where this process joined one, as its last act before exiting. A rank that exits
+    without it can abort in the interpreter's teardown after a run that succeeded: gloo's worker threads still hold
+    work whose tensors need the interpreter then (SIGABRT, "terminate called without an active exception"; seen once
+    in a two-rank ZeRO-3 test, pytorch/pytorch#179291), and the launcher reports the job failed. Entry points call
+    it (``samtok-rl train``), not ``rl.grpo.train.run``, whose callers may train again in the same group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_main_process() -> bool:
