@@ -246,7 +246,7 @@ class Rollout:
     Needs ``grpo.cache_implementation: static``: transformers compiles only with a static KV cache. The first
     rollout compiles (about 20 s for the tiny policy on a CPU). Later ones reuse the graph while the cache keeps
     its length; transformers sizes it to the longest prompt so far and never shrinks it, so only a prompt longer
-    than every earlier one recompiles. Greedy decoding gives the same tokens as without, image prompts included
+    than every earlier one can recompile. Greedy decoding gives the same tokens as without, image prompts included
     (``tests/test_rl_trainer.py``). Its speed on a GPU is measured by ``bench/rollout.py --qwen-3b --images``
     (``bench/gpu_check.sh``); on the tiny policy on a CPU it saves little.
     """
