@@ -317,7 +317,7 @@ def run_trim(steps: int, rounds: int) -> int:
         recipe = recipe_for(Path(tmp) / "run", steps)
         # 4 micro-steps of 8 per generation batch of 4 prompts x 8, as a released update slices 128 into 8 x 16; the
         # end of sequence made likely, so that completions end at many lengths as a trained policy's do.
-        recipe.grpo.update(per_device_train_batch_size=8, gradient_accumulation_steps=4, disable_tqdm=True,
+        recipe.grpo.update(per_device_train_batch_size=8, gradient_accumulation_steps=4,
                            logging_steps=1, max_completion_length=64,
                            generation_kwargs={"sequence_bias": [[[eos], 6.0]]})
         dataset = rows_to_dataset(shapes_rows(recipe, "train", max(64, 4 * steps), CentroidCodes()))
