@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check: every GPU measurement the project needs, in one run on one H100/H200, written to one JSON
 # file in the folder given. It needs only torch, transformers, accelerate, peft and this checkout (no network, no
-# vLLM: vLLM is measured when it happens to be installed). Its parts share GPU_CHECK_BUDGET seconds (510 by
+# vLLM: vLLM is measured when it happens to be installed). Its parts share GPU_CHECK_BUDGET seconds (480 by
 # default), so give the device call a limit of 540 s or more.
 #
 #   bench/gpu_check.sh OUT_DIR          -> OUT_DIR/gpu_check.json (+ each part's log next to it)
@@ -44,7 +44,7 @@ fi
 # All parts share one time budget, so that the script ends, report written, inside a device call's limit (a device
 # session gets 600 s per call): each part's limit is cut to what is left, and a part with under 30 s left is not
 # run (exit status -1 in the report). The parts run in the order of what the GPU step still lacks most.
-BUDGET=${GPU_CHECK_BUDGET:-510}
+BUDGET=${GPU_CHECK_BUDGET:-480}
 part() {  # part NAME SECONDS COMMAND...: run it, keep its log and exit status
   local name=$1 limit=$2; shift 2
   local start=$SECONDS left=$((BUDGET - SECONDS))
