@@ -184,15 +184,20 @@ def recipe_for(run_dir: Path, steps: int):
     ])
 
 
-def run_ours(recipe, dataset, steps):
+def train_ours(recipe, dataset, callbacks=()):
+    """Our trainer on ``dataset``, from the recipe's policy built afresh under seed 0; the trained model."""
     from rl.grpo import trainer as tr
     from rl.policy import model as rl_policy
 
-    timer = StepTimer()
     torch.manual_seed(0)
     model, processor = rl_policy.prepare_policy(recipe, recipe.run.output_dir)
-    trainer = tr.build_trainer(recipe, recipe.run.output_dir, dataset, None, model, processor, [timer])
-    trainer.train()
+    tr.build_trainer(recipe, recipe.run.output_dir, dataset, None, model, processor, callbacks).train()
+    return model
+
+
+def run_ours(recipe, dataset):
+    timer = StepTimer()
+    model = train_ours(recipe, dataset, [timer])
     return timer.times, weights_digest(model)
 
 
@@ -207,7 +212,7 @@ def weights_digest(model) -> str:
     return h.hexdigest()[:16]
 
 
-def run_plain(recipe, dataset, steps):
+def run_plain(recipe, dataset):
     from trl import GRPOTrainer
 
     from rl.grpo import trainer as tr
@@ -308,7 +313,6 @@ def run_trim(steps: int, rounds: int) -> int:
     from rl.grpo import trainer as tr
     from rl.grpo.batch import trim_padding
     from rl.grpo.data import shapes_rows
-    from rl.policy import model as rl_policy
     from rl.policy.model import build_tokenizer
 
     eos = build_tokenizer("tiny").eos_token_id
@@ -325,9 +329,7 @@ def run_trim(steps: int, rounds: int) -> int:
             for trim in (True, False):
                 tr.trim_padding = trim_padding if trim else (lambda inputs: inputs)
                 counted, logs = TrainingWork(), LogCollector()
-                torch.manual_seed(0)
-                model, processor = rl_policy.prepare_policy(recipe, recipe.run.output_dir)
-                tr.build_trainer(recipe, recipe.run.output_dir, dataset, None, model, processor, [counted, logs]).train()
+                train_ours(recipe, dataset, [counted, logs])
                 times[trim] += [row["timing_s/forward_backward"] for row in logs.rows][2:]  # first steps: warm-up
                 work[trim][0] += sum(c["grad"]["tokens"] for c in counted.steps)
                 work[trim][1] += sum(c["grad"]["padded"] for c in counted.steps)
@@ -376,7 +378,7 @@ def main(argv=None) -> int:
         ours, plain, digests = [], [], set()
         for _ in range(args.rounds):
             for times, run in ((ours, run_ours), (plain, run_plain)):
-                seconds, digest = run(recipe, dataset, args.steps)
+                seconds, digest = run(recipe, dataset)
                 times += seconds[2:]  # first steps: warm-up
                 digests.add(digest)
         from rl.policy.model import load_policy
