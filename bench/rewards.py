@@ -108,7 +108,7 @@ def _mask_tokenizer(kind, device):
     return MaskTokenizer(cfg).to(device).eval(), f"{kind} (random weights, image_size {cfg.image_size})"
 
 
-def bench_mask_iou(kind, groups, device, batch_groups=0):
+def bench_mask_iou(kind, groups, device, batch_groups=0, pass_size=None):
     import numpy as np
     import torch
     from PIL import Image
@@ -155,19 +155,19 @@ def bench_mask_iou(kind, groups, device, batch_groups=0):
     if device == "cuda":
         print(f"   peak GPU memory allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
     if batch_groups:
-        bench_mask_iou_batch(tok, label, batch_groups, device)
+        bench_mask_iou_batch(tok, label, batch_groups, device, pass_size)
 
 
-def bench_mask_iou_batch(tok, label, groups, device):
+def bench_mask_iou_batch(tok, label, groups, device, pass_size=None):
     """mask_iou over a generation batch of ``groups`` groups of 8 in one call, as the trainer calls it: decoded per
     distinct image at once (``batch_decode``, the default) against completion by completion, side by side. Two
     workloads: every code random (no two completions share one: the worst case for batching), and rollout-like
     groups whose 8 completions draw their masks from 3 candidate codes, as a policy's samples for one prompt do."""
     for shared in (False, True):
-        _batch_workload(tok, label, groups, device, shared)
+        _batch_workload(tok, label, groups, device, shared, pass_size)
 
 
-def _batch_workload(tok, label, groups, device, shared: bool):
+def _batch_workload(tok, label, groups, device, shared: bool, pass_size=None):
     import numpy as np
     import torch
     from PIL import Image
@@ -190,8 +190,8 @@ def _batch_workload(tok, label, groups, device, shared: bool):
             pick = (lambda: r.choice(candidates)) if shared else (lambda: (r.randrange(k), r.randrange(k)))
             comps.append("".join(format_mask(pick()) for _ in range(r.choice([1, 2, 3]))))
     masks = [rles] * len(comps)
-    batched = get_reward("mask_iou", mode="instances", mask_tokenizer=tok)
-    each = get_reward("mask_iou", mode="instances", mask_tokenizer=tok, batch_decode=False)
+    batched = get_reward("mask_iou", mode="instances", mask_tokenizer=tok, pass_size=pass_size)
+    each = get_reward("mask_iou", mode="instances", mask_tokenizer=tok, batch_decode=False, pass_size=pass_size)
     out = {}
 
     def run(fn, name):
@@ -210,10 +210,10 @@ def _batch_workload(tok, label, groups, device, shared: bool):
     diffs = [abs(a - b) for a, b in zip(out["batched"], out["each"])]
     same = "yes, to the last bit" if not any(diffs) else (
         f"{sum(d > 0 for d in diffs)} of {len(diffs)} differ, by at most {max(diffs):.2e} (pixels at the mask threshold: "
-        "the decoder's float sums depend on how many masks share a pass)")
+        "a mask's logits depend on the other masks of its pass or on the run)")
     kind = "rollout-like codes (3 candidates per group)" if shared else "random codes"
     print(f"3. mask_iou over a generation batch of {groups} groups x 8 completions ({h}x{w} images, {kind}), "
-          f"{label} on {device}")
+          f"{label} on {device}, {batched.masks_per_pass()} masks per decoder pass")
     print(f"   per distinct image at once {min(tb) * 1e3 / groups:8.1f} ms/group | completion by completion "
           f"{min(te) * 1e3 / groups:8.1f} ms/group | speed-up {min(te) / min(tb):.2f}x | same rewards: {same}")
 
@@ -263,6 +263,8 @@ def main(argv=None):
     p.add_argument("--skip-answer-match", action="store_true")
     p.add_argument("--batch-groups", type=int, default=None,
                    help="groups of 8 in the generation-batch comparison (default 128; --quick 16; 0 skips it)")
+    p.add_argument("--pass-size", type=int, default=None,
+                   help="masks per decoder pass in that comparison (default: mask_iou's, 4 on a CPU, 16 on a GPU)")
     a = p.parse_args(argv)
     if a.device is None:
         import torch
@@ -271,7 +273,7 @@ def main(argv=None):
     if not a.skip_answer_match:
         bench_answer_match(4096 if a.quick else 65536)
     batch_groups = a.batch_groups if a.batch_groups is not None else (16 if a.quick else 128)
-    bench_mask_iou(a.tokenizer, 2 if a.quick else 8, a.device, batch_groups)
+    bench_mask_iou(a.tokenizer, 2 if a.quick else 8, a.device, batch_groups, a.pass_size)
     if not a.skip_grpo:
         bench_grpo_share(2 if a.quick else 6)
     return 0

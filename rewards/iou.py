@@ -16,9 +16,18 @@ mode): e.g. a start and one code that end the output or are followed by text dec
 with text between its tokens or a bad first code is dropped. In ``gcg`` mode a phrase predicts the repaired
 group that starts right after it (after optional whitespace).
 
-Cost and memory: per call (TRL calls a reward once per generation batch), one image-encoder pass and one batched
-decoder call per distinct image, for every distinct code of every completion of that image, across all the groups
-of the batch (``MaskIoU.decode_batch``; the ``num_generations`` completions of a prompt share its image). Decoding runs on the tokenizer's device (the GPU when there is one); ``MaskTokenizer.decode``
+Cost and memory: per call (TRL calls a reward once per generation batch), one image-encoder pass per distinct
+image and batched decoder passes for every distinct code of every completion of that image, across all the groups
+of the batch (``MaskIoU.decode_batch``; the ``num_generations`` completions of a prompt share its image).
+
+Every decoder pass holds exactly ``pass_size`` masks (the last pass of an image is filled up by repeating its last
+code, whose extra masks are dropped). A batched decoder's float sums depend on how many masks share a pass (on a
+CPU, passes of 1, 2 and 3 masks give a code logits that differ by up to 1e-5), so with passes of any size a mask
+could gain or lose a pixel at the threshold, and a completion's reward would depend on which other completions
+shared its call. With one pass shape a code's mask is a function of the code and the image alone, and decoding
+the whole batch at once gives the rewards of decoding completion by completion to the last bit.
+
+Decoding runs on the tokenizer's device (the GPU when there is one); ``MaskTokenizer.decode``
 returns the masks on the CPU, where the IoU is computed: per completion, N predicted and M GT masks of
 H x W take (N + M) * H * W bytes as booleans plus 4 * (N + M) * H * W bytes as float32 during the IoU
 product, e.g. about 40 MB for N = M = 4 on a 1024 x 1024 image, freed after each completion. On the
@@ -35,6 +44,12 @@ from rewards.parsing import completion_text, gcg_pred, gt_gcg
 from tokenizer.codec import CODEBOOK_SIZE, parse_masks
 
 MODES = ("gres", "instances", "gcg")
+# Masks per decoder pass by default. On a CPU a pass costs in proportion to its masks (tiny tokenizer, one
+# thread: 2.9 ms for 1 mask, 5.5 ms for 4, 15.5 ms for 16), so a pass filled up from 1 to 4 masks costs little
+# and larger ones waste more. On a GPU a pass of the SAM decoder is expected to cost its kernel launches more
+# than its masks, so fewer, larger passes should be cheaper: an expectation until bench/rewards.py --pass-size
+# measures it there.
+PASS_SIZE = {"cpu": 4, "accelerator": 16}
 
 
 def _load_tokenizer(mask_tokenizer, device):
@@ -115,13 +130,20 @@ class MaskIoU:
     builds_model = True  # recipe validation binds its parameters without building it
 
     def __init__(self, mode: str = "gres", mask_tokenizer="tiny16", device=None, max_pred_masks: int = 64,
-                 batch_decode: bool = True):
+                 batch_decode: bool = True, pass_size: int | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not isinstance(max_pred_masks, int) or max_pred_masks < 1:
             raise ValueError(f"max_pred_masks must be a positive integer, got {max_pred_masks!r}")
+        if pass_size is not None and (not isinstance(pass_size, int) or isinstance(pass_size, bool) or pass_size < 1):
+            raise ValueError(f"pass_size must be a positive integer or null, got {pass_size!r}")
         self.mode, self.max_pred_masks, self.batch_decode = mode, max_pred_masks, batch_decode
         self.mask_tokenizer = _load_tokenizer(mask_tokenizer, device)
+        limit = getattr(self.mask_tokenizer, "max_masks_per_pass", None)
+        if pass_size is not None and limit is not None and pass_size > limit:
+            # The tokenizer would split such a pass in two of other sizes, the variation pass_size removes.
+            raise ValueError(f"pass_size {pass_size} is above the mask tokenizer's max_masks_per_pass ({limit})")
+        self.pass_size = pass_size
         # Groups are parsed as this tokenizer decodes them: a code past a smaller codebook names no mask.
         self.codebook_size = getattr(self.mask_tokenizer, "codebook_size", CODEBOOK_SIZE)
 
@@ -131,11 +153,27 @@ class MaskIoU:
 
         if not codes:
             return None
-        unique = list(dict.fromkeys(codes))
-        masks = torch.as_tensor(self.mask_tokenizer.decode(image, unique)).bool()
-        if len(unique) == len(codes):
-            return masks
-        return masks[[unique.index(c) for c in codes]]
+        masks = self.decode_distinct(image, list(dict.fromkeys(codes)))
+        return torch.stack([masks[c] for c in codes])
+
+    def masks_per_pass(self) -> int:
+        """``pass_size``, or the default for the device the tokenizer runs on now (``PASS_SIZE``)."""
+        if self.pass_size is not None:
+            return self.pass_size
+        on_cpu = getattr(getattr(self.mask_tokenizer, "device", None), "type", "cpu") == "cpu"
+        size = PASS_SIZE["cpu" if on_cpu else "accelerator"]
+        return min(size, getattr(self.mask_tokenizer, "max_masks_per_pass", size))
+
+    def decode_distinct(self, image, codes) -> dict:
+        """``{code: mask}`` for distinct ``codes``, in decoder passes of exactly ``masks_per_pass()`` masks."""
+        import torch
+
+        size, out = self.masks_per_pass(), {}
+        for s in range(0, len(codes), size):
+            chunk = codes[s:s + size]
+            padded = chunk + [chunk[-1]] * (size - len(chunk))
+            out.update(zip(chunk, torch.as_tensor(self.mask_tokenizer.decode(image, padded)).bool()))
+        return out
 
     def parse(self, completion, answer):
         """``(codes, predicted phrases or None)`` of a completion, read as this tokenizer decodes them."""
@@ -179,14 +217,13 @@ class MaskIoU:
         return _matched_iou(iou, allowed)
 
     def decode_batch(self, completions, images, answers) -> list[dict | None]:
-        """Every completion's masks, ``{code: mask}``, decoded per distinct image: one image-encoder pass and one
-        decoder call (in chunks of the tokenizer's ``max_masks_per_pass``) for all the codes of all the completions
-        of that image, across the groups of a generation batch. None for a completion that is not decoded here (no
+        """Every completion's masks, ``{code: mask}``, decoded per distinct image: one image-encoder pass and
+        decoder passes of ``masks_per_pass()`` masks for all the distinct codes of all the completions of that image,
+        across the groups of a generation batch. None for a completion that is not decoded here (no
         image, or more distinct masks than ``max_pred_masks``: ``score`` handles it)."""
         import hashlib
 
         import numpy as np
-        import torch
 
         wanted: dict = {}  # image key -> (image, distinct codes)
         keys = []
@@ -200,11 +237,7 @@ class MaskIoU:
             entry = wanted.setdefault(key, (im, {}))
             entry[1].update(dict.fromkeys(codes))
             keys.append(key)
-        masks = {}
-        for key, (im, codes) in wanted.items():
-            codes = list(codes)
-            decoded = torch.as_tensor(self.mask_tokenizer.decode(im, codes)).bool() if codes else []
-            masks[key] = dict(zip(codes, decoded))
+        masks = {key: self.decode_distinct(im, list(codes)) for key, (im, codes) in wanted.items()}
         return [None if k is None else masks[k] for k in keys]
 
     def __call__(self, prompts=None, completions=(), completion_ids=None, image=None, masks=None, answer=None,
@@ -223,7 +256,7 @@ class MaskIoU:
 
 
 def mask_iou(mode: str = "gres", mask_tokenizer="tiny16", device=None, max_pred_masks: int = 64,
-             batch_decode: bool = True) -> MaskIoU:
+             batch_decode: bool = True, pass_size: int | None = None) -> MaskIoU:
     """The decoded-mask IoU reward (a ``MaskIoU``).
 
     ``mask_tokenizer``: a ``tokenizer.MaskTokenizer`` (or any object with ``decode(image, codes)`` returning
@@ -234,8 +267,10 @@ def mask_iou(mode: str = "gres", mask_tokenizer="tiny16", device=None, max_pred_
     Needs the dataset columns ``image`` and ``masks`` (and ``answer`` for ``gcg``). ``batch_decode`` (default):
     decode every distinct code of a call's completions per distinct image at once (``MaskIoU.decode_batch``);
     False decodes completion by completion (the same rewards; kept for ``bench/rewards.py``'s comparison).
+    ``pass_size``: masks per decoder pass, fixed so that rewards do not depend on how completions are batched
+    (module docstring); at most the tokenizer's ``max_masks_per_pass``; None: 4 on a CPU, 16 on a GPU.
     """
-    return MaskIoU(mode, mask_tokenizer, device, max_pred_masks, batch_decode)
+    return MaskIoU(mode, mask_tokenizer, device, max_pred_masks, batch_decode, pass_size)
 
 
 mask_iou.builds_model = True

@@ -130,9 +130,60 @@ def test_repeated_codes_decode_once_and_too_many_masks_score_zero():
     out = fn(prompts=["p"] * 2, completions=[m(0) * 3 + m(4), "".join(m(i) for i in range(5))],
              image=[IMAGE] * 2, masks=[gt] * 2)
     assert out == pytest.approx([2 / 4, 0.0])  # duplicates still count in N_pred
-    assert seen == [[(0, 0), (4, 0)]]  # one decode of the two distinct codes; none for the 5-mask completion
+    # One decode of the two distinct codes, filled up to a pass of 4 (the CPU's); none for the 5-mask completion.
+    assert seen == [[(0, 0), (4, 0), (4, 0), (4, 0)]]
     with pytest.raises(ValueError, match="max_pred_masks"):
         get_reward("mask_iou", mask_tokenizer=bands, max_pred_masks=0)
+
+
+class PassDependent(Bands):
+    """A decoder whose float sums depend on how many masks share a pass, as a batched SAM decoder's do: a code's
+    band gains a row in a pass of an odd size (a pixel at the threshold going the other way)."""
+
+    def decode(self, image, codes):
+        masks = super().decode(image, codes)
+        if len(codes) % 2:
+            masks[:, :, 0] |= torch.from_numpy(np.stack([band(c1 + 4, c1 + 5)[:, 0] for c1, _ in codes]))
+        return masks
+
+
+@pytest.mark.parametrize("pass_size", [None, 1, 3])
+def test_a_completions_reward_does_not_depend_on_the_others_in_its_call(pass_size):
+    """Every decoder pass has one size, so the completions sharing a call (or a pass) change no reward."""
+    gt = [encode_rle(band(0, 4)), encode_rle(band(4, 8))]
+    alone = [m(0) + m(4), m(8)]
+    crowd = alone + [m(12), m(0) + m(4) + m(1), m(2) + m(3) + m(5) + m(6) + m(7)]
+
+    def rewards(completions, **kw):
+        fn = get_reward("mask_iou", mode="instances", mask_tokenizer=PassDependent(), pass_size=pass_size, **kw)
+        n = len(completions)
+        return fn(prompts=["p"] * n, completions=completions, image=[IMAGE] * n, masks=[gt] * n)
+
+    first = rewards(alone)
+    assert rewards(crowd)[:2] == first
+    assert rewards(crowd, batch_decode=False) == rewards(crowd)
+    assert rewards(alone[:1]) == first[:1]
+    # The stand-in does decode a code differently in passes of other sizes: the fixed pass is what hides it.
+    dec = PassDependent()
+    assert not torch.equal(dec.decode(IMAGE, [(0, 0)])[0], dec.decode(IMAGE, [(0, 0), (4, 0)])[0])
+
+
+def test_pass_size_is_checked_and_follows_the_tokenizers_device():
+    for bad in (0, -1, 2.0, True, "4"):
+        with pytest.raises(ValueError, match="pass_size"):
+            get_reward("mask_iou", mask_tokenizer=Bands(), pass_size=bad)
+    limited = Bands()
+    limited.max_masks_per_pass = 8
+    with pytest.raises(ValueError, match="pass_size 16 is above the mask tokenizer's max_masks_per_pass"):
+        get_reward("mask_iou", mask_tokenizer=limited, pass_size=16)
+    assert get_reward("mask_iou", mask_tokenizer=Bands()).masks_per_pass() == 4
+    assert get_reward("mask_iou", mask_tokenizer=Bands(), pass_size=2).masks_per_pass() == 2
+    on_gpu = Bands()
+    on_gpu.device = torch.device("cuda")
+    fn = get_reward("mask_iou", mask_tokenizer=on_gpu)
+    assert fn.masks_per_pass() == 16
+    on_gpu.max_masks_per_pass = 8  # never above what the tokenizer does in one pass
+    assert fn.masks_per_pass() == 8
 
 
 def test_bad_rows_fail_through_the_wrapper_not_the_run():
@@ -173,8 +224,8 @@ def test_real_mask_tokenizer_one_encoder_pass_per_group(device):
     real_decode = tok.decode
     tok.decode = lambda image, c: calls.append(list(c)) or real_decode(image, c)
     out = fn(prompts=["p"] * 8, completions=completions, image=images, masks=[gt] * 8)
-    # One encoder pass and one decoder call for the image, holding each distinct code once.
-    assert tok.cache_misses == 1 and tok.cache_hits == 0 and calls == [codes]
+    # One encoder pass and one decoder pass for the image, holding each distinct code once (filled up to 4 masks).
+    assert tok.cache_misses == 1 and tok.cache_hits == 0 and calls == [codes + codes[-1:]]
     iou = masks_iou(ref, ref[:2])
     expected = [1.0, iou[1, 1] / 2, max(iou[2]) / 2, 0.0]
     assert out == pytest.approx(expected * 2)
