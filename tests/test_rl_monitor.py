@@ -9,7 +9,7 @@ import torch
 from tiny_runs import tiny_recipe, write_prepared
 from transformers import TrainerCallback
 
-from rl.grpo import monitor
+from rl.grpo import monitor, timing
 from rl.grpo import train as train_mod
 from rl.recipe.config import RecipeError, load_recipe
 
@@ -73,6 +73,9 @@ def test_monitor_logs_metrics_and_images_without_changing_the_rollouts(tmp_path)
     for k in GRES:
         assert [e.step for e in acc.Scalars(f"eval/metrics/{k}")] == [0, 2]
     assert [e.step for e in acc.Scalars("train/reward")] == [1, 2, 3]
+    # The phase timings reach TensorBoard with the rewards (issue 25: "in the demo's TensorBoard").
+    for phase in ("step", *timing.PHASES):
+        assert [e.step for e in acc.Scalars(f"train/timing_s/{phase}")] == [1, 2, 3]
     images = acc.Images(monitor.IMAGE_TAG)
     assert [e.step for e in images] == [0, 3] and images[0].width > 0 and images[0].height > 0
 
